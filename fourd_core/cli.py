@@ -1,0 +1,245 @@
+"""Command line: ``python -m fourd_core {generate,geometry,export,info}``.
+
+Examples::
+
+    # no weights needed: the tiny random-weight preset (meaningless output, whole pipeline runs)
+    python -m fourd_core generate --preset tiny --image photo.png --prompt "a street" --out out/
+
+    # the released 4DNeX model (downloads Wan2.1-I2V-14B-480P-Diffusers + FrozenBurning/4DNex-Lora)
+    python -m fourd_core generate --image photo.png --prompt-file prompt.txt --out out/ --offload group
+
+    # re-run camera/depth recovery and the exports on a saved scene
+    python -m fourd_core geometry --scene out/scene.safetensors --out out2/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import FourDError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--preset", choices=["tiny", "4dnex"], default=None,
+                   help="'tiny': random toy weights, no download (outputs are meaningless); "
+                        "'4dnex': Wan2.1-I2V-14B-480P + the 4DNeX LoRA from the hub (default unless --base is given)")
+    g.add_argument("--base", help="diffusers folder or hub id of Wan2.1-I2V-14B-480P (default: the hub id)")
+    g.add_argument("--transformer-file", help="single-file DiT (original/ComfyUI layout; fp16, bf16 or fp8)")
+    g.add_argument("--vae-file", help="single-file Wan VAE (e.g. ComfyUI wan_2.1_vae.safetensors)")
+    g.add_argument("--text-encoder-file", help="single-file UMT5-XXL encoder (e.g. umt5_xxl_fp16.safetensors)")
+    g.add_argument("--image-encoder-file", help="single-file CLIP-H vision encoder (clip_vision_h.safetensors)")
+    g.add_argument("--tokenizer", help="UMT5 tokenizer folder (default: from --base, else the hub)")
+    g.add_argument("--lora", help="4DNeX release folder, LoRA file or hub id (default FrozenBurning/4DNex-Lora); "
+                                  "'none' for plain Wan")
+    g.add_argument("--domain-embeddings", help="learnable_domain_embeddings file (default: beside the LoRA)")
+    g.add_argument("--lora-strength", type=float, default=1.0, help="multiplies the release scale 0.5 (alpha/rank)")
+    g.add_argument("--no-fuse-lora", action="store_true", help="keep the LoRA as an adapter instead of merging it")
+    g.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    g.add_argument("--cache-dir", help="hub cache / tiny preset folder")
+    g.add_argument("--offline", action="store_true", help="never use the network")
+    m = p.add_argument_group("memory")
+    m.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    m.add_argument("--offload", default=None, choices=["none", "model", "group", "sequential"],
+                   help="default: 'group' on CUDA (fits 24 GB), 'none' on CPU")
+    m.add_argument("--fp8", action="store_true", help="store DiT weights in fp8 (layerwise casting)")
+    m.add_argument("--vae-tiling", action="store_true", help="tiled VAE encode/decode")
+    m.add_argument("--attention", help="diffusers attention backend (flash, sage, _native_cudnn, ...)")
+
+
+def _add_geometry_export_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("geometry")
+    g.add_argument("--per-frame-intrinsics", action="store_true", help="one K per frame instead of one shared K")
+    g.add_argument("--free-principal-point", action="store_true", help="fit cx, cy instead of the image centre")
+    g.add_argument("--non-square-pixels", action="store_true", help="fit fx and fy separately")
+    g.add_argument("--smoothness", type=float, default=0.0, help="temporal smoothness weight on the trajectory")
+    e = p.add_argument_group("export")
+    e.add_argument("--fps", type=float, default=24.0)
+    e.add_argument("--min-confidence", type=float, default=0.0, help="drop points below this confidence")
+    e.add_argument("--voxel-size", type=float, default=0.0, help="voxel down-sampling (scene units)")
+    e.add_argument("--outlier-neighbors", type=int, default=0, help="statistical outlier removal neighbours (0: off)")
+    e.add_argument("--max-points", type=int, default=None, help="at most this many points per frame file")
+    e.add_argument("--no-ply", action="store_true")
+    e.add_argument("--no-glb", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fourd_core", description="One image -> a 4D scene (4DNeX).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="image (+ prompt) -> videos, cameras, depth, point clouds")
+    g.add_argument("--image", required=True, help="input image (PNG, JPEG, WebP...)")
+    g.add_argument("--prompt", help="text prompt")
+    g.add_argument("--prompt-file", help="read the prompt from this text file")
+    g.add_argument("--out", required=True, help="output folder")
+    s = g.add_argument_group("sampling")
+    s.add_argument("--steps", type=int, help="denoising steps (4DNeX: 50; tiny: 8)")
+    s.add_argument("--cfg", type=float, default=5.0, help="guidance scale on text")
+    s.add_argument("--shift", type=float, default=3.0, help="flow shift")
+    s.add_argument("--scheduler", default="unipc", choices=["unipc", "euler"])
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--frames", type=int, help="frames, 4k+1 (default 49)")
+    s.add_argument("--height", type=int, help="height of one modality (4DNeX: 480; tiny: 96)")
+    s.add_argument("--width", type=int, help="width of one modality (4DNeX: 720; tiny: 144)")
+    s.add_argument("--resize", default="crop", choices=["crop", "max_area"],
+                   help="'crop': cover + centre crop to exactly HxW (in distribution); 'max_area': official rule")
+    s.add_argument("--no-geometry", action="store_true", help="skip camera/depth recovery and its exports")
+    _add_model_args(g)
+    _add_geometry_export_args(g)
+
+    r = sub.add_parser("geometry", help="recover cameras/depth for a saved scene and export it")
+    r.add_argument("--scene", required=True, help="scene.safetensors written by generate")
+    r.add_argument("--out", required=True)
+    r.add_argument("--device")
+    _add_geometry_export_args(r)
+
+    sub.add_parser("info", help="print versions and devices")
+    return parser
+
+
+def _read_prompt(args) -> str:
+    if args.prompt_file:
+        p = Path(args.prompt_file).expanduser()
+        if not p.is_file():
+            raise FourDError(f"Prompt file not found: {p}.")
+        text = p.read_text(encoding="utf-8").strip()
+    else:
+        text = (args.prompt or "").strip()
+    if not text:
+        raise FourDError("Give a prompt with --prompt or --prompt-file (4DNeX is text- and image-conditioned).")
+    return text
+
+
+def _geometry_config(args):
+    from .api import GeometryConfig
+
+    return GeometryConfig(shared_intrinsics=not args.per_frame_intrinsics, square_pixels=not args.non_square_pixels,
+                          centered_principal_point=not args.free_principal_point, temporal_smoothness=args.smoothness)
+
+
+def _export_options(args, geometry: bool):
+    from .io.export import ExportOptions
+
+    return ExportOptions(fps=args.fps, cameras=geometry, depth=geometry, ply=geometry and not args.no_ply,
+                         glb=geometry and not args.no_glb, min_confidence=args.min_confidence,
+                         voxel_size=args.voxel_size, outlier_neighbors=args.outlier_neighbors, max_points=args.max_points)
+
+
+class _Progress:
+    """A tqdm bar for the sampling steps."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, step, total, latents=None):
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="sampling", unit="step", file=sys.stderr)
+        self.bar.update(step - self.bar.n)
+        if step >= total:
+            self.bar.close()
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .api import image_to_4d, recover_geometry
+    from .io.export import export_scene
+    from .io.images import load_image, prepare_image
+    from .models.loading import FOURDNEX_HUB_ID, ModelSpec, load_pipeline
+    from .models.memory import MemoryConfig
+    from .models.tiny import TINY_SAMPLING
+    from .pipelines.fourdnex import SamplingConfig
+
+    t_start = time.perf_counter()
+    prompt = _read_prompt(args)
+    tiny = args.preset == "tiny"
+    defaults = TINY_SAMPLING if tiny else {"height": 480, "width": 720, "num_frames": 49, "steps": 50}
+    sampling = SamplingConfig(num_frames=args.frames or defaults["num_frames"], height=args.height or defaults["height"],
+                              width=args.width or defaults["width"], steps=args.steps or defaults["steps"],
+                              guidance_scale=args.cfg, shift=args.shift, scheduler=args.scheduler, seed=args.seed)
+    sampling.validate()
+    image = prepare_image(load_image(args.image), sampling.height, sampling.width, mode=args.resize)
+    if args.resize == "max_area":
+        sampling = dataclasses.replace(sampling, height=image.shape[0], width=image.shape[1])
+    lora = args.lora if args.lora is not None else FOURDNEX_HUB_ID
+    spec = ModelSpec(base="tiny" if tiny else (args.base or ModelSpec.base), transformer_file=args.transformer_file,
+                     vae_file=args.vae_file, text_encoder_file=args.text_encoder_file,
+                     image_encoder_file=args.image_encoder_file, tokenizer=args.tokenizer,
+                     fourdnex=None if str(lora).lower() == "none" else lora, domain_embeddings_file=args.domain_embeddings,
+                     lora_strength=args.lora_strength, fuse_lora=not args.no_fuse_lora, dtype=args.dtype,
+                     cache_dir=args.cache_dir, local_files_only=args.offline)
+    if args.base is None and not tiny and all([args.transformer_file, args.vae_file, args.text_encoder_file,
+                                               args.image_encoder_file]):
+        spec.base = None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    offload = args.offload or ("group" if device.startswith("cuda") else "none")
+    memory = MemoryConfig(device=device, offload=offload, fp8_storage=args.fp8, vae_tiling=args.vae_tiling,
+                          attention_backend=args.attention)
+    if tiny:
+        print("[fourd] TINY PRESET: random weights - the outputs are meaningless; this only exercises the pipeline.",
+              file=sys.stderr)
+    print(f"[fourd] loading models ({'tiny preset' if tiny else spec.base}) on {device}, offload={offload}", file=sys.stderr)
+    pipe, info = load_pipeline(spec, memory, progress=lambda m: print(f"[fourd]   {m}", file=sys.stderr))
+    t_loaded = time.perf_counter()
+    scene = image_to_4d(pipe, image, prompt, sampling, callback=_Progress(), model_info=info)
+    geometry = not args.no_geometry
+    if geometry:
+        print("[fourd] recovering cameras and depth", file=sys.stderr)
+        scene = recover_geometry(scene, _geometry_config(args), device=None if device == "cpu" else device)
+    scene.metadata["tiny_preset"] = tiny
+    print(f"[fourd] writing outputs to {args.out}", file=sys.stderr)
+    written = export_scene(scene, args.out, _export_options(args, geometry))
+    t_end = time.perf_counter()
+    summary = {"out": str(Path(args.out).resolve()), "tiny_preset": tiny, "frames": scene.num_frames,
+               "size": list(scene.size), "load_s": round(t_loaded - t_start, 2),
+               "total_s": round(t_end - t_start, 2), **scene.metadata.get("timings", {}),
+               "files": {k: len(v) for k, v in written.items()}}
+    if geometry:
+        summary["focal_px"] = round(float(scene.K[0, 0, 0]), 3)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_geometry(args) -> int:
+    from .api import recover_geometry
+    from .io.export import export_scene
+    from .scene import Scene4D
+
+    scene = Scene4D.load(args.scene)
+    scene = recover_geometry(scene, _geometry_config(args), device=args.device)
+    written = export_scene(scene, args.out, _export_options(args, True))
+    print(json.dumps({"out": str(Path(args.out).resolve()), "files": {k: len(v) for k, v in written.items()},
+                      "geometry": scene.metadata.get("geometry")}, indent=1))
+    return 0
+
+
+def cmd_info(args) -> int:
+    import diffusers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    print(json.dumps({"fourd": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                      "transformers": transformers.__version__, "cuda": torch.cuda.is_available(),
+                      "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"generate": cmd_generate, "geometry": cmd_geometry, "info": cmd_info}[args.command](args)
+    except FourDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no partial outputs were written", file=sys.stderr)
+        return 130

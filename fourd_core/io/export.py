@@ -1,0 +1,164 @@
+"""Export a :class:`~fourd_core.scene.Scene4D` to the files users work with.
+
+Layout under the output folder::
+
+    rgb.mp4                    RGB video
+    xyz.mp4                    point map as false colour (R = x, G = y, B = z, each in [0, 1])
+    scene.safetensors          the whole scene, reloadable without pickle (Scene4D.load)
+    cameras.json               K and cam-to-world per frame, OpenCV axes
+    transforms.json            the same cameras for nerfstudio (OpenGL axes), with images/ and depth/
+    images/frame_#####.png     RGB frames
+    depth/depth_#####.png      16-bit depth, value = depth * depth_png_scale (in cameras.json); 0 = invalid
+    depth.npy                  [F, H, W] float32 depth
+    confidence.npy             [F, H, W] float32 confidence
+    pointclouds/frame_#####.ply / .glb   coloured world points per frame (GLB: POINTS + COLOR_0)
+
+Everything is written into a hidden staging folder inside the output folder and moved into place
+only when all files are complete, so a failure leaves no half-written or partial outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..scene import Scene4D
+from .cameras import depth_png_scale, write_cameras_json, write_depth_png, write_npy, write_transforms_json
+from .pointcloud import clean_points, write_glb, write_ply
+from .video import to_uint8, write_video
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """What to write and how to clean the point clouds.
+
+    Attributes:
+        fps: video frame rate. videos / scene_file / cameras / images / depth: toggles.
+        ply, glb: per-frame point-cloud formats. frames: frame indices for point clouds (None: all).
+        min_confidence, voxel_size, outlier_neighbors, outlier_std, max_points: see
+            :func:`fourd_core.io.pointcloud.clean_points`.
+    """
+
+    fps: float = 24.0
+    videos: bool = True
+    scene_file: bool = True
+    cameras: bool = True
+    images: bool = True
+    depth: bool = True
+    ply: bool = True
+    glb: bool = True
+    frames: list[int] | None = None
+    min_confidence: float = 0.0
+    voxel_size: float = 0.0
+    outlier_neighbors: int = 0
+    outlier_std: float = 2.0
+    max_points: int | None = None
+
+
+def _commit(staging: Path, out: Path) -> None:
+    for entry in sorted(staging.iterdir()):
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=".old-", dir=out))
+            os.replace(target, old / entry.name)
+            os.replace(entry, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, target)
+
+
+def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, list[str]]:
+    """Write the scene's files into ``out_dir`` (see the module docstring).
+
+    Args:
+        progress: optional ``progress(stage, done, total)``.
+    Returns:
+        ``{kind: [paths]}`` of the written files (kinds: video, scene, cameras, images, depth, ply, glb).
+    Raises:
+        InputError: a geometry export was requested for a scene without cameras, or bad options.
+    """
+    opt = options or ExportOptions()
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    f, h, w = scene.num_frames, *scene.size
+    frames = list(range(f)) if opt.frames is None else [int(i) for i in opt.frames]
+    if any(i < 0 or i >= f for i in frames):
+        raise InputError(f"Export frames must be in 0..{f - 1}, got {frames}.")
+    needs_geometry = opt.cameras or opt.depth or opt.ply or opt.glb
+    if needs_geometry and not scene.has_cameras:
+        raise InputError("The scene has no cameras/depth; run fit_cameras first or turn off the geometry exports.")
+    say = progress or (lambda *a: None)
+    written: dict[str, list[str]] = {}
+
+    def add(kind: str, rel: str) -> None:
+        written.setdefault(kind, []).append(str(out / rel))
+
+    staging = Path(tempfile.mkdtemp(prefix=".fourd-export-", dir=out))
+    try:
+        if opt.videos:
+            say("videos", 0, 2)
+            write_video(staging / "rgb.mp4", scene.rgb, opt.fps)
+            write_video(staging / "xyz.mp4", scene.xyz.clamp(0, 1), opt.fps)
+            add("video", "rgb.mp4"), add("video", "xyz.mp4")
+        if opt.scene_file:
+            scene.save(staging / "scene.safetensors")
+            add("scene", "scene.safetensors")
+        image_rel = [f"images/frame_{i:05d}.png" for i in range(f)]
+        depth_rel = [f"depth/depth_{i:05d}.png" for i in range(f)]
+        if opt.images:
+            import imageio.v2 as imageio
+
+            (staging / "images").mkdir()
+            for i, frame in enumerate(to_uint8(scene.rgb)):
+                imageio.imwrite(staging / image_rel[i], frame, format="PNG")
+                add("images", image_rel[i])
+        scale = None
+        if opt.depth:
+            depth = scene.depth
+            scale = depth_png_scale(depth)
+            (staging / "depth").mkdir()
+            for i in range(f):
+                write_depth_png(staging / depth_rel[i], depth[i], scale)
+                add("depth", depth_rel[i])
+            write_npy(staging / "depth.npy", depth.float())
+            add("depth", "depth.npy")
+            if scene.confidence is not None:
+                write_npy(staging / "confidence.npy", scene.confidence.float())
+                add("depth", "confidence.npy")
+        if opt.cameras:
+            extra = {"units": "scene units of the point map", "depth_png_scale": scale,
+                     "prompt": scene.metadata.get("prompt"), "seed": scene.metadata.get("seed")}
+            write_cameras_json(staging / "cameras.json", scene.K, scene.cam_to_world, h, w, extra)
+            add("cameras", "cameras.json")
+            write_transforms_json(staging / "transforms.json", scene.K, scene.cam_to_world, h, w,
+                                  image_rel if opt.images else [f"frame_{i:05d}" for i in range(f)],
+                                  depth_rel if opt.depth else None,
+                                  None if scale is None else 1.0 / scale)
+            add("cameras", "transforms.json")
+        if opt.ply or opt.glb:
+            (staging / "pointclouds").mkdir()
+            for n, i in enumerate(frames):
+                say("point clouds", n, len(frames))
+                conf = None if scene.confidence is None else scene.confidence[i]
+                p, c = clean_points(scene.points(i), scene.rgb[i], confidence=conf, min_confidence=opt.min_confidence,
+                                    voxel_size=opt.voxel_size, outlier_neighbors=opt.outlier_neighbors,
+                                    outlier_std=opt.outlier_std, max_points=opt.max_points, seed=i)
+                if opt.ply:
+                    write_ply(staging / f"pointclouds/frame_{i:05d}.ply", p, c)
+                    add("ply", f"pointclouds/frame_{i:05d}.ply")
+                if opt.glb:
+                    write_glb(staging / f"pointclouds/frame_{i:05d}.glb", p, c)
+                    add("glb", f"pointclouds/frame_{i:05d}.glb")
+        _commit(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written

@@ -1,0 +1,126 @@
+"""Reading weight files safely: safetensors (incl. fp8 and ComfyUI "scaled fp8"), sharded folders,
+and ``.pt`` files through ``torch.load(weights_only=True)``. Never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import WeightsError
+
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+def _check_exists(path: Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise WeightsError(f"{what} not found: {path}. Check the path (or download the file there).")
+    return path
+
+
+def safetensors_keys(path: str | Path) -> list[str]:
+    """Tensor names in a ``.safetensors`` file, read from its header only.
+
+    Raises:
+        WeightsError: missing or unreadable/corrupt file.
+    """
+    from safetensors import safe_open
+
+    path = _check_exists(Path(path), "Weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as exc:  # safetensors raises several error types for corrupt headers
+        raise WeightsError(f"{path} is not a readable .safetensors file ({exc}). It may be truncated or corrupt: "
+                           "download it again.") from exc
+
+
+def load_safetensors(path: str | Path, *, dtype: torch.dtype | None = None, keep_fp8: bool = False,
+                     keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Load tensors from a ``.safetensors`` file one at a time (peak memory ~ the result).
+
+    ComfyUI "scaled fp8" checkpoints (a ``scaled_fp8`` marker and ``<layer>.scale_weight`` tensors)
+    are de-quantised: ``W = W_fp8 * scale_weight``; ``.scale_input`` tensors are dropped.
+
+    Args:
+        dtype: cast floating tensors to this dtype (None: keep). fp8 tensors are cast too unless
+            ``keep_fp8`` (then they stay fp8 for fp8 weight storage).
+        keys: optional subset of names to load.
+    Returns:
+        ``{name: tensor}`` on CPU.
+    Raises:
+        WeightsError: missing, corrupt or truncated file.
+    """
+    from safetensors import safe_open
+
+    path = _check_exists(Path(path), "Weights file")
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys()) if keys is None else keys
+            scaled = "scaled_fp8" in names or any(n.endswith(".scale_weight") for n in names)
+            for name in names:
+                if name == "scaled_fp8" or name.endswith(".scale_input") or name.endswith(".scale_weight"):
+                    continue
+                t = f.get_tensor(name)
+                if scaled and t.dtype in FP8_DTYPES:
+                    sname = name[: -len(".weight")] + ".scale_weight" if name.endswith(".weight") else None
+                    if sname is not None and sname in names:
+                        s = f.get_tensor(sname).float()
+                        t = t.float() * (s if s.ndim == 0 else s.view(-1, *([1] * (t.ndim - 1))))
+                if dtype is not None and t.is_floating_point() and not (keep_fp8 and t.dtype in FP8_DTYPES):
+                    t = t.to(dtype)
+                out[name] = t
+    except WeightsError:
+        raise
+    except Exception as exc:
+        raise WeightsError(f"Could not read {path} ({exc}). The file may be truncated or corrupt: download it again.") from exc
+    return out
+
+
+def load_sharded_safetensors(folder: str | Path, **kwargs) -> dict[str, torch.Tensor]:
+    """Load every shard of a diffusers/transformers safetensors folder (``*.safetensors.index.json``
+    or all ``*.safetensors`` files). Keyword arguments as in :func:`load_safetensors`."""
+    folder = _check_exists(Path(folder), "Weights folder")
+    index = sorted(folder.glob("*.safetensors.index.json"))
+    if index:
+        files = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        paths = [folder / f for f in files]
+    else:
+        paths = sorted(folder.glob("*.safetensors"))
+    if not paths:
+        raise WeightsError(f"No .safetensors files in {folder}.")
+    out: dict[str, torch.Tensor] = {}
+    for p in paths:
+        out.update(load_safetensors(p, **kwargs))
+    return out
+
+
+def load_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a weights file of any supported format into ``{name: tensor}``.
+
+    ``.safetensors`` files are read with safetensors; ``.pt``/``.pth``/``.bin`` with
+    ``torch.load(weights_only=True)`` (plain tensors or dicts of tensors only; anything that needs
+    unpickling code is refused). A bare tensor is returned as ``{"": tensor}``.
+
+    Raises:
+        WeightsError: missing/corrupt file, or a pickle that is not plain tensors.
+    """
+    path = _check_exists(Path(path), "Weights file")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WeightsError(f"Could not load {path} with torch.load(weights_only=True) ({exc}). Only plain tensors "
+                               "are accepted; convert the file to .safetensors.") from exc
+        if isinstance(obj, torch.Tensor):
+            return {"": obj}
+        if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a tensor or a dict of tensors.")
+    raise WeightsError(f"Unsupported weights file type {path.suffix!r} ({path}); use .safetensors or .pt.")

@@ -1,0 +1,341 @@
+"""4DNeX image -> 6D video (RGB + XYZ) sampling on diffusers' Wan2.1 I2V pipeline.
+
+The pipeline class is diffusers' ``WanImageToVideoPipeline`` with ``prepare_latents`` overridden to
+build the width-fused condition (4DNeX Sec. 4.2; official ``WanSameRopeWBWImageToVideoPipeline``,
+4dnex.md sections 1.2-1.5). The denoising loop, CFG, the scheduler, offloading hooks and caches are
+the stock diffusers ones, so everything diffusers supports keeps working.
+
+What runs exactly as the released weights need (4dnex.md sec. 12):
+    * the prompt gets the suffix ``" POINTMAP_STYLE."``; the negative prompt is empty; CFG on text
+      only (the unconditional pass keeps the CLIP embedding and the condition latent);
+    * CLIP image features from the RGB image only;
+    * condition = VAE posterior *mode* of ``[RGB | sloped plane]`` followed by gray frames;
+    * mask 1 / 0.5 on latent frame 0, input ``[noise 16 | mask 4 | condition 16]``;
+    * UniPC flow prediction, shift 3, 50 steps, guidance 5, 49 frames, 480x720 per modality.
+What is fixed against the official code:
+    * the two halves are decoded **separately** (a joint decode leaks across the seam through the
+      VAE's mid-block attention), with the VAE in float32 by default;
+    * the seed is a parameter; the models load once and serve many prompts;
+    * encoders can be released after use; offloading / fp8 storage fit a 24 GB GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline
+from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+from diffusers.utils.torch_utils import get_module_execution_device
+from PIL import Image
+
+from ..errors import CancelledError, InputError
+from ..geometry.xyz_init import denormalize_xyz_latents, sloped_plane
+from ..models.patches import apply_fourdnex_patches, is_fourdnex_patched, set_fourdnex_enabled
+from .conditioning import condition_mask, condition_video, split_width
+
+PROMPT_SUFFIX = " POINTMAP_STYLE."
+
+#: ``callback(step, total, latents)``; may raise (e.g. :class:`CancelledError`) to stop sampling.
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """Sampling parameters. Defaults are the official 4DNeX inference settings (4dnex.md sec. 1.1, 1.7).
+
+    Attributes:
+        num_frames: pixel frames, ``4k + 1`` (49 -> 13 latent frames).
+        height, width: pixel size of ONE modality (the fused video is ``2 * width`` wide); multiples of 16.
+        steps: denoising steps. guidance_scale: CFG on text (<= 1 disables the unconditional pass).
+        shift: flow shift of the sigma schedule. scheduler: ``"unipc"`` (official) or ``"euler"``.
+        seed: seed of a CPU ``torch.Generator`` (as officially: noise does not depend on the GPU).
+        negative_prompt: ``""`` officially. prompt_suffix: appended to the prompt.
+    """
+
+    num_frames: int = 49
+    height: int = 480
+    width: int = 720
+    steps: int = 50
+    guidance_scale: float = 5.0
+    shift: float = 3.0
+    scheduler: str = "unipc"
+    seed: int = 42
+    negative_prompt: str = ""
+    prompt_suffix: str = PROMPT_SUFFIX
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the fix for any invalid field."""
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise InputError(f"num_frames must be 4k+1 (e.g. 13, 25, 49), got {self.num_frames}.")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v < 32 or v % 16:
+                raise InputError(f"{name} must be a multiple of 16 and >= 32 (4DNeX: 480x720), got {v}.")
+        if self.steps < 1:
+            raise InputError(f"steps must be >= 1, got {self.steps}.")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise InputError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}.")
+        if not self.shift > 0:
+            raise InputError(f"shift must be > 0 (official: 3.0), got {self.shift}.")
+        if self.scheduler not in ("unipc", "euler"):
+            raise InputError(f"scheduler must be 'unipc' or 'euler', got {self.scheduler!r}.")
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.num_frames - 1) // 4 + 1
+
+
+class FourDNeXPipeline(WanImageToVideoPipeline):
+    """diffusers ``WanImageToVideoPipeline`` that samples a width-fused ``[RGB | XYZ]`` video.
+
+    Only ``prepare_latents`` (the fused condition and the 0.5 mask) and ``check_inputs`` (to accept
+    precomputed CLIP features together with the image) differ from the stock class. Call it through
+    :func:`generate_latents`, which also applies the prompt suffix and the XYZ condition.
+    """
+
+    _xyz_condition: torch.Tensor | None = None
+
+    def check_inputs(self, prompt, negative_prompt, image, height, width, prompt_embeds=None,
+                     negative_prompt_embeds=None, image_embeds=None, callback_on_step_end_tensor_inputs=None,
+                     guidance_scale_2=None):
+        # The stock check forbids image + image_embeds; 4DNeX needs both (CLIP of the RGB image,
+        # computed once, and the image itself for the VAE condition).
+        return super().check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds,
+                                    negative_prompt_embeds, None, callback_on_step_end_tensor_inputs,
+                                    guidance_scale_2)
+
+    def prepare_latents(self, image, batch_size, num_channels_latents=16, height=480, width=720, num_frames=49,
+                        dtype=None, device=None, generator=None, latents=None, last_image=None):
+        """Noise ``[B, 16, T, h, 2w]`` and condition ``[B, 20, T, h, 2w]`` = [mask 4 | latent 16].
+
+        ``image`` is the preprocessed RGB image ``[B, 3, H, W]`` in [-1, 1]; the XYZ condition is
+        ``self._xyz_condition`` ``[3, H, W]`` in [-1, 1] (default: the sloped plane).
+        """
+        if last_image is not None:
+            raise InputError("4DNeX does not support a last-frame condition.")
+        t_stride = self.vae_scale_factor_temporal
+        num_latent_frames = (num_frames - 1) // t_stride + 1
+        lat_h = height // self.vae_scale_factor_spatial
+        lat_w = 2 * (width // self.vae_scale_factor_spatial)
+        shape = (batch_size, num_channels_latents, num_latent_frames, lat_h, lat_w)
+        if latents is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+
+        xyz = self._xyz_condition
+        if xyz is None:
+            xyz = sloped_plane(height, width).permute(2, 0, 1)
+        if tuple(xyz.shape) != (3, height, width):
+            raise InputError(f"XYZ condition must be [3, {height}, {width}] to match the image, got {tuple(xyz.shape)}.")
+        xyz = xyz.to(image).unsqueeze(0).expand(image.shape[0], -1, -1, -1)
+
+        video = condition_video(image, xyz, num_frames)
+        vae_device = get_module_execution_device(self.vae)
+        video = video.to(device=vae_device, dtype=self.vae.dtype)
+        latent_condition = retrieve_latents(self.vae.encode(video), sample_mode="argmax")
+        latent_condition = latent_condition.repeat(batch_size // latent_condition.shape[0], 1, 1, 1, 1)
+        latent_condition = latent_condition.to(device=device, dtype=dtype)
+        mean, inv_std = vae_latent_stats(self.vae, latent_condition)
+        latent_condition = (latent_condition - mean) * inv_std
+
+        mask = condition_mask(batch_size, num_frames, lat_h, lat_w, temporal_stride=t_stride,
+                              dtype=latent_condition.dtype, device=latent_condition.device)
+        return latents, torch.cat([mask, latent_condition], dim=1)
+
+
+def vae_latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's per-channel ``latents_mean`` and ``1 / latents_std`` shaped ``[1, C, 1, 1, 1]``."""
+    c = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1).to(like.device, like.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(like.device, like.dtype)
+    return mean, inv_std
+
+
+def make_scheduler(pipe: WanImageToVideoPipeline, name: str, shift: float):
+    """A flow-matching scheduler for the pipeline: UniPC (the model repo's config, ``flow_shift``
+    overridden) or Euler (``FlowMatchEulerDiscreteScheduler`` with the same shift).
+
+    Both apply the shift as ``sigma' = shift * sigma / (1 + (shift - 1) * sigma)``.
+    """
+    base = dict(pipe.scheduler.config)
+    if name == "unipc":
+        cfg = {k: v for k, v in base.items() if not k.startswith("_")}
+        cfg.update(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(shift))
+        return UniPCMultistepScheduler.from_config(cfg)
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=base.get("num_train_timesteps", 1000),
+                                               shift=float(shift))
+    raise InputError(f"Unknown scheduler {name!r}; use 'unipc' or 'euler'.")
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """``[H, W, 3]`` float in [0, 1] -> RGB PIL image (uint8, rounded)."""
+    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr, mode="RGB")
+
+
+@torch.no_grad()
+def encode_conditions(pipe: FourDNeXPipeline, image: torch.Tensor, prompt: str, config: SamplingConfig,
+                      device=None) -> dict:
+    """Text (UMT5) and image (CLIP) features for one sample.
+
+    Args:
+        image: ``[H, W, 3]`` float in [0, 1], already at the sampling size.
+        prompt: the user prompt; ``config.prompt_suffix`` is appended here.
+    Returns:
+        dict with ``prompt_embeds`` ``[1, 512, D_text]``, ``negative_prompt_embeds`` (or None when
+        guidance is off) and ``image_embeds`` ``[1, N_img, D_img]`` (CLIP penultimate layer of the RGB
+        image only, 4dnex.md sec. 1.4).
+    """
+    device = device or pipe._execution_device
+    prompt_embeds, negative_embeds = pipe.encode_prompt(
+        prompt=prompt + config.prompt_suffix,
+        negative_prompt=config.negative_prompt,
+        do_classifier_free_guidance=config.guidance_scale > 1.0,
+        max_sequence_length=512,
+        device=device,
+    )
+    image_embeds = pipe.encode_image(to_pil(image), device)
+    return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds, "image_embeds": image_embeds}
+
+
+@torch.no_grad()
+def generate_latents(
+    pipe: FourDNeXPipeline,
+    image: torch.Tensor,
+    prompt: str,
+    config: SamplingConfig | None = None,
+    *,
+    xyz_condition: torch.Tensor | None = None,
+    conditions: dict | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Sample the width-fused 6D latent video.
+
+    Args:
+        pipe: a :class:`FourDNeXPipeline` whose transformer carries the 4DNeX patches (LoRA and
+            domain embeddings loaded; see ``fourd_core.models.loading``).
+        image: ``[H, W, 3]`` float in [0, 1] with ``H, W == config.height, config.width``
+            (prepare it with ``fourd_core.io.images.prepare_image``).
+        prompt: text prompt (the suffix is added here).
+        xyz_condition: optional ``[H, W, 3]`` first-frame XYZ in [-1, 1]; default the sloped plane.
+        conditions: optional precomputed output of :func:`encode_conditions` (reuse across seeds).
+        callback: ``callback(step, total, latents)`` after every step; raise to cancel.
+    Returns:
+        latents ``[1, 16, T, h, 2w]`` float32, normalised as the model sees them (the XYZ half still
+        modality-normalised; see :func:`decode_6d`).
+    Raises:
+        InputError: bad config or image size. CancelledError: when the callback cancels.
+    """
+    config = config or SamplingConfig()
+    config.validate()
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise InputError(f"image must be [H, W, 3] float in [0, 1], got shape {tuple(image.shape)}.")
+    if tuple(image.shape[:2]) != (config.height, config.width):
+        raise InputError(f"image is {image.shape[0]}x{image.shape[1]} but sampling expects "
+                         f"{config.height}x{config.width}; prepare it with prepare_image().")
+    if not is_fourdnex_patched(pipe.transformer):
+        apply_fourdnex_patches(pipe.transformer)
+    set_fourdnex_enabled(pipe.transformer, True)
+    if xyz_condition is not None:
+        if tuple(xyz_condition.shape) != (config.height, config.width, 3):
+            raise InputError(f"xyz_condition must be [{config.height}, {config.width}, 3], got {tuple(xyz_condition.shape)}.")
+        if not torch.isfinite(xyz_condition).all():
+            raise InputError("xyz_condition contains NaN or inf.")
+    conditions = conditions or encode_conditions(pipe, image, prompt, config)
+
+    pipe.scheduler = make_scheduler(pipe, config.scheduler, config.shift)
+    generator = torch.Generator("cpu").manual_seed(int(config.seed))
+    total = config.steps
+
+    def on_step_end(_pipe, i, _t, kwargs):
+        if callback is not None:
+            callback(i + 1, total, kwargs["latents"])
+        return {}
+
+    pipe._xyz_condition = None if xyz_condition is None else xyz_condition.permute(2, 0, 1).float()
+    try:
+        out = pipe(
+            image=to_pil(image),
+            prompt_embeds=conditions["prompt_embeds"],
+            negative_prompt_embeds=conditions["negative_prompt_embeds"],
+            image_embeds=conditions["image_embeds"],
+            height=config.height,
+            width=config.width,
+            num_frames=config.num_frames,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            generator=generator,
+            output_type="latent",
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+            return_dict=False,
+        )[0]
+    finally:
+        pipe._xyz_condition = None
+    return out.float()
+
+
+@torch.no_grad()
+def decode_6d(pipe: FourDNeXPipeline, latents: torch.Tensor, *, vae_dtype: torch.dtype = torch.float32,
+              joint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode width-fused latents into an RGB video and an XYZ point-map video.
+
+    Chain for the XYZ half (4dnex.md sec. 4): ``z_v = 1.70 * z - 0.13`` (modality de-normalisation),
+    then the VAE's ``z = z_v * std_c + mean_c``, then the VAE decoder, clamp to [-1, 1], ``x / 2 + 0.5``.
+    The RGB half skips the first step. Each half is decoded on its own (``joint=True`` reproduces
+    the official joint decode, which leaks across the seam).
+
+    Args:
+        latents: ``[1, 16, T, h, 2w]`` as returned by :func:`generate_latents`.
+        vae_dtype: decoder dtype (float32 recommended for Wan).
+    Returns:
+        ``rgb`` ``[F, H, W, 3]`` and ``xyz`` ``[F, H, W, 3]``, float32 in [0, 1] on CPU. The XYZ
+        channels are the 4DNeX point map (x, y, z) mapped from [-1, 1] to [0, 1]: first-camera OpenCV
+        axes, per-frame bounding-box centred, one global scale (4dnex.md sections 7 and 9);
+        ``fourd_core.geometry`` turns it into cameras and depth.
+    """
+    if latents.ndim != 5 or latents.shape[-1] % 2:
+        raise InputError(f"latents must be [B, C, T, h, 2w] with an even width, got {tuple(latents.shape)}.")
+    vae = pipe.vae
+    orig_dtype = vae.dtype
+    device = get_module_execution_device(vae)
+    if orig_dtype != vae_dtype:
+        vae.to(dtype=vae_dtype)
+    try:
+        z = latents.to(device=device, dtype=torch.float32)
+        z_rgb, z_xyz = split_width(z)
+        z_xyz = denormalize_xyz_latents(z_xyz)
+        mean, inv_std = vae_latent_stats(vae, z)
+
+        def run(zz: torch.Tensor) -> torch.Tensor:
+            zz = (zz / inv_std + mean).to(vae_dtype)
+            x = vae.decode(zz, return_dict=False)[0].float().clamp(-1, 1)
+            return (x[0].permute(1, 2, 3, 0) / 2 + 0.5).cpu()  # [F, H, W, 3]
+
+        if joint:
+            both = run(torch.cat([z_rgb, z_xyz], dim=-1))
+            rgb, xyz = split_width(both.permute(0, 3, 1, 2))
+            return rgb.permute(0, 2, 3, 1).contiguous(), xyz.permute(0, 2, 3, 1).contiguous()
+        return run(z_rgb), run(z_xyz)
+    finally:
+        if orig_dtype != vae_dtype:
+            vae.to(dtype=orig_dtype)
+        pipe.maybe_free_model_hooks()
+
+
+def cancel_check_callback(should_cancel: Callable[[], bool]) -> StepCallback:
+    """A step callback that raises :class:`CancelledError` when ``should_cancel()`` becomes true."""
+
+    def cb(step: int, total: int, latents: torch.Tensor) -> None:
+        if should_cancel():
+            raise CancelledError(f"Sampling cancelled at step {step}/{total}.")
+
+    return cb

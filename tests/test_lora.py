@@ -1,0 +1,125 @@
+"""The 4DNeX release files: LoRA effective scale, key layouts, domain embeddings, bad files."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fourd_core.errors import WeightsError
+from fourd_core.models.lora import load_fourdnex_release, read_domain_embeddings, read_fourdnex_lora
+from fourd_core.models.loading import ModelSpec, load_pipeline
+from fourd_core.models.memory import MemoryConfig
+
+CPU = MemoryConfig(device="cpu")
+
+
+def _plain(tiny_base):
+    pipe, _ = load_pipeline(ModelSpec(base=str(tiny_base), fourdnex=None, dtype="float32"), CPU)
+    return pipe
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+def test_fused_lora_effective_scale_is_half_alpha_over_rank(tiny_base, tiny_release, strength):
+    """W' = W + 0.5 * strength * B @ A for every targeted layer (alpha 32 / rank 64 of the release)."""
+    pipe = _plain(tiny_base)
+    base = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    lora = load_file(str(tiny_release / "pytorch_lora_weights.safetensors"))
+    load_fourdnex_release(pipe, tiny_release, strength=strength, fuse=True)
+    sd = pipe.transformer.state_dict()
+    n = 0
+    for k, a in lora.items():
+        if not k.endswith("lora_A.weight"):
+            continue
+        b = lora[k.replace("lora_A", "lora_B")]
+        layer = k.removeprefix("transformer.").removesuffix(".lora_A.weight")
+        expected = base[layer + ".weight"] + 0.5 * strength * (b @ a)
+        assert torch.allclose(sd[layer + ".weight"], expected, atol=1e-6), layer
+        n += 1
+    assert n == 2 * 2 * 4  # blocks x (attn1, attn2) x (q, k, v, out)
+    assert not any("lora" in k for k in sd)  # adapter dropped after fusing
+
+
+def test_unfused_adapter_matches_fused(tiny_base, tiny_release):
+    fused, unfused = _plain(tiny_base), _plain(tiny_base)
+    load_fourdnex_release(fused, tiny_release, fuse=True)
+    info = load_fourdnex_release(unfused, tiny_release, fuse=False)
+    assert info["scale"] == 0.5 and not info["fused"]
+    x = torch.randn(1, 36, 1, 4, 8)
+    ctx = torch.randn(1, 512 + 5, 32)
+    with torch.no_grad():
+        kw = dict(timestep=torch.tensor([500.0]), encoder_hidden_states=ctx[:, 5:], encoder_hidden_states_image=torch.randn(1, 5, 32))
+        a = fused.transformer(x, **kw).sample
+        b = unfused.transformer(x, **kw).sample
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_comfyui_key_layout_lora_equals_official(tiny_base, tiny_release, tmp_path):
+    lora = load_file(str(tiny_release / "pytorch_lora_weights.safetensors"))
+    names = {"attn1": "self_attn", "attn2": "cross_attn", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}
+
+    def comfy(k):
+        m = re.match(r"transformer\.blocks\.(\d+)\.(attn[12])\.(to_q|to_k|to_v|to_out\.0)\.(lora_[AB])\.weight", k)
+        return f"diffusion_model.blocks.{m[1]}.{names[m[2]]}.{names[m[3]]}.{m[4]}.weight"
+
+    save_file({comfy(k): v for k, v in lora.items()}, str(tmp_path / "comfy_lora.safetensors"))
+    sd = read_fourdnex_lora(tmp_path / "comfy_lora.safetensors")
+    assert set(sd) == set(lora)
+    for k in lora:
+        assert torch.equal(sd[k], lora[k])
+
+
+def test_lora_shape_mismatch_names_expected_shape(tiny_base, tiny_release, tmp_path):
+    pipe = _plain(tiny_base)
+    lora = load_file(str(tiny_release / "pytorch_lora_weights.safetensors"))
+    lora["transformer.blocks.0.attn1.to_q.lora_A.weight"] = torch.zeros(4, 99)
+    save_file(lora, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(WeightsError, match=r"expected \(4, 24\)"):
+        read_fourdnex_lora(tmp_path / "bad.safetensors", pipe.transformer)
+    lora2 = {"transformer.blocks.7.attn1.to_q.lora_A.weight": torch.zeros(4, 24)}
+    save_file(lora2, str(tmp_path / "bad2.safetensors"))
+    with pytest.raises(WeightsError, match="does not have"):
+        read_fourdnex_lora(tmp_path / "bad2.safetensors", pipe.transformer)
+    save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "notlora.safetensors"))
+    with pytest.raises(WeightsError, match="not a 4DNeX"):
+        read_fourdnex_lora(tmp_path / "notlora.safetensors")
+
+
+def test_domain_embeddings_formats(tmp_path, tiny_release):
+    ref = torch.load(tiny_release / "learnable_domain_embeddings.pt", weights_only=True)
+    assert torch.equal(read_domain_embeddings(tiny_release / "learnable_domain_embeddings.pt"), ref)
+    save_file({"learnable_domain_embeddings": ref}, str(tmp_path / "emb.safetensors"))
+    assert torch.equal(read_domain_embeddings(tmp_path / "emb.safetensors"), ref)
+    torch.save(torch.zeros(3, 24), tmp_path / "wrong.pt")
+    with pytest.raises(WeightsError, match=r"expected \[2, inner_dim\]"):
+        read_domain_embeddings(tmp_path / "wrong.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_domain_embeddings_refuse_arbitrary_pickles(tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"learnable_domain_embeddings": _Evil()}, f)
+    with pytest.raises(WeightsError, match="weights_only"):
+        read_domain_embeddings(tmp_path / "evil.pt")
+
+
+def test_domain_embedding_shape_mismatch(tiny_base, tiny_release, tmp_path):
+    import shutil
+
+    rel = tmp_path / "rel"
+    shutil.copytree(tiny_release, rel)
+    torch.save(torch.zeros(2, 5120), rel / "learnable_domain_embeddings.pt")
+    with pytest.raises(WeightsError, match=r"expects \(2, 24\)"):
+        load_fourdnex_release(_plain(tiny_base), rel)
+
+
+def test_missing_release_folder(tiny_base, tmp_path):
+    with pytest.raises(WeightsError, match="pytorch_lora_weights"):
+        load_fourdnex_release(_plain(tiny_base), tmp_path)
