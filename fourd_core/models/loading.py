@@ -48,7 +48,8 @@ class ModelSpec:
         lora_strength: multiplies the release's effective scale 0.5 (alpha 32 / rank 64).
         fuse_lora: merge the LoRA into the weights (official behaviour) or keep an adapter.
         dtype: DiT and UMT5 dtype name (``bfloat16`` official). CLIP and the VAE stay float32.
-        cache_dir: hub cache; local_dir: download hub repos into this folder instead (ComfyUI).
+        cache_dir: hub cache; local_dir / lora_local_dir: download the base / the 4DNeX release into
+            these folders instead (ComfyUI's models/diffusers and models/loras).
         local_files_only: never touch the network.
     """
 
@@ -65,6 +66,7 @@ class ModelSpec:
     dtype: str = "bfloat16"
     cache_dir: str | None = None
     local_dir: str | None = None
+    lora_local_dir: str | None = None
     local_files_only: bool = False
 
     @property
@@ -365,7 +367,7 @@ def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=
         say("loading 4DNeX LoRA")
         rel_path = Path(release).expanduser()
         if not rel_path.exists() and is_hub_id(release):
-            rel_path = hub_download(release, cache_dir=spec.cache_dir, local_dir=spec.local_dir,
+            rel_path = hub_download(release, cache_dir=spec.cache_dir, local_dir=spec.lora_local_dir,
                                     local_files_only=spec.local_files_only)
         fuse = spec.fuse_lora
         if memory.fp8_storage and not fuse:

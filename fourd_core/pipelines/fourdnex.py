@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline
 from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
 from diffusers.utils.torch_utils import get_module_execution_device
@@ -147,7 +148,41 @@ class FourDNeXPipeline(WanImageToVideoPipeline):
 
         mask = condition_mask(batch_size, num_frames, lat_h, lat_w, temporal_stride=t_stride,
                               dtype=latent_condition.dtype, device=latent_condition.device)
+        self._fourd_preview_map = fit_latent_preview(latent_condition[0, :, 0, :, : lat_w // 2], image[0])
         return latents, torch.cat([mask, latent_condition], dim=1)
+
+
+def fit_latent_preview(latent_rgb0: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Least-squares affine map from (VAE-normalised) latents to RGB, fitted on the condition frame.
+
+    Args:
+        latent_rgb0: ``[C, h, w]`` latent of the first RGB frame; image: ``[3, H, W]`` in [-1, 1].
+    Returns:
+        ``[C + 1, 3]`` map: ``rgb ~= [z, 1] @ map`` (in [-1, 1]). Cheap, model-agnostic previews for
+        progress bars (no VAE decode); exact enough to recognise the scene.
+    """
+    c, h, w = latent_rgb0.shape
+    target = F.interpolate(image[None].float(), size=(h, w), mode="area")[0]
+    x = torch.cat([latent_rgb0.float().reshape(c, -1).T, torch.ones(h * w, 1, device=latent_rgb0.device)], dim=1)
+    y = target.reshape(3, -1).T.to(x.device)
+    reg = 1e-3 * torch.eye(c + 1, device=x.device)
+    return torch.linalg.solve(x.T @ x + reg, x.T @ y)
+
+
+def latent_preview(pipe, latents: torch.Tensor, frame: int = 0, scale: int = 8) -> Image.Image | None:
+    """A quick RGB preview of latent frame ``frame`` of the RGB half (PIL), or None before sampling.
+
+    Uses the map fitted by :func:`fit_latent_preview` during the current run.
+    """
+    m = getattr(pipe, "_fourd_preview_map", None)
+    if m is None:
+        return None
+    z = latents[0, :, frame, :, : latents.shape[-1] // 2].float()
+    c, h, w = z.shape
+    x = torch.cat([z.reshape(c, -1).T, torch.ones(h * w, 1, device=z.device)], dim=1)
+    rgb = (x @ m.to(z.device)).T.reshape(3, h, w).clamp(-1, 1) / 2 + 0.5
+    rgb = F.interpolate(rgb[None], scale_factor=scale, mode="bilinear", align_corners=False)[0]
+    return to_pil(rgb.permute(1, 2, 0).cpu())
 
 
 def vae_latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
