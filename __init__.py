@@ -1,0 +1,11 @@
+"""ComfyUI-FourD: one image -> a 4D scene (dynamic point cloud, cameras, depth) and novel-view videos.
+
+ComfyUI imports this file as a package (``custom_nodes/ComfyUI-FourD``); the library lives in
+``fourd_core`` (no ComfyUI imports) and the node adapters in ``nodes``.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

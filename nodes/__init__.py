@@ -1,0 +1,37 @@
+"""ComfyUI nodes of ComfyUI-FourD: thin V1 adapters over ``fourd_core``.
+
+Imported by the pack's top-level ``__init__.py`` (ComfyUI loads it as a package), so modules here
+use relative imports; ``comfy`` / ``folder_paths`` are only touched lazily in ``comfy_bridge``.
+"""
+
+from .loaders import FourDLoad4DNeX, FourDLoadWan, FourDMemorySettings
+from .sampling import FourDDecode, FourDPrepareImage, FourDSampler
+from .scene_nodes import FourDExport, FourDLoadScene, FourDPreview4D, FourDRecoverCameras, FourDSaveScene
+
+NODE_CLASS_MAPPINGS = {
+    "FourDLoadWan": FourDLoadWan,
+    "FourDLoad4DNeX": FourDLoad4DNeX,
+    "FourDMemorySettings": FourDMemorySettings,
+    "FourDPrepareImage": FourDPrepareImage,
+    "FourDSampler": FourDSampler,
+    "FourDDecode": FourDDecode,
+    "FourDRecoverCameras": FourDRecoverCameras,
+    "FourDExport": FourDExport,
+    "FourDSaveScene": FourDSaveScene,
+    "FourDLoadScene": FourDLoadScene,
+    "FourDPreview4D": FourDPreview4D,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FourDLoadWan": "FourD Load Wan2.1-I2V",
+    "FourDLoad4DNeX": "FourD Load 4DNeX LoRA",
+    "FourDMemorySettings": "FourD Memory Settings",
+    "FourDPrepareImage": "FourD Prepare Image (+XYZ init)",
+    "FourDSampler": "FourD 4DNeX Sampler",
+    "FourDDecode": "FourD Decode 6D (RGB + XYZ)",
+    "FourDRecoverCameras": "FourD Recover Cameras + Depth",
+    "FourDExport": "FourD Export (video, PLY, GLB, cameras, depth)",
+    "FourDSaveScene": "FourD Save Scene",
+    "FourDLoadScene": "FourD Load Scene",
+    "FourDPreview4D": "FourD 4D Preview",
+}

@@ -1,0 +1,200 @@
+"""Writes the example workflows in ComfyUI's UI format (``workflows/*.json``) and API format
+(``workflows/api/*.json``) from one compact description per graph, so both stay in sync.
+
+    python workflows/build_workflows.py
+
+Widget values follow the order of each node's ``INPUT_TYPES`` (required, then optional); an INT
+named ``seed`` gets ComfyUI's extra ``control_after_generate`` value. Core nodes used here
+(LoadImage, PreviewImage, CreateVideo, SaveVideo, Preview3D) are described in ``CORE``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+WAN_FILES = {
+    "transformer": ("wan2.1_i2v_480p_14B_fp16.safetensors", "diffusion_models",
+                    "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"),
+    "text_encoder": ("umt5_xxl_fp16.safetensors", "text_encoders",
+                     "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/umt5_xxl_fp16.safetensors"),
+    "clip_vision": ("clip_vision_h.safetensors", "clip_vision",
+                    "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/clip_vision/clip_vision_h.safetensors"),
+    "vae": ("wan_2.1_vae.safetensors", "vae",
+            "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors"),
+}
+LORA_FILES = {
+    "release": ("pytorch_lora_weights.safetensors", "loras",
+                "https://huggingface.co/FrozenBurning/4DNex-Lora/resolve/main/pytorch_lora_weights.safetensors"),
+    "domain_embeddings": ("learnable_domain_embeddings.pt", "loras",
+                          "https://huggingface.co/FrozenBurning/4DNex-Lora/resolve/main/learnable_domain_embeddings.pt"),
+}
+
+# Core ComfyUI nodes: (inputs [(name, type, is_widget)], outputs [(name, type)])
+CORE = {
+    "LoadImage": ([("image", "COMBO", True), ("upload", "IMAGEUPLOAD", True)], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "PreviewImage": ([("images", "IMAGE", False)], []),
+    "CreateVideo": ([("images", "IMAGE", False), ("fps", "FLOAT", True)], [("VIDEO", "VIDEO")]),
+    "SaveVideo": ([("video", "VIDEO", False), ("filename_prefix", "STRING", True), ("format", "COMBO", True),
+                   ("codec", "COMBO", True)], []),
+    "Preview3D": ([("model_file", "STRING", True)], []),
+}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def load_pack():
+    """Import the pack the way ComfyUI does (a package from its __init__.py)."""
+    spec = importlib.util.spec_from_file_location("comfyui_fourd_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def node_io(mappings, class_type):
+    """``(inputs [(name, type, is_widget)], outputs [(name, type)])`` of a node type."""
+    if class_type in CORE:
+        return CORE[class_type]
+    cls = mappings[class_type]
+    it = cls.INPUT_TYPES()
+    inputs = []
+    for section in ("required", "optional"):
+        for name, spec in it.get(section, {}).items():
+            t = spec[0]
+            typ = "COMBO" if isinstance(t, (list, tuple)) else t
+            inputs.append((name, typ, typ == "COMBO" or typ in WIDGET_TYPES))
+    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+    return inputs, list(zip(names, cls.RETURN_TYPES))
+
+
+def build(graph: dict, mappings: dict) -> tuple[dict, dict]:
+    """graph: {"nodes": {id: {"type", "pos", "values": {widget: value}, "links": {input: (src_id, slot)},
+    "title"?, "models"?: [...], "size"?}}} -> (ui_workflow, api_prompt)."""
+    ui_nodes, links, api = [], [], {}
+    link_id = 0
+    incoming = {}  # (dst, input name) -> link id
+    out_links: dict[tuple[int, int], list[int]] = {}
+    for nid, n in graph["nodes"].items():
+        for inp, (src, slot) in n.get("links", {}).items():
+            link_id += 1
+            incoming[(nid, inp)] = link_id
+            out_links.setdefault((src, slot), []).append(link_id)
+            src_type = node_io(mappings, graph["nodes"][src]["type"])[1][slot][1]
+            dst_inputs = {i[0]: i for i in node_io(mappings, n["type"])[0]}
+            links.append([link_id, src, slot, nid, None, src_type, inp])
+    for order, (nid, n) in enumerate(graph["nodes"].items()):
+        inputs, outputs = node_io(mappings, n["type"])
+        ui_inputs, widgets = [], []
+        slot_index = 0
+        for name, typ, is_widget in inputs:
+            linked = (nid, name) in incoming
+            if is_widget:
+                if name in n.get("values", {}):
+                    widgets.append(n["values"][name])
+                    if name == "seed":
+                        widgets.append("fixed")
+                elif linked:
+                    widgets.append("")
+            if not is_widget or linked:
+                entry = {"name": name, "type": typ, "link": incoming.get((nid, name))}
+                if is_widget:
+                    entry["widget"] = {"name": name}
+                ui_inputs.append(entry)
+                for l in links:
+                    if l[0] == incoming.get((nid, name)):
+                        l[4] = slot_index
+                slot_index += 1
+        ui_outputs = [{"name": name, "type": typ, "links": out_links.get((nid, i), []), "slot_index": i}
+                      for i, (name, typ) in enumerate(outputs)]
+        props = {"Node name for S&R": n["type"]}
+        if n.get("models"):
+            props["models"] = [{"name": a, "directory": b, "url": c} for a, b, c in n["models"]]
+        node = {"id": nid, "type": n["type"], "pos": n["pos"], "size": n.get("size", [320, 120]), "flags": {},
+                "order": order, "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs, "properties": props,
+                "widgets_values": widgets}
+        if n.get("title"):
+            node["title"] = n["title"]
+        ui_nodes.append(node)
+        api_inputs = {k: v for k, v in n.get("values", {}).items()}
+        for inp, (src, slot) in n.get("links", {}).items():
+            api_inputs[inp] = [str(src), slot]
+        api[str(nid)] = {"class_type": n["type"], "inputs": api_inputs,
+                         "_meta": {"title": n.get("title", mappings[n["type"]].__name__ if n["type"] in mappings else n["type"])}}
+    ui = {"last_node_id": max(graph["nodes"]), "last_link_id": link_id, "nodes": ui_nodes,
+          "links": [l[:6] for l in links], "groups": [], "config": {},
+          "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "info": graph.get("info", "")}, "version": 0.4}
+    return ui, api
+
+
+def image_to_4d(tiny: bool) -> dict:
+    """LoadImage -> loaders -> prepare -> sample -> decode -> cameras -> export / preview / videos."""
+    prompt = (ROOT.parent / "shared" / "data" / "amusement_park.txt")
+    text = prompt.read_text().strip() if prompt.exists() else "An amusement park ride with a snowman at the entrance."
+    h, w, steps = (96, 144, 8) if tiny else (480, 720, 50)
+    loader_values = ({"base": "tiny (random weights, no download)", "transformer": "(from base model)",
+                      "text_encoder": "(from base model)", "clip_vision": "(from base model)", "vae": "(from base model)",
+                      "dtype": "float32"} if tiny else
+                     {"base": "(none: single files only)", "transformer": WAN_FILES["transformer"][0],
+                      "text_encoder": WAN_FILES["text_encoder"][0], "clip_vision": WAN_FILES["clip_vision"][0],
+                      "vae": WAN_FILES["vae"][0], "dtype": "bfloat16"})
+    nodes = {
+        1: {"type": "LoadImage", "pos": [40, 60], "size": [300, 320], "values": {"image": "amusement_park.png", "upload": "image"}},
+        2: {"type": "FourDMemorySettings", "pos": [40, 420], "values": {"device": "cpu" if tiny else "auto",
+            "offload": "none" if tiny else "group", "fp8_storage": False, "vae_tiling": False, "attention_backend": "default"}},
+        3: {"type": "FourDLoadWan", "pos": [380, 60], "size": [380, 200], "values": loader_values, "links": {"memory": (2, 0)},
+            "models": [] if tiny else list(WAN_FILES.values())},
+        4: {"type": "FourDLoad4DNeX", "pos": [380, 300], "size": [380, 160],
+            "values": {"release": "FrozenBurning/4DNex-Lora (download)" if tiny else LORA_FILES["release"][0],
+                       "domain_embeddings": "(beside the LoRA)" if tiny else LORA_FILES["domain_embeddings"][0],
+                       "strength": 1.0, "fuse": True},
+            "links": {"model": (3, 0)}, "models": [] if tiny else list(LORA_FILES.values())},
+        5: {"type": "FourDPrepareImage", "pos": [380, 500], "values": {"width": w, "height": h, "resize": "crop",
+            "xyz_init": "sloped plane"}, "links": {"image": (1, 0)}},
+        6: {"type": "FourDSampler", "pos": [800, 60], "size": [400, 420],
+            "values": {"prompt": text, "seed": 42, "steps": steps, "cfg": 5.0, "shift": 3.0, "scheduler": "unipc", "frames": 49},
+            "links": {"model": (4, 0), "image": (5, 0), "xyz_init": (5, 1)}},
+        7: {"type": "FourDDecode", "pos": [1240, 60], "values": {"joint_decode": False}, "links": {"model": (4, 0), "latent": (6, 0)}},
+        8: {"type": "FourDRecoverCameras", "pos": [1240, 260], "values": {"shared_intrinsics": True, "square_pixels": True,
+            "centered_principal_point": True, "robust_loss": "huber", "temporal_smoothness": 0.0}, "links": {"scene": (7, 2)}},
+        9: {"type": "FourDExport", "pos": [1640, 60], "size": [340, 300],
+            "values": {"filename_prefix": "fourd/tiny_demo" if tiny else "fourd/amusement_park", "fps": 24.0, "ply": True,
+                       "glb": True, "min_confidence": 0.0, "voxel_size": 0.0, "outlier_neighbors": 0, "max_points": 0},
+            "links": {"scene": (8, 0)}},
+        10: {"type": "FourDPreview4D", "pos": [1640, 400], "size": [480, 440],
+             "values": {"points_per_frame": 40000, "min_confidence": 0.0}, "links": {"scene": (8, 0)}},
+        11: {"type": "CreateVideo", "pos": [1240, 520], "values": {"fps": 24.0}, "links": {"images": (7, 0)}},
+        12: {"type": "SaveVideo", "pos": [1240, 640], "values": {"filename_prefix": "fourd/rgb", "format": "auto", "codec": "auto"},
+             "links": {"video": (11, 0)}},
+        13: {"type": "CreateVideo", "pos": [1240, 800], "values": {"fps": 24.0}, "links": {"images": (7, 1)}},
+        14: {"type": "SaveVideo", "pos": [1240, 920], "values": {"filename_prefix": "fourd/xyz", "format": "auto", "codec": "auto"},
+             "links": {"video": (13, 0)}},
+        15: {"type": "PreviewImage", "pos": [800, 540], "links": {"images": (8, 1)}, "title": "Depth"},
+        16: {"type": "Preview3D", "pos": [2160, 60], "size": [400, 440], "values": {}, "links": {"model_file": (9, 0)}},
+    }
+    info = ("Tiny random-weight preset: runs on a CPU in about a minute, outputs are meaningless (exercises the graph)."
+            if tiny else "4DNeX image -> 4D scene. Models: Wan2.1-I2V-14B-480P single files (Comfy-Org repackaged) and "
+            "the 4DNeX release (FrozenBurning/4DNex-Lora) in models/loras/.")
+    return {"nodes": nodes, "info": info}
+
+
+GRAPHS = {"fourd_image_to_4d": lambda: image_to_4d(False), "fourd_tiny_demo_cpu": lambda: image_to_4d(True)}
+
+
+def main() -> None:
+    pack = load_pack()
+    (HERE / "api").mkdir(exist_ok=True)
+    for name, make in GRAPHS.items():
+        ui, api = build(make(), pack.NODE_CLASS_MAPPINGS)
+        (HERE / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
+        (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
+        print("wrote", name)
+
+
+if __name__ == "__main__":
+    main()
