@@ -381,6 +381,14 @@ def _D_mats(M: torch.Tensor, kap: torch.Tensor):
     return Dx, Dy
 
 
+def _intrinsics_curvature(R, t, kap, P: _Problem) -> torch.Tensor:
+    """[F,4]: diagonal of the data Gauss-Newton Hessian for (bx, by, gx, gy), per frame."""
+    M = torch.cat([R, t[..., None]], -1)
+    Dx, Dy = _D_mats(M, kap)
+    Hf = Dx @ P.Gx @ Dx.transpose(1, 2) + Dy @ P.Gy @ Dy.transpose(1, 2)
+    return P.cf[:, None] * Hf.diagonal(dim1=-2, dim2=-1)[:, 6:]
+
+
 def _gradient_correction(R, t, kap, P: _Problem, gsum: torch.Tensor) -> torch.Tensor:
     """[F,10]: exact half-gradient (from per-pixel residual sums gsum [F,2,8]) minus the moment one."""
     M = torch.cat([R, t[..., None]], -1)
@@ -842,19 +850,21 @@ def _normalise_P(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return P, f
 
 
-def _score_P(P, f, q, uh, vh, w):
-    """Median same-depth residual of projective cameras P [...,3,4] on points q [F,S,3] where w > 0."""
+def _score_P(P, f, q, uh, vh):
+    """Score projective cameras P [F,C,3,4] (normalised by :func:`_normalise_P`) on points q [F,S,3].
+
+    Returns (median same-depth residual with points behind the camera counted as infinite,
+    the same median ignoring the side, fraction of points in front), each [F,C].
+    """
     qt = torch.cat([q, torch.ones_like(q[..., :1])], -1)  # [F,S,4]
     proj = torch.einsum("fcab,fsb->fcas", P, qt)  # [F,C,3,S]
     z = proj[..., 2, :]
     ex = (proj[..., 0, :] - uh[:, None, :] * z) / f[..., None]
     ey = (proj[..., 1, :] - vh[:, None, :] * z) / f[..., None]
     r = torch.sqrt(ex * ex + ey * ey)
-    r = torch.where(z > 0, r, torch.full_like(r, float("inf")))
-    if bool((w > 0).all()):
-        return torch.median(r, dim=-1).values  # [F,C]
-    r = torch.where((w > 0)[:, None, :], r, torch.full_like(r, float("nan")))
-    return torch.nanmedian(r, dim=-1).values  # [F,C]
+    front = z > 0
+    r_front = torch.where(front, r, torch.full_like(r, float("inf")))
+    return r_front.median(dim=-1).values, r.median(dim=-1).values, front.to(r.dtype).mean(-1)
 
 
 def _rq3(M: torch.Tensor):
@@ -1170,9 +1180,22 @@ def fit_cameras(
     # score on 512 of the kept sample points per frame (least median of squares)
     n_sc = 512
     sidx = torch.multinomial(wk.cpu() + 1e-12, n_sc, replacement=bool((keep.sum(1) < n_sc).any()), generator=gen).to(dev)
-    score = _score_P(Pall, fall, torch.gather(qs, 1, sidx[..., None].expand(-1, -1, 3)), torch.gather(uh_s, 1, sidx),
-                     torch.gather(vh_s, 1, sidx), torch.gather(wk, 1, sidx))
+    score, score_any, front = _score_P(Pall, fall, torch.gather(qs, 1, sidx[..., None].expand(-1, -1, 3)),
+                                       torch.gather(uh_s, 1, sidx), torch.gather(vh_s, 1, sidx))
     score = torch.where(bad_c | torch.isnan(score), torch.full_like(score, float("inf")), score)
+    # handedness: on non-planar frames the best projective camera (either side) is unique; if the
+    # points are behind it (with det M > 0), the map is a mirror image of a perspective view
+    s_any = torch.where(bad_c | torch.isnan(score_any), torch.full_like(score_any, float("inf")), score_any)[:, :-1]
+    best_any = s_any.argmin(1)
+    front_best = front[:, :-1].gather(1, best_any[:, None]).squeeze(1)
+    mirrored = ~planar & torch.isfinite(s_any.gather(1, best_any[:, None]).squeeze(1)) & (front_best < 0.5)
+    if mirrored.any():
+        bad = torch.nonzero(mirrored).flatten().tolist()
+        raise GeometryError(
+            f"frame(s) {bad[:10]} look like a mirror image of a perspective view: the points are behind the best "
+            "fitting camera. The axes are probably left-handed: flip the sign of y (or x), or of z if it points "
+            "backward. Expected OpenCV axes: x right, y down, z forward (depth > 0 in front)."
+        )
     best = score.argmin(1)
     if not torch.isfinite(score.gather(1, best[:, None])).all():
         bad = torch.nonzero(~torch.isfinite(score.gather(1, best[:, None]).squeeze(1))).flatten().tolist()
@@ -1187,6 +1210,8 @@ def fit_cameras(
     tcw = torch.linalg.solve(Kh, Pb[:, :, 3:4]).squeeze(-1)
     # P was normalised so that ||M[2]|| = 1 with det > 0, hence Rcw is a proper rotation
     f_init = torch.sqrt(Kh[:, 0, 0].abs() * Kh[:, 1, 1].abs())
+    if _DEBUG:
+        print("f_init", (f_init * s_pix).tolist(), "best", best.tolist(), "score", score.gather(1, best[:, None]).flatten().tolist())
     timings["init"] = time.perf_counter() - t0
     _callback(callback, 1, total_steps)
 
@@ -1212,12 +1237,12 @@ def fit_cameras(
     rho = float(sig.mean())
     reject = None if (robust == "none" or outlier_threshold is None) else float(outlier_threshold)
 
-    def make_problem(momf, noise_scale):
+    def make_problem(momf, noise_scale, correct=True):
         """Exact weighted LS problem from moments; noise_scale [F] (world units) for the bias term."""
         Gx, Gy = _G_blocks(momf)
         nbar = momf[:, 0, 3, 3].mean().clamp_min(1e-300)
         ncorr = None
-        if noise_bias_correction and kap_fixed is None:
+        if correct and noise_bias_correction and kap_fixed is None:
             if robust == "none":
                 fac = torch.ones_like(noise_scale)
             elif huber_delta is None:
@@ -1226,9 +1251,18 @@ def fit_cameras(
                 fac = torch.tensor([_weighted_noise_factor(robust, round(float(huber_delta / max(float(ns), 1e-300)), 3), reject)
                                     for ns in noise_scale.cpu()], dtype=_F64, device=dev)
             ncorr = fac * noise_scale**2 / nbar
-        return _Problem(Gx=Gx, Gy=Gy, cf=sig**2 / nbar, mu=mu, sig=sig, T=Tm, shared=shared_intrinsics,
-                        fixed_K=kap_fixed is not None, smooth=float(temporal_smoothness), rho=rho,
-                        ncorr=ncorr, m33=momf[:, :, 3, 3])
+        P_ = _Problem(Gx=Gx, Gy=Gy, cf=sig**2 / nbar, mu=mu, sig=sig, T=Tm, shared=shared_intrinsics,
+                      fixed_K=kap_fixed is not None, smooth=float(temporal_smoothness), rho=rho,
+                      ncorr=ncorr, m33=momf[:, :, 3, 3])
+        if ncorr is not None:
+            # safeguard: the correction (a concave quadratic in the intrinsics) must stay well below
+            # the data curvature, or a poor noise estimate could make the cost unbounded
+            Hdat = _intrinsics_curvature(Rcw, tcw, kap, P_)  # [F,4] diagonal, per frame
+            _, _, chess = _noise_correction(kap, P_)
+            cd = chess.diagonal(dim1=-2, dim2=-1)
+            ratio = torch.where(cd > 0, Hdat / cd.clamp_min(1e-300), torch.full_like(cd, float("inf"))).amin(-1)
+            P_.ncorr = ncorr * torch.clamp(0.5 * ratio, max=1.0)
+        return P_
 
     def param_change(Ra, ta, ka, Rb, tb, kb):
         """Largest change of rotation (chordal), camera centre (/ frame scale) and focal (relative)."""
@@ -1255,8 +1289,9 @@ def fit_cameras(
             mom, gsum, scale = _grid_pass(pts_l, valid_l, uh_l, vh_l, mu, sig, Rcw, tcw, kap, robust=rob,
                                           delta=huber_delta, reject=rej, dtype=dtype, chunk_frames=chunk_f,
                                           weights=w_override)
-            Pm = make_problem(mom, scale)
+            Pm = make_problem(mom, scale, correct=name != "sample")
             Pm.bcorr = _gradient_correction(Rcw, tcw, kap, Pm, gsum)
+            last_problem[0] = Pm
             R0_, t0_, k0_ = Rcw, tcw, kap
             Rcw, tcw, kap, n, maha, ndof = _lm(Rcw, tcw, kap, Pm, max_iter=20, tol=1e-14)
             lm_total += n
@@ -1294,6 +1329,28 @@ def fit_cameras(
                 "length is unobservable. Pass a known K, or check the decoded XYZ."
             )
 
+    def check_observability():
+        """Share of the intrinsics' curvature left after marginalising the poses (Schur complement).
+
+        ~0 means the data cannot fix the focal length (or principal point): a plane facing the
+        camera, a (nearly) orthographic map.  Returns the smallest ratio (1.0 with a fixed K).
+        """
+        P_ = last_problem[0]
+        if P_ is None or kap_fixed is not None or Tm.shape[1] == 0:
+            return 1.0
+        Hn, _, _ = _normal_equations(Rcw, tcw, kap, P_)
+        n6 = 6 * F
+        Hpp, Hpk, Hkk = Hn[:n6, :n6], Hn[:n6, n6:], Hn[n6:, n6:]
+        S = Hkk - Hpk.T @ torch.linalg.solve(Hpp + 1e-12 * Hpp.diagonal().mean() * torch.eye(n6, dtype=_F64, device=dev), Hpk)
+        ratio = float((S.diagonal() / Hkk.diagonal().clamp_min(1e-300)).min())
+        if not ratio > 1e-7:
+            raise GeometryError(
+                "the focal length (intrinsics) cannot be determined from these points: the map behaves like a plane "
+                "facing the camera or an orthographic view, where any focal length fits equally well. Pass a known K "
+                "(fit_cameras(..., K=...)), or use frames with depth variation."
+            )
+        return ratio
+
     def cameras(R_, t_, k_):
         """(K [F,3,3], cam_to_world [F,4,4]) in pixels / world units, float64."""
         bx_, by_, gx_, gy_ = k_.unbind(-1)
@@ -1308,6 +1365,7 @@ def fit_cameras(
         return K_, T_
 
     last_change = [float("inf")]
+    last_problem = [None]
     rates = []  # observed contraction of the IRLS steps (std units), per level
     all_valid = bool(valid.all())
     # level 0: the initialisation sample grid (float64); the first pass uses the pre-filter weights.
@@ -1362,6 +1420,7 @@ def fit_cameras(
         return _grid_pass(q0, valid_full, uh_f, vh_f, mu, sig, Rcw, tcw, kap, robust=robust, delta=huber_delta,
                           reject=reject, dtype=work, chunk_frames=chunk_f, out=out, moments=with_moments)
 
+    observability = check_observability()
     rate = min(max(rates[-1] if rates else 0.3, 0.05), 0.9)
     if last_change[0] < 1e-6:
         # the coarser level converged to rounding level (clean data): just write the outputs
@@ -1428,6 +1487,7 @@ def fit_cameras(
         "scale": sig.to(torch.float32).cpu(),
         "behind_fraction": behind.to(torch.float32).cpu(),
         "planar_frames": torch.nonzero(planar).flatten().tolist(),
+        "intrinsics_observability": observability,
         "init_hypothesis": best.cpu().tolist(),
         "timings": timings,
         "options": dict(shared_intrinsics=shared_intrinsics, square_pixels=square_pixels,

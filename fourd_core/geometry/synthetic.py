@@ -130,6 +130,7 @@ def make_synthetic_scene(
     fourdnex: bool = False,
     principal_offset: tuple[float, float] = (0.0, 0.0),
     aspect: float = 1.0,
+    zoom: float = 0.0,
     orbit_deg: float | None = None,
     device: str | torch.device = "cpu",
 ) -> SyntheticScene:
@@ -148,6 +149,7 @@ def make_synthetic_scene(
         principal_offset: (dx, dy) of the principal point from the image centre, as a fraction of
             (W, H).
         aspect: fy / fx.
+        zoom: relative focal change over the clip (f_t = f (1 + zoom t), t in [0, 1]).
         orbit_deg: total orbit of the camera around the scene; random in [10, 40] when None.
         device: where the returned tensors live.
 
@@ -167,6 +169,9 @@ def make_synthetic_scene(
     cx = (W - 1) / 2 + principal_offset[0] * W
     cy = (H - 1) / 2 + principal_offset[1] * H
     K = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float64).expand(F, 3, 3).clone()
+    zf = 1 + zoom * torch.linspace(0, 1, F, dtype=torch.float64)
+    K[:, 0, 0] *= zf
+    K[:, 1, 1] *= zf
 
     d0 = rnd(2.0, 6.0)
     depth = _depth_maps(F, H, W, g, d0)
