@@ -622,9 +622,11 @@ def _centred_soa(points: torch.Tensor, mu: torch.Tensor, valid: Optional[torch.T
     """(points - mu_f) as [F,3,H,W] (structure of arrays) in ``dtype``; 0 at invalid pixels."""
     F, H, W, _ = points.shape
     out = torch.empty(F, 3, H, W, dtype=dtype, device=points.device)
-    mu_d = mu.to(dtype)
     for f in range(F):
-        torch.sub(points[f].permute(2, 0, 1).to(dtype), mu_d[f][:, None, None], out=out[f])
+        if points.dtype == torch.float64 and dtype != torch.float64:  # subtract before rounding
+            out[f] = (points[f].permute(2, 0, 1) - mu[f][:, None, None]).to(dtype)
+        else:
+            torch.sub(points[f].permute(2, 0, 1).to(dtype), mu[f].to(dtype)[:, None, None], out=out[f])
         if valid is not None:
             out[f].masked_fill_(~valid[f], 0.0)
     return out
@@ -1292,6 +1294,8 @@ def fit_cameras(
             Pm = make_problem(mom, scale, correct=name != "sample")
             Pm.bcorr = _gradient_correction(Rcw, tcw, kap, Pm, gsum)
             last_problem[0] = Pm
+            if name == "sample" and it == 0:
+                check_observability()  # at the start, before the LM can drift along a flat valley
             R0_, t0_, k0_ = Rcw, tcw, kap
             Rcw, tcw, kap, n, maha, ndof = _lm(Rcw, tcw, kap, Pm, max_iter=20, tol=1e-14)
             lm_total += n
@@ -1322,7 +1326,7 @@ def fit_cameras(
                 "axis convention (x right, y down, z forward) or pass a known K."
             )
         fmax = float((s_pix / kap_[:, :2]).max())
-        if fmax > 1e3 * max(H, W):
+        if fmax > 100 * max(H, W):
             raise GeometryError(
                 f"the fitted focal length ({fmax:.3g} px) is unbounded: the map is (nearly) an affine image of the "
                 "pixel grid (orthographic, a plane facing the camera, or the XYZ initialisation plane), so the focal "
@@ -1382,7 +1386,7 @@ def fit_cameras(
 
     # the full grid, with invalid pixels replaced by finite values (their weight is 0)
     t0 = time.perf_counter()
-    work = torch.float32 if points.dtype != _F64 else _F64
+    work = torch.float32  # the passes run in float32 (the outputs are float32); sums are float64
     valid_full = None if all_valid else valid
     q0 = _centred_soa(points, mu, valid_full, work)
     uh_f = (torch.arange(W, device=dev, dtype=_F64) - c0x) / s_pix
