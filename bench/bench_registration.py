@@ -103,8 +103,9 @@ def main():
         e_ours = errors(fit, sc)
         iters = args.full_size_baseline_iters if H * W >= 480 * 720 else small_iters
         off = official_registration(sc.points, iterations=iters)
-        t_off_1500 = off.info["seconds_per_iteration"] * FULL_ITERS
         scaled = iters != FULL_ITERS
+        # a truncated run is scaled from its steady-state iterations (the first two allocate)
+        t_off_1500 = off.info["seconds_per_iteration_steady" if scaled else "seconds_per_iteration"] * FULL_ITERS
         e_off = errors(off, sc)
         del off
         print(f"{s:>12} | {t_off_1500:9.1f}s {('%d%s' % (iters, '*' if scaled else '')):>9} | {t_ours:6.2f}s | "
@@ -112,15 +113,21 @@ def main():
               f"{e_ours[0]:8.1e} {e_ours[1]:8.1e}deg {e_ours[2]:7.1e} {e_ours[3]:7.1e} | {peak:.2f} GB")
         print(f"{'':>12}   ours: passes {fit.info['passes']}, timings "
               + ", ".join(f"{k} {v:.2f}s" for k, v in fit.info["timings"].items()))
-    print("  * baseline ran fewer than 1500 iterations: its time per iteration is scaled to 1500, and its errors")
-    print("    are those after the iterations it ran (its 1500-iteration errors are the rows without '*').")
+        scn = make_synthetic_scene(F, H, W, seed=args.seed, fourdnex=True, noise=0.01, outliers=0.1)
+        t_noisy, fitn = timed_fit(scn.points)
+        en = errors(fitn, scn)
+        print(f"{'':>12}   ours on 1% noise + 10% outliers: {t_noisy:.2f}s ({t_off_1500 / t_noisy:.0f}x), "
+              f"f {en[0]:.1e}, rot {en[1]:.3f}deg, absrel {en[2]:.1e}, passes {fitn.info['passes']}")
+        del scn, fitn
+    print("  * baseline ran fewer than 1500 iterations: its steady time per iteration (iterations 3..n) is scaled to")
+    print("    1500, and its errors are those after the iterations it ran (1500-iteration errors: rows without '*').")
     print("  errors: f = worst relative focal error, rot = worst rotation error, absrel = mean |d - d*| / d*,")
     print("    pts = rms distance of the fitted points to the clean points / scene scale.")
 
     F, H, W = parse_size(args.accuracy_size)
     print()
-    print(f"Accuracy of ours at {args.accuracy_size} (noise = std per coordinate / scene scale; "
-          "outliers uniform in the frame's box; absrel over inlier pixels)")
+    print(f"Accuracy of ours at {args.accuracy_size}, worst of 4 scenes (seeds {args.seed}..{args.seed + 3}; noise = std")
+    print("per coordinate / scene scale; outliers uniform in the frame's box; absrel over inlier pixels)")
     hdr = f"{'case':>34} | {'focal err':>9} | {'rot err':>9} | {'depth absrel':>12} | {'resid/scale':>11} | time"
     print(hdr)
     print("-" * len(hdr))
@@ -129,12 +136,17 @@ def main():
              ("clean, 4DNeX convention", dict(fourdnex=True)),
              ("1% noise + 10% outliers, 4DNeX", dict(noise=0.01, outliers=0.1, fourdnex=True))]
     for name, kw in cases:
-        sc = make_synthetic_scene(F, H, W, seed=args.seed, **kw)
-        t, fit = timed_fit(sc.points, repeats=1)
-        fe, re, ar, _ = errors(fit, sc)
-        inl = ~sc.outlier_mask
-        res = float(fit.residual[inl].max() if not kw else fit.residual[inl].median()) / sc.scale
-        print(f"{name:>34} | {fe:9.2e} | {re:7.4f}deg | {ar:12.2e} | {res:11.2e} | {t:.2f}s")
+        worst = [0.0] * 5
+        for seed in range(args.seed, args.seed + 4):
+            sc = make_synthetic_scene(F, H, W, seed=seed, **kw)
+            t, fit = timed_fit(sc.points, repeats=1)
+            fe, re, ar, _ = errors(fit, sc)
+            inl = ~sc.outlier_mask
+            clean = not (kw.get("noise") or kw.get("outliers"))
+            res = float(fit.residual[inl].max() if clean else fit.residual[inl].median()) / sc.scale
+            worst = [max(a, b) for a, b in zip(worst, (fe, re, ar, res, t))]
+        fe, re, ar, res, t = worst
+        print(f"{name:>34} | {fe:9.2e} | {re:6.1e}deg | {ar:12.2e} | {res:11.2e} | {t:.2f}s")
     print("  resid/scale: max over pixels for clean data, median over inliers otherwise.")
 
     print()
