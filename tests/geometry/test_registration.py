@@ -166,6 +166,24 @@ def test_random_scenes_with_heavy_outliers_robust_init():
     assert ok_plain <= 4
 
 
+@pytest.mark.parametrize("robust", ["huber", "cauchy", "tukey", "none"])
+def test_robust_functions_on_noisy_maps(robust):
+    sc = make_synthetic_scene(6, 48, 72, seed=13, noise=0.005)
+    fit = fit_cameras(sc.points, robust=robust)
+    assert focal_err(fit, sc) < 3e-3 and rot_err(fit, sc) < 0.1
+    # the estimated noise level matches the synthetic one (std per coordinate)
+    torch.testing.assert_close(fit.info["noise_scale"], torch.full((6,), 0.005 * sc.scale), rtol=0.15, atol=0)
+    fit_d = fit_cameras(sc.points, robust=robust, huber_delta=0.02 * sc.scale, outlier_threshold=None)
+    assert focal_err(fit_d, sc) < 3e-3
+
+
+def test_float16_input():
+    sc = make_synthetic_scene(3, 48, 72, seed=14, fourdnex=True)
+    fit = fit_cameras(sc.points.half())
+    # float16 keeps ~3 significant digits of the points, so the cameras are good to about that
+    assert focal_err(fit, sc) < 5e-3 and rot_err(fit, sc) < 0.3
+
+
 def test_per_frame_intrinsics_follow_a_zoom():
     sc = make_synthetic_scene(6, 48, 72, seed=4, zoom=0.3)
     fit = fit_cameras(sc.points, shared_intrinsics=False)
