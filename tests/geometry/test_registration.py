@@ -361,6 +361,19 @@ def test_fronto_parallel_plane_and_xyz_init_plane_raise(scene):
     fit_cameras(points_from_depth(depth, scene.K, scene.cam_to_world), K=scene.K)
 
 
+def test_noisy_nearly_fronto_parallel_plane_raises(scene):
+    # a plane tilted by ~3 deg: its focal is determined only in the absence of noise
+    K = scene.K
+    xn = (torch.arange(48.0)[None, :] - K[0, 0, 2]) / K[0, 0, 0]
+    depth = (3.0 / (1 - 0.05 * xn)).expand(3, 32, 48)
+    pts = points_from_depth(depth, K, scene.cam_to_world)
+    fit = fit_cameras(pts)  # clean: exact
+    assert float(((fit.K[:, 0, 0] - K[:, 0, 0]).abs() / K[:, 0, 0]).max()) < 1e-4
+    noisy = pts + 0.01 * torch.randn(pts.shape, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(GeometryError, match="focal"):
+        fit_cameras(noisy)
+
+
 def test_bad_arguments_raise_input_error(scene):
     pts = scene.points
     with pytest.raises(InputError):
