@@ -4,8 +4,6 @@ Every expectation comes from the synthetic ground truth (known K, poses, depth),
 written out here, or from invariants; never from the solver's own output.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
