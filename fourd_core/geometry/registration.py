@@ -26,8 +26,10 @@ The official code does this with 1500 Adam steps over every per-pixel depth (see
   estimated from the residuals (``noise_bias_correction``).
 * Initialisation per frame, on a sub-sample of about 4096 pixels: a weighted DLT (linear
   resection, 12 unknowns) from the same moments; robustly, a neighbour-distance outlier
-  pre-filter and 32 DLT hypotheses from random 12-point subsets, scored by their median residual
-  (least median of squares); near-planar frames also try a homography-based camera.
+  pre-filter and 64 DLT hypotheses from random 8-point subsets, scored by their median residual
+  (least median of squares), the best ones re-fitted on their inliers; near-planar frames also
+  try a homography-based camera.  With one K for all frames, every frame's pose is then chosen
+  again among its hypotheses projected on the median focal length.
 * Robustness: iteratively re-weighted least squares (Huber by default; Cauchy, Tukey or none),
   per-frame noise scale from the median residual, gross outliers beyond ``outlier_threshold``
   noise scales rejected.
@@ -49,6 +51,7 @@ frame, 4dnex.md sections 9-10); a shared ``K`` and the smoothness term couple th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -69,7 +72,6 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-_DEBUG = False
 
 
 @dataclass
@@ -860,11 +862,12 @@ def _normalise_P(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return P, f
 
 
-def _score_P(P, f, q, uh, vh):
+def _score_P(P, f, q, uh, vh, want_any=True):
     """Score projective cameras P [F,C,3,4] (normalised by :func:`_normalise_P`) on points q [F,S,3].
 
     Returns (median same-depth residual with points behind the camera counted as infinite,
-    the same median ignoring the side, fraction of points in front), each [F,C].
+    the same median ignoring the side (None unless ``want_any``), fraction of points in front),
+    each [F,C].
     """
     qt = torch.cat([q, torch.ones_like(q[..., :1])], -1)  # [F,S,4]
     proj = torch.einsum("fcab,fsb->fcas", P, qt)  # [F,C,3,S]
@@ -874,7 +877,9 @@ def _score_P(P, f, q, uh, vh):
     r = torch.sqrt(ex * ex + ey * ey)
     front = z > 0
     r_front = torch.where(front, r, torch.full_like(r, float("inf")))
-    return r_front.median(dim=-1).values, r.median(dim=-1).values, front.to(r.dtype).mean(-1)
+    k = (r.shape[-1] + 1) // 2
+    med_any = torch.kthvalue(r, k, dim=-1).values if want_any else None
+    return torch.kthvalue(r_front, k, dim=-1).values, med_any, front.to(r.dtype).mean(-1)
 
 
 def _rq3(M: torch.Tensor):
@@ -992,7 +997,7 @@ def _check_inputs(points, valid_mask, device):
             raise InputError(f"valid_mask must be [F,H,W] or [H,W] matching points {tuple(points.shape)}; got {tuple(vm.shape)}.")
         valid = vm.to(torch.bool) if vm.dtype == torch.bool else vm > 0.5
     # fast path: NaN/inf propagate through the sum (a finite overflow only triggers the exact check)
-    if valid_mask is None and bool(torch.isfinite(points.sum())):
+    if valid_mask is None and bool(torch.isfinite(points.sum(dtype=_F64 if points.dtype == _F64 else torch.float32))):
         return points, valid, single
     finite = torch.isfinite(points).all(-1)
     bad = valid & ~finite
@@ -1070,9 +1075,9 @@ def fit_cameras(
         callback: ``callback(step, total)`` after each stage; raise (or return False, which raises
             :class:`CancelledError`) to cancel.
         K: optional known intrinsics [3,3] or [F,3,3] (zero skew); then only the poses are fitted.
-        robust_init: initialise from robust hypotheses (neighbour-distance pre-filter and least
-            median of squares over random 12-point DLTs); False uses one least-squares DLT on all
-            pixels (the "plain" initialisation, for comparison).
+        robust_init: initialise from robust hypotheses (neighbour-distance pre-filter, least
+            median of squares over random 8-point DLTs, inlier re-fit); False uses one
+            least-squares DLT on all pixels (the "plain" initialisation, for comparison).
         sample_pixels: about this many pixels per frame are used by the initialisation.
         seed: seed of the hypothesis sampling (results are deterministic for a given seed).
         chunk_pixels: pixels processed at once in the full-resolution passes (bounds memory).
@@ -1199,7 +1204,7 @@ def fit_cameras(
     P0 = _dlt_from_moments(mom)  # [F,3,4]
     cands = [P0[:, None]]
     if robust_init:
-        n_hyp, k_pts = 32, 12
+        n_hyp, k_pts = 64, 8
         probs = wk.cpu() + 1e-12
         replace = bool((keep.sum(1) < n_hyp * k_pts).any())
         idx = torch.multinomial(probs, n_hyp * k_pts, replacement=replace, generator=gen).to(dev)
@@ -1217,15 +1222,45 @@ def fit_cameras(
     bad_c = ~torch.isfinite(Pall).all(-1).all(-1) | ~torch.isfinite(fall)
     Pall = torch.where(bad_c[..., None, None], torch.zeros_like(Pall), Pall)
     fall = torch.where(bad_c, torch.ones_like(fall), fall)
-    # score on 512 of the kept sample points per frame (least median of squares)
-    n_sc = 512
+    # score on 384 of the kept sample points per frame (least median of squares)
+    n_sc = 384
     sidx = torch.multinomial(wk.cpu() + 1e-12, n_sc, replacement=bool((keep.sum(1) < n_sc).any()), generator=gen).to(dev)
-    score, score_any, front = _score_P(Pall, fall, torch.gather(qs, 1, sidx[..., None].expand(-1, -1, 3)),
-                                       torch.gather(uh_s, 1, sidx), torch.gather(vh_s, 1, sidx))
-    score = torch.where(bad_c | torch.isnan(score), torch.full_like(score, float("inf")), score)
+    q_sc, u_sc, v_sc = (torch.gather(qs, 1, sidx[..., None].expand(-1, -1, 3)), torch.gather(uh_s, 1, sidx),
+                        torch.gather(vh_s, 1, sidx))
+
+    def score_all(P_, f_, bad_, want_any=True):
+        sc_, sa_, fr_ = _score_P(P_, f_, q_sc, u_sc, v_sc, want_any)
+        inf = torch.full_like(sc_, float("inf"))
+        sa_ = torch.where(bad_ | torch.isnan(sa_), inf, sa_) if want_any else None
+        return torch.where(bad_ | torch.isnan(sc_), inf, sc_), sa_, fr_
+
+    score, score_any, front = score_all(Pall, fall, bad_c)
+    if robust_init:
+        # local optimisation: re-fit a DLT on the inliers of the best hypotheses (either side)
+        lo = []
+        for sel in (score[:, :-1].argmin(1), score_any[:, :-1].argmin(1)):
+            Pb_ = Pall[torch.arange(F, device=dev), sel]
+            qt_ = torch.cat([qs, torch.ones_like(qs[..., :1])], -1)
+            pr = torch.einsum("fab,fsb->fas", Pb_, qt_)
+            r_ = torch.sqrt((pr[:, 0] - uh_s * pr[:, 2]) ** 2 + (pr[:, 1] - vh_s * pr[:, 2]) ** 2)
+            r_ = torch.where(keep, r_, torch.nan)
+            inl = keep & (r_ <= 2.5 * torch.nanmedian(r_, dim=1).values[:, None])
+            lo.append(_dlt_from_moments(_moments(qs, inl.to(_F64), uh_s, vh_s))[:, None])
+        P_lo, f_lo = _normalise_P(torch.cat(lo, 1))
+        bad_lo = ~torch.isfinite(P_lo).all(-1).all(-1) | ~torch.isfinite(f_lo)
+        P_lo = torch.where(bad_lo[..., None, None], torch.zeros_like(P_lo), P_lo)
+        f_lo = torch.where(bad_lo, torch.ones_like(f_lo), f_lo)
+        s_lo, sa_lo, fr_lo = score_all(P_lo, f_lo, bad_lo)
+        # keep the homography candidate last
+        Pall = torch.cat([Pall[:, :-1], P_lo, Pall[:, -1:]], 1)
+        fall = torch.cat([fall[:, :-1], f_lo, fall[:, -1:]], 1)
+        score = torch.cat([score[:, :-1], s_lo, score[:, -1:]], 1)
+        score_any = torch.cat([score_any[:, :-1], sa_lo, score_any[:, -1:]], 1)
+        front = torch.cat([front[:, :-1], fr_lo, front[:, -1:]], 1)
+        bad_c = torch.cat([bad_c[:, :-1], bad_lo, bad_c[:, -1:]], 1)
     # handedness: on non-planar frames the best projective camera (either side) is unique; if the
     # points are behind it (with det M > 0), the map is a mirror image of a perspective view
-    s_any = torch.where(bad_c | torch.isnan(score_any), torch.full_like(score_any, float("inf")), score_any)[:, :-1]
+    s_any = score_any[:, :-1]
     best_any = s_any.argmin(1)
     front_best = front[:, :-1].gather(1, best_any[:, None]).squeeze(1)
     mirrored = ~planar & torch.isfinite(s_any.gather(1, best_any[:, None]).squeeze(1)) & (front_best < 0.5)
@@ -1252,8 +1287,31 @@ def fit_cameras(
     tcw = torch.linalg.solve(Kh, Pb[:, :, 3:4]).squeeze(-1)
     # P was normalised so that ||M[2]|| = 1 with det > 0, hence Rcw is a proper rotation
     f_init = torch.sqrt(Kh[:, 0, 0].abs() * Kh[:, 1, 1].abs())
-    if _DEBUG:
-        print("f_init", (f_init * s_pix).tolist(), "best", best.tolist(), "score", score.gather(1, best[:, None]).flatten().tolist())
+    if kap_fixed is not None or shared_intrinsics:
+        # with one K for all frames (median of the frames' estimates, or the given one), choose
+        # every frame's pose again among all its hypotheses, each projected on that K: a frame
+        # whose own focal is weakly determined then still gets a consistent start
+        if kap_fixed is not None:
+            kk = kap_fixed
+        else:
+            fm = torch.nanmedian(f_init)
+            kk = torch.stack([1 / fm, 1 / fm, torch.zeros_like(fm), torch.zeros_like(fm)]).expand(F, 4)
+        Kinv = torch.zeros(F, 3, 3, dtype=_F64, device=dev)
+        Kinv[:, 0, 0], Kinv[:, 1, 1], Kinv[:, 0, 2], Kinv[:, 1, 2], Kinv[:, 2, 2] = kk[:, 0], kk[:, 1], -kk[:, 2], -kk[:, 3], 1
+        A = Kinv[:, None] @ Pall  # ~ lambda [R | t]
+        U, Sv, Vh = torch.linalg.svd(A[..., :3])
+        Rc = U @ Vh
+        lam = Sv.mean(-1).clamp_min(1e-300)
+        tc = A[..., 3] / lam[..., None]
+        Kc = torch.linalg.inv(Kinv)[:, None]
+        Pc = Kc @ torch.cat([Rc, tc[..., None]], -1)
+        ok = ~bad_c & (torch.linalg.det(Rc) > 0)
+        Pc = torch.where(ok[..., None, None], Pc, torch.zeros_like(Pc))
+        sc_c, _, _ = score_all(Pc, torch.ones_like(fall) / kk[:, :1].sqrt() / kk[:, 1:2].sqrt(), ~ok, False)
+        bc = sc_c.argmin(1)
+        if bool(torch.isfinite(sc_c.gather(1, bc[:, None])).all()):
+            Rcw = Rc[torch.arange(F, device=dev), bc]
+            tcw = tc[torch.arange(F, device=dev), bc]
     timings["init"] = time.perf_counter() - t0
     _callback(callback, 1, total_steps)
 
@@ -1279,20 +1337,22 @@ def fit_cameras(
     rho = float(sig.mean())
     reject = None if (robust == "none" or outlier_threshold is None) else float(outlier_threshold)
 
+    def fac_noise(noise_scale):
+        """E[w r^2] / E[r^2] of the robust weights for Gaussian residuals, per frame."""
+        if robust == "none":
+            return torch.ones_like(noise_scale)
+        if huber_delta is None:
+            return torch.full_like(noise_scale, _weighted_noise_factor(robust, None, reject))
+        return torch.tensor([_weighted_noise_factor(robust, round(float(huber_delta / max(float(ns), 1e-300)), 3), reject)
+                             for ns in noise_scale.cpu()], dtype=_F64, device=dev)
+
     def make_problem(momf, noise_scale, correct=True):
         """Exact weighted LS problem from moments; noise_scale [F] (world units) for the bias term."""
         Gx, Gy = _G_blocks(momf)
         nbar = momf[:, 0, 3, 3].mean().clamp_min(1e-300)
         ncorr = None
         if correct and noise_bias_correction and kap_fixed is None:
-            if robust == "none":
-                fac = torch.ones_like(noise_scale)
-            elif huber_delta is None:
-                fac = torch.full_like(noise_scale, _weighted_noise_factor(robust, None, reject))
-            else:
-                fac = torch.tensor([_weighted_noise_factor(robust, round(float(huber_delta / max(float(ns), 1e-300)), 3), reject)
-                                    for ns in noise_scale.cpu()], dtype=_F64, device=dev)
-            ncorr = fac * noise_scale**2 / nbar
+            ncorr = fac_noise(noise_scale) * noise_scale**2 / nbar
         P_ = _Problem(Gx=Gx, Gy=Gy, cf=sig**2 / nbar, mu=mu, sig=sig, T=Tm, shared=shared_intrinsics,
                       fixed_K=kap_fixed is not None, smooth=float(temporal_smoothness), rho=rho,
                       ncorr=ncorr, m33=momf[:, :, 3, 3])
@@ -1334,8 +1394,7 @@ def fit_cameras(
             Pm = make_problem(mom, scale, correct=name != "sample")
             Pm.bcorr = _gradient_correction(Rcw, tcw, kap, Pm, gsum)
             last_problem[0] = Pm
-            if name == "sample" and it == 0:
-                check_observability()  # at the start, before the LM can drift along a flat valley
+            last_noise[0] = scale
             R0_, t0_, k0_ = Rcw, tcw, kap
             Rcw, tcw, kap, n, maha, ndof = _lm(Rcw, tcw, kap, Pm, max_iter=20, tol=1e-14)
             lm_total += n
@@ -1345,8 +1404,6 @@ def fit_cameras(
             nbar = float(mom[:, 0, 3, 3].mean())
             s2 = float((scale**2).mean())
             std_step = math.sqrt(maha * nbar / max(s2 * ndof, 1e-300)) if s2 > 0 else float("inf")
-            if _DEBUG:
-                print(name, it, f"change {chg:.2e} std_step {std_step:.3g} lm {n}")
             done = chg < tol or std_step < max_std_step or rob == "none"
             last_change[0] = chg
             std_hist.append(std_step)
@@ -1373,27 +1430,74 @@ def fit_cameras(
                 "length is unobservable. Pass a known K, or check the decoded XYZ."
             )
 
-    def check_observability():
-        """Share of the intrinsics' curvature left after marginalising the poses (Schur complement).
+    def check_observability(noise_scale):
+        """Can the data fix the intrinsics?  Evaluated on the sample grid in float64 at the current
+        cameras, with the Schur complement S of the intrinsics (the poses marginalised):
 
-        ~0 means the data cannot fix the focal length (or principal point): a plane facing the
-        camera, a (nearly) orthographic map.  Returns the smallest ratio (1.0 with a fixed K).
+        * S / H_kk ~ 0: no information (a plane facing the camera, an orthographic map);
+        * standard error ``sigma^2 / N * S^-1`` above 5 % of the focal length;
+        * the noise bias of the focal (what ``noise_bias_correction`` removes, ``S^-1`` times the
+          gradient of the expected noise term) above 10 %: the correction itself would then be
+          too uncertain (a nearly fronto-parallel plane, or very noisy points).
+
+        Returns (smallest S / H_kk, relative standard error, relative noise bias); 1.0, 0, 0 with a
+        fixed K.
         """
-        P_ = last_problem[0]
-        if P_ is None or kap_fixed is not None or Tm.shape[1] == 0:
-            return 1.0
+        if kap_fixed is not None or Tm.shape[1] == 0:
+            return 1.0, 0.0, 0.0
+        mom_, _, _ = _grid_pass(q0_s, vs_grid, uh_grid, vh_grid, mu, sig, Rcw, tcw, kap, robust=robust_s,
+                                delta=huber_delta, reject=reject_s, dtype=_F64, chunk_frames=F)
+        # profile-likelihood test: force the focal 30 % lower / 40 % higher, re-fit the poses, and
+        # compare the cost increase (in chi-square units over all pixels) with what noise allows
+        P0 = make_problem(mom_, noise_scale, correct=False)
+        R0_, t0_, k0_, *_ = _lm(Rcw, tcw, kap, P0, max_iter=30, tol=1e-14)
+        c0 = float(_total_cost(R0_, t0_, k0_, P0))
+        Pfix = dataclasses.replace(P0, fixed_K=True, T=torch.zeros(4, 0, dtype=_F64, device=dev))
+        n_px = float(valid.reshape(F, -1).sum(1).to(_F64).mean())
+        s2_floor = float(((1e-6 * sig) ** 2).mean())
+        s2 = max(float((noise_scale**2).mean()), s2_floor)
+        dchi2 = float("inf")
+        for factor in (0.7, 1.4):
+            kf = k0_.clone()
+            kf[:, :2] = kf[:, :2] / factor
+            Rf, tf_, kf2, *_ = _lm(R0_, t0_, kf, Pfix, max_iter=40, tol=1e-14)
+            dchi2 = min(dchi2, (float(_total_cost(Rf, tf_, kf2, Pfix)) - c0) * n_px / s2)
+        if dchi2 < 100:
+            raise GeometryError(
+                "the focal length (intrinsics) cannot be determined from these points: a focal length 30-40 % "
+                "different fits them about as well (the map behaves like a plane facing the camera or an "
+                "orthographic view). Pass a known K (fit_cameras(..., K=...)), or use frames with depth variation."
+            )
+        P_ = make_problem(mom_, noise_scale)
         Hn, _, _ = _normal_equations(Rcw, tcw, kap, P_)
         n6 = 6 * F
         Hpp, Hpk, Hkk = Hn[:n6, :n6], Hn[:n6, n6:], Hn[n6:, n6:]
         S = Hkk - Hpk.T @ torch.linalg.solve(Hpp + 1e-12 * Hpp.diagonal().mean() * torch.eye(n6, dtype=_F64, device=dev), Hpk)
         ratio = float((S.diagonal() / Hkk.diagonal().clamp_min(1e-300)).min())
-        if not ratio > 1e-7:
+        rel_std = rel_bias = 0.0
+        beta = float(kap[:, :2].abs().mean())
+        if ratio > 1e-9:
+            Sinv = torch.linalg.inv(S)
+            n_px = float(valid.reshape(F, -1).sum(1).to(_F64).mean())
+            var = float((noise_scale**2).mean()) / n_px * Sinv.diagonal().clamp_min(0)
+            rel_std = float(var.sqrt().max()) / beta
+            P_.ncorr = fac_noise(noise_scale) * noise_scale**2 / float(P_.sig[0] ** 2 / P_.cf[0])
+            _, cgrad, _ = _noise_correction(kap, P_)
+            g_free = (cgrad @ Tm).sum(0) if shared_intrinsics else (cgrad @ Tm).reshape(-1)
+            rel_bias = float((Sinv @ g_free).abs().max()) / beta
+        if not ratio > 1e-9 or rel_std > 0.05 or rel_bias > 0.10:
+            if not ratio > 1e-9:
+                detail = ""
+            elif rel_std > 0.05:
+                detail = f" (standard error {rel_std:.0%} of the focal length)"
+            else:
+                detail = f" (the point noise biases it by about {rel_bias:.0%})"
             raise GeometryError(
-                "the focal length (intrinsics) cannot be determined from these points: the map behaves like a plane "
-                "facing the camera or an orthographic view, where any focal length fits equally well. Pass a known K "
-                "(fit_cameras(..., K=...)), or use frames with depth variation."
+                f"the focal length (intrinsics) cannot be determined reliably from these points{detail}: the map "
+                "behaves like a plane facing the camera or an orthographic view, where many focal lengths fit about "
+                "equally well. Pass a known K (fit_cameras(..., K=...)), or use frames with depth variation."
             )
-        return ratio
+        return ratio, rel_std, rel_bias
 
     def cameras(R_, t_, k_):
         """(K [F,3,3], cam_to_world [F,4,4]) in pixels / world units, float64."""
@@ -1410,6 +1514,7 @@ def fit_cameras(
 
     last_change = [float("inf")]
     last_problem = [None]
+    last_noise = [None]
     rates = []  # observed contraction of the IRLS steps (std units), per level
     all_valid = bool(valid.all())
     # level 0: the initialisation sample grid (float64); the first pass uses the pre-filter weights.
@@ -1419,7 +1524,8 @@ def fit_cameras(
     reject_s = None if outlier_threshold is None else float(outlier_threshold)
     Hs, Ws = len(si), len(sj)
     q0_s = _centred_soa(ps.reshape(F, Hs, Ws, 3), mu, vs.reshape(F, Hs, Ws), _F64)
-    run_level("sample", q0_s, vs.reshape(F, Hs, Ws), (sj.to(_F64) - c0x) / s_pix, (si.to(_F64) - c0y) / s_pix,
+    vs_grid, uh_grid, vh_grid = vs.reshape(F, Hs, Ws), (sj.to(_F64) - c0x) / s_pix, (si.to(_F64) - c0y) / s_pix
+    run_level("sample", q0_s, vs_grid, uh_grid, vh_grid,
               8, 1e-6, _F64, robust_s, reject_s, first_weights=wk.reshape(F, Hs, Ws), max_std_step=0.3)
     timings["sample_fit"] = time.perf_counter() - t0
     _callback(callback, 2, total_steps)
@@ -1464,7 +1570,7 @@ def fit_cameras(
         return _grid_pass(q0, valid_full, uh_f, vh_f, mu, sig, Rcw, tcw, kap, robust=robust, delta=huber_delta,
                           reject=reject, dtype=work, chunk_frames=chunk_f, out=out, moments=with_moments)
 
-    observability = check_observability()
+    observability, focal_rel_std, focal_noise_bias = check_observability(last_noise[0])
     rate = min(max(rates[-1] if rates else 0.3, 0.05), 0.9)
     if last_change[0] < 1e-6:
         # the coarser level converged to rounding level (clean data): just write the outputs
@@ -1494,8 +1600,6 @@ def fit_cameras(
                 nbar = float(mom[:, 0, 3, 3].mean())
                 s2 = float((noise**2).mean())
                 std_step = math.sqrt(maha * nbar / max(s2 * ndof, 1e-300)) if s2 > 0 else float("inf")
-                if _DEBUG:
-                    print("full+out", n_full, f"change {chg:.2e} std_step {std_step:.3g} lm {n}")
                 if chg < 1e-6 or std_step < 0.3:
                     break
                 Rcw, tcw, kap = R2, t2, k2
@@ -1532,6 +1636,8 @@ def fit_cameras(
         "behind_fraction": behind.to(torch.float32).cpu(),
         "planar_frames": torch.nonzero(planar).flatten().tolist(),
         "intrinsics_observability": observability,
+        "focal_rel_std": focal_rel_std,
+        "focal_noise_bias": focal_noise_bias,
         "init_hypothesis": best.cpu().tolist(),
         "timings": timings,
         "options": dict(shared_intrinsics=shared_intrinsics, square_pixels=square_pixels,

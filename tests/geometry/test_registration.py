@@ -4,8 +4,6 @@ Every expectation comes from the synthetic ground truth (known K, poses, depth),
 written out here, or from invariants; never from the solver's own output.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -164,6 +162,24 @@ def test_random_scenes_with_heavy_outliers_robust_init():
             pass  # the plain start fails loudly rather than silently
     assert ok_robust >= 7
     assert ok_plain <= 4
+
+
+@pytest.mark.parametrize("robust", ["huber", "cauchy", "tukey", "none"])
+def test_robust_functions_on_noisy_maps(robust):
+    sc = make_synthetic_scene(6, 48, 72, seed=13, noise=0.005)
+    fit = fit_cameras(sc.points, robust=robust)
+    assert focal_err(fit, sc) < 3e-3 and rot_err(fit, sc) < 0.1
+    # the estimated noise level matches the synthetic one (std per coordinate)
+    torch.testing.assert_close(fit.info["noise_scale"], torch.full((6,), 0.005 * sc.scale), rtol=0.15, atol=0)
+    fit_d = fit_cameras(sc.points, robust=robust, huber_delta=0.02 * sc.scale, outlier_threshold=None)
+    assert focal_err(fit_d, sc) < 3e-3
+
+
+def test_float16_input():
+    sc = make_synthetic_scene(3, 48, 72, seed=14, fourdnex=True)
+    fit = fit_cameras(sc.points.half())
+    # float16 keeps ~3 significant digits of the points, so the cameras are good to about that
+    assert focal_err(fit, sc) < 5e-3 and rot_err(fit, sc) < 0.3
 
 
 def test_per_frame_intrinsics_follow_a_zoom():
@@ -341,6 +357,19 @@ def test_fronto_parallel_plane_and_xyz_init_plane_raise(scene):
         fit_cameras(prepare_4dnex_points(xyz01.expand(2, H, W, 3)))
     # with the focal given, the pose of that plane view is well defined: no error
     fit_cameras(points_from_depth(depth, scene.K, scene.cam_to_world), K=scene.K)
+
+
+def test_noisy_nearly_fronto_parallel_plane_raises(scene):
+    # a plane tilted by ~3 deg: its focal is determined only in the absence of noise
+    K = scene.K
+    xn = (torch.arange(48.0)[None, :] - K[0, 0, 2]) / K[0, 0, 0]
+    depth = (3.0 / (1 - 0.05 * xn)).expand(3, 32, 48)
+    pts = points_from_depth(depth, K, scene.cam_to_world)
+    fit = fit_cameras(pts)  # clean: exact
+    assert float(((fit.K[:, 0, 0] - K[:, 0, 0]).abs() / K[:, 0, 0]).max()) < 1e-4
+    noisy = pts + 0.01 * torch.randn(pts.shape, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(GeometryError, match="focal"):
+        fit_cameras(noisy)
 
 
 def test_bad_arguments_raise_input_error(scene):
