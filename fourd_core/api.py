@@ -7,12 +7,15 @@ These glue the pieces together for the CLI and the ComfyUI nodes; each piece sta
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+import warnings
 from typing import Callable
 
 import torch
 
 from . import __version__
+from .errors import GeometryError
 from .geometry.registration import fit_cameras, prepare_4dnex_points
 from .pipelines.fourdnex import SamplingConfig, StepCallback, decode_6d, generate_latents
 from .scene import Scene4D
@@ -27,9 +30,14 @@ class GeometryConfig:
     centered_principal_point: bool = True
     robust: str = "huber"
     temporal_smoothness: float = 0.0
+    #: when the maps admit no perspective camera (e.g. random weights, a mirrored or flat map),
+    #: fall back to reading them in the camera frame instead of raising (see :func:`camera_frame_fallback`)
+    fallback: bool = True
 
     def kwargs(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("fallback")
+        return d
 
 
 def recover_geometry(scene: Scene4D, config: GeometryConfig | None = None, device=None,
@@ -45,12 +53,52 @@ def recover_geometry(scene: Scene4D, config: GeometryConfig | None = None, devic
     """
     config = config or GeometryConfig()
     t0 = time.perf_counter()
-    fit = fit_cameras(prepare_4dnex_points(scene.xyz), device=device, callback=callback, **config.kwargs())
+    points = prepare_4dnex_points(scene.xyz)
     meta = dict(scene.metadata)
+    try:
+        fit = fit_cameras(points, device=device, callback=callback, **config.kwargs())
+        K, c2w, depth, conf, info = fit.K, fit.cam_to_world, fit.depth, fit.confidence, fit.info
+    except GeometryError as exc:
+        if not config.fallback or not torch.isfinite(points).all():
+            raise
+        warnings.warn(f"Camera recovery failed ({exc}); using the camera-frame fallback (confidence 0).")
+        K, c2w, depth, conf = camera_frame_fallback(points)
+        info = {"fallback": True, "fallback_reason": str(exc)}
     meta["geometry"] = {**config.kwargs(), "seconds": round(time.perf_counter() - t0, 3),
-                        **{k: v for k, v in fit.info.items() if isinstance(v, (int, float, str, bool))}}
-    return Scene4D(rgb=scene.rgb, xyz=scene.xyz, K=fit.K, cam_to_world=fit.cam_to_world, depth=fit.depth,
-                   confidence=fit.confidence, metadata=meta)
+                        **{k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}}
+    return Scene4D(rgb=scene.rgb, xyz=scene.xyz, K=K, cam_to_world=c2w, depth=depth, confidence=conf, metadata=meta)
+
+
+def camera_frame_fallback(points: torch.Tensor, min_depth: float = 1e-3):
+    """Cameras for point maps that admit no perspective camera: read them in the camera frame.
+
+    Every frame gets ``cam_to_world = I`` and ``depth = max(z, min_depth * max z)``; one shared
+    ``K`` (fx = fy, centred principal point) is fitted in closed form to
+    ``u - cx = f x / z`` and ``v - cy = f y / z`` by least squares over points with z > 0, falling back
+    to a 60 degree horizontal field of view when that is not positive. Confidence is 0 everywhere,
+    marking the geometry as unreliable.
+
+    Args:
+        points: ``[F, H, W, 3]`` finite point maps (4DNeX registration frame).
+    Returns:
+        ``(K [F,3,3], cam_to_world [F,4,4], depth [F,H,W], confidence [F,H,W])`` float32.
+    """
+    f_, h, w, _ = points.shape
+    p = points.double()
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    u = torch.arange(w, dtype=torch.float64).view(1, 1, w).expand(f_, h, w) - cx
+    v = torch.arange(h, dtype=torch.float64).view(1, h, 1).expand(f_, h, w) - cy
+    z = p[..., 2]
+    ok = z > 1e-6 * z.abs().max().clamp_min(1e-12)
+    a = torch.cat([(p[..., 0] / z)[ok], (p[..., 1] / z)[ok]])
+    b = torch.cat([u[ok], v[ok]])
+    focal = float((a * b).sum() / (a * a).sum().clamp_min(1e-12)) if ok.any() else 0.0
+    if not (math.isfinite(focal) and focal > 0):
+        focal = (w / 2) / math.tan(math.radians(30))
+    K = torch.tensor([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], dtype=torch.float32).expand(f_, 3, 3).clone()
+    zmax = float(z.max()) if float(z.max()) > 0 else 1.0
+    depth = z.clamp_min(min_depth * zmax).float()
+    return K, torch.eye(4).expand(f_, 4, 4).clone(), depth, torch.zeros(f_, h, w)
 
 
 def image_to_4d(pipe, image: torch.Tensor, prompt: str, sampling: SamplingConfig | None = None, *,

@@ -58,6 +58,8 @@ def _add_geometry_export_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--free-principal-point", action="store_true", help="fit cx, cy instead of the image centre")
     g.add_argument("--non-square-pixels", action="store_true", help="fit fx and fy separately")
     g.add_argument("--smoothness", type=float, default=0.0, help="temporal smoothness weight on the trajectory")
+    g.add_argument("--strict-geometry", action="store_true",
+                   help="fail when the point maps admit no camera (default: camera-frame fallback, confidence 0)")
     e = p.add_argument_group("export")
     e.add_argument("--fps", type=float, default=24.0)
     e.add_argument("--min-confidence", type=float, default=0.0, help="drop points below this confidence")
@@ -119,7 +121,8 @@ def _geometry_config(args):
     from .api import GeometryConfig
 
     return GeometryConfig(shared_intrinsics=not args.per_frame_intrinsics, square_pixels=not args.non_square_pixels,
-                          centered_principal_point=not args.free_principal_point, temporal_smoothness=args.smoothness)
+                          centered_principal_point=not args.free_principal_point, temporal_smoothness=args.smoothness,
+                          fallback=not args.strict_geometry)
 
 
 def _export_options(args, geometry: bool):

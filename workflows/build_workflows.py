@@ -73,6 +73,19 @@ def node_io(mappings, class_type):
     return inputs, list(zip(names, cls.RETURN_TYPES))
 
 
+def widget_default(mappings, class_type, name):
+    """The default a freshly added node shows for widget ``name`` (INPUT_TYPES default / first option)."""
+    cls = mappings[class_type]
+    for section in cls.INPUT_TYPES().values():
+        if name in section:
+            spec = section[name]
+            if isinstance(spec[0], (list, tuple)):
+                return spec[1].get("default", spec[0][0]) if len(spec) > 1 else spec[0][0]
+            opts = spec[1] if len(spec) > 1 else {}
+            return opts.get("default", {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[spec[0]])
+    raise KeyError(name)
+
+
 def build(graph: dict, mappings: dict) -> tuple[dict, dict]:
     """graph: {"nodes": {id: {"type", "pos", "values": {widget: value}, "links": {input: (src_id, slot)},
     "title"?, "models"?: [...], "size"?}}} -> (ui_workflow, api_prompt)."""
@@ -97,10 +110,12 @@ def build(graph: dict, mappings: dict) -> tuple[dict, dict]:
             if is_widget:
                 if name in n.get("values", {}):
                     widgets.append(n["values"][name])
-                    if name == "seed":
-                        widgets.append("fixed")
+                elif n["type"] in mappings:
+                    widgets.append(widget_default(mappings, n["type"], name))
                 elif linked:
                     widgets.append("")
+                if name == "seed":
+                    widgets.append("fixed")
             if not is_widget or linked:
                 entry = {"name": name, "type": typ, "link": incoming.get((nid, name))}
                 if is_widget:

@@ -56,7 +56,8 @@ def read_video(path: str | Path) -> torch.Tensor:
     if not path.is_file():
         raise InputError(f"Video not found: {path}.")
     try:
-        frames = np.stack(list(imageio.get_reader(str(path), format="FFMPEG")))
+        with imageio.get_reader(str(path), format="FFMPEG") as reader:
+            frames = np.stack([f for f in reader])  # iterate: len() of an ffmpeg reader may be inf
     except Exception as exc:
         raise InputError(f"Could not read video {path} ({exc}).") from exc
     return torch.from_numpy(frames[..., :3]).float() / 255.0
