@@ -184,7 +184,7 @@ def cmd_generate(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     offload = args.offload or ("group" if device.startswith("cuda") else "none")
     memory = MemoryConfig(device=device, offload=offload, fp8_storage=args.fp8, vae_tiling=args.vae_tiling,
-                          attention_backend=args.attention)
+                          attention_backend=args.attention, release_encoders=True)
     if tiny:
         print("[fourd] TINY PRESET: random weights - the outputs are meaningless; this only exercises the pipeline.",
               file=sys.stderr)

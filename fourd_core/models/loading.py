@@ -375,6 +375,10 @@ def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=
             enable_fp8_storage(transformer, dtype)
         info["lora"] = load_fourdnex_release(pipe, rel_path, strength=spec.lora_strength, fuse=fuse,
                                              domain_embeddings=spec.domain_embeddings_file)
+        if not fuse:  # PEFT creates adapters in the base layer's dtype; keep them in the compute dtype
+            for name, p in transformer.named_parameters():
+                if ".lora_" in name and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
         if info["lora"]["domain_embeddings"] is None and domain_emb is not None:
             apply_fourdnex_patches(transformer, domain_emb)
             info["lora"]["domain_embeddings"] = "from transformer checkpoint"

@@ -99,6 +99,15 @@ class FourDNeXPipeline(WanImageToVideoPipeline):
     """
 
     _xyz_condition: torch.Tensor | None = None
+    _fourd_device: torch.device | None = None
+
+    @property
+    def _execution_device(self):
+        # with encoders parked on the CPU (MemoryConfig.release_encoders) diffusers would infer the
+        # CPU from the first component; the placement code records the real device here
+        if self._fourd_device is not None:
+            return self._fourd_device
+        return super()._execution_device
 
     def check_inputs(self, prompt, negative_prompt, image, height, width, prompt_embeds=None,
                      negative_prompt_embeds=None, image_embeds=None, callback_on_step_end_tensor_inputs=None,
@@ -284,7 +293,9 @@ def generate_latents(
             raise InputError(f"xyz_condition must be [{config.height}, {config.width}, 3], got {tuple(xyz_condition.shape)}.")
         if not torch.isfinite(xyz_condition).all():
             raise InputError("xyz_condition contains NaN or inf.")
-    conditions = conditions or encode_conditions(pipe, image, prompt, config)
+    if conditions is None:
+        with encoders_on_device(pipe):
+            conditions = encode_conditions(pipe, image, prompt, config)
 
     pipe.scheduler = make_scheduler(pipe, config.scheduler, config.shift)
     generator = torch.Generator("cpu").manual_seed(int(config.seed))
@@ -364,6 +375,32 @@ def decode_6d(pipe: FourDNeXPipeline, latents: torch.Tensor, *, vae_dtype: torch
         if orig_dtype != vae_dtype:
             vae.to(dtype=orig_dtype)
         pipe.maybe_free_model_hooks()
+
+
+class encoders_on_device:
+    """Context manager: with ``pipe._fourd_release_encoders`` set (models resident on a GPU), bring
+    UMT5 and CLIP to the execution device for encoding and move them back to the CPU afterwards,
+    so the DiT samples without ~14 GB of idle encoders on the GPU. A no-op otherwise (offload hooks
+    already move them)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.active = bool(getattr(pipe, "_fourd_release_encoders", False))
+
+    def __enter__(self):
+        if self.active:
+            dev = self.pipe._execution_device
+            for m in (self.pipe.text_encoder, self.pipe.image_encoder):
+                m.to(dev)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            for m in (self.pipe.text_encoder, self.pipe.image_encoder):
+                m.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return False
 
 
 def cancel_check_callback(should_cancel: Callable[[], bool]) -> StepCallback:
