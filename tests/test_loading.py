@@ -161,3 +161,6 @@ def test_unfused_lora_on_fp8_checkpoint(single_files, tiny_base, tiny_release):
         a = ref.transformer(x, **kw).sample.float()
         b = pipe.transformer(x, **kw).sample.float()
     assert (a - b).norm() / a.norm() < 0.15  # fp8 weights + runtime LoRA ~ bf16 fused
+    for name, m in pipe.transformer.named_modules():  # every fp8 layer is either hooked or was up-cast
+        if any(p.dtype == torch.float8_e4m3fn for p in m.parameters(recurse=False)):
+            assert m._diffusers_hook.get_hook("layerwise_casting") is not None, name

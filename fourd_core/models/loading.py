@@ -122,7 +122,7 @@ def _is_original_wan_layout(keys) -> bool:
 def _keep_fp32(model, state_dict: dict) -> None:
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
     for k, v in state_dict.items():
-        if v.is_floating_point() and v.dtype not in FP8_DTYPES and any(m in k.split(".") for m in keep):
+        if v.is_floating_point() and any(m in k.split(".") for m in keep):
             state_dict[k] = v.float()
 
 
@@ -379,6 +379,8 @@ def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=
             for name, p in transformer.named_parameters():
                 if ".lora_" in name and p.dtype != dtype:
                     p.data = p.data.to(dtype)
+            if memory.fp8_storage:
+                enable_fp8_storage(transformer, dtype)
         if info["lora"]["domain_embeddings"] is None and domain_emb is not None:
             apply_fourdnex_patches(transformer, domain_emb)
             info["lora"]["domain_embeddings"] = "from transformer checkpoint"

@@ -60,24 +60,47 @@ class MemoryConfig:
 def enable_fp8_storage(transformer, compute_dtype: torch.dtype = torch.bfloat16) -> None:
     """Store the DiT's linear/conv weights in float8_e4m3fn, up-cast per layer at run time.
 
-    Uses diffusers layerwise casting (the model's own skip patterns keep embeddings, norms and
-    modulation tables in ``compute_dtype``). Weights already stored as fp8 (an fp8 checkpoint) are
-    kept as they are; fp8 tensors in skipped modules are up-cast. Idempotent.
+    Uses diffusers layerwise casting (its default skip patterns plus the model's own keep
+    embeddings, norms, modulation tables and the output projection in ``compute_dtype``). Weights
+    already stored as fp8 (an fp8 checkpoint) are kept; afterwards every module that still holds
+    fp8 weights either has a casting hook or is up-cast (:func:`ensure_fp8_consistent`).
+    Idempotent; call again after injecting LoRA adapters.
     """
+    if not getattr(transformer, "_fourd_fp8", False):
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+        transformer._fourd_fp8 = True
+    ensure_fp8_consistent(transformer, compute_dtype)
+
+
+def ensure_fp8_consistent(module, compute_dtype: torch.dtype) -> int:
+    """Make every fp8-holding sub-module usable after later changes (e.g. PEFT adapter injection
+    can drop casting hooks): linear/conv layers outside the skip patterns get the layerwise-casting
+    hook back (they stay fp8), anything else with fp8 parameters is up-cast to ``compute_dtype``.
+    Returns the number of modules fixed."""
     import re
 
-    if getattr(transformer, "_fourd_fp8", False):
-        return
-    skip = list(getattr(transformer, "_skip_layerwise_casting_patterns", None) or [])
-    skip += list(getattr(transformer, "_keep_in_fp32_modules", None) or [])
-    for name, module in transformer.named_modules():
-        castable = isinstance(module, (torch.nn.Linear, torch.nn.Conv3d, torch.nn.Conv2d)) and not any(
-            re.search(p, name) for p in skip)
-        for p in module.parameters(recurse=False):
-            if p.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and not castable:
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN, apply_layerwise_casting_hook
+
+    skip = list(DEFAULT_SKIP_MODULES_PATTERN) + list(getattr(module, "_skip_layerwise_casting_patterns", None) or [])
+    skip += list(getattr(module, "_keep_in_fp32_modules", None) or []) + ["lora_"]
+    fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+    fixed = 0
+    for name, sub in module.named_modules():
+        params = [p for p in sub.parameters(recurse=False) if p.dtype in fp8]
+        if not params:
+            continue
+        reg = getattr(sub, "_diffusers_hook", None)
+        if reg is not None and reg.get_hook("layerwise_casting") is not None:
+            continue
+        if isinstance(sub, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)) and not any(re.search(p, name) for p in skip):
+            for p in sub.parameters(recurse=False):
+                p.data = p.data.to(torch.float8_e4m3fn)
+            apply_layerwise_casting_hook(sub, torch.float8_e4m3fn, compute_dtype, False)
+        else:
+            for p in params:
                 p.data = p.data.to(compute_dtype)
-    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
-    transformer._fourd_fp8 = True
+        fixed += 1
+    return fixed
 
 
 def apply_memory_config(pipe, config: MemoryConfig, compute_dtype: torch.dtype = torch.bfloat16) -> None:
