@@ -368,3 +368,16 @@ def test_sampler_without_release_is_a_clear_error(pack, fake):
     with pytest.raises(errors.InputError, match="4DNeX"):
         pack.NODE_CLASS_MAPPINGS["FourDSampler"]().sample(model=model, image=torch.rand(1, 96, 144, 3), prompt="x", seed=1,
                                                           steps=1, cfg=5.0, shift=3.0, scheduler="unipc", frames=5)
+
+
+def test_prepare_image_node_with_depth(pack):
+    node = pack.NODE_CLASS_MAPPINGS["FourDPrepareImage"]()
+    image = torch.rand(1, 120, 200, 3)
+    depth = torch.linspace(0.2, 1.0, 120).view(1, 120, 1, 1).expand(1, 120, 200, 3).contiguous()  # disparity
+    img, xyz, vis = node.prepare(image, 144, 96, "crop", "from depth", depth=depth)
+    assert img.shape == (1, 96, 144, 3) and xyz.shape == (96, 144, 3) and vis.shape == (1, 96, 144, 3)
+    assert xyz[-1, 70, 2] < xyz[0, 70, 2]  # bright (near) bottom rows get the smaller z
+    _, plane, _ = node.prepare(image, 144, 96, "crop", "sloped plane")
+    assert plane[0, 0].tolist() == pytest.approx([-1.0, -1.0, 1.0])
+    with pytest.raises(Exception, match="depth"):
+        node.prepare(image, 144, 96, "crop", "from depth")
