@@ -4,7 +4,14 @@ ComfyUI imports this file as a package (``custom_nodes/ComfyUI-FourD``); the lib
 ``fourd_core`` (no ComfyUI imports) and the node adapters in ``nodes``.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+try:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+except ImportError:
+    if __package__:  # imported as a package: a real error inside the pack, show it
+        raise
+    # imported as a plain module (e.g. pytest collecting a checkout whose folder name is not a
+    # valid package name, like "ComfyUI-FourD"): there is no package to load nodes from
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = "./web"
 
