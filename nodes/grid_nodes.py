@@ -12,7 +12,7 @@ from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.novel_view import PATHS, render_scene_views, scene_camera_path
 from ..fourd_core.io.images import to_rgb
 from ..fourd_core.models.cache import PIPELINES
-from ..fourd_core.models.grid_streams import MODES
+from ..fourd_core.models.grid_streams import FUSED_BACKENDS, MODES
 from ..fourd_core.models.sync import load_sync_weights
 from ..fourd_core.pipelines.fourdnex import to_pil
 from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview, plan_windows
@@ -140,9 +140,9 @@ class FourDGridSampler:
                 "window_frames": ("INT", {"default": 49, "min": 5, "max": 81, "step": 4,
                                           "tooltip": "Frames per window, 4k+1 (49 = a whole 4DNeX video)."}),
                 "overlap_views": ("INT", {"default": 2, "min": 1, "max": 63,
-                                          "tooltip": "Views shared by consecutive windows (already generated = known)."}),
+                                          "tooltip": "Views shared by consecutive windows (already generated = known); at most window_views - 1."}),
                 "overlap_frames": ("INT", {"default": 5, "min": 1, "max": 80,
-                                           "tooltip": "Frames shared by consecutive windows; 4k+1 fills whole latents."}),
+                                           "tooltip": "Frames shared by consecutive windows (4k+1 fills whole latents); at most window_frames - 1."}),
                 "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Denoising steps per window."}),
                 "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Text guidance."}),
                 "shift": ("FLOAT", {"default": 3.0, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip": "Flow shift."}),
@@ -157,8 +157,8 @@ class FourDGridSampler:
                                          "models/loras/) for mode hard/soft; none = training-free."}),
                 "scheduler": (["unipc", "euler"], {"tooltip": "Flow-matching UniPC or Euler."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt for CFG."}),
-                "fused_backend": (["auto", "flex", "dense"], {"tooltip": "Fused mode: flex attention (GPU, compiled) "
-                                  "or a dense mask; auto picks flex on CUDA."}),
+                "fused_backend": (list(FUSED_BACKENDS), {"tooltip": "Fused mode: flex attention (GPU, compiled), a "
+                                  "dense mask (reference), or gathered keys (no flex); auto: flex on CUDA, else gather."}),
             },
         }
 

@@ -40,7 +40,8 @@ Fused engine (:class:`FusedEngine`, 4Real-Video-V2)
 --------------------------------------------------
 One attention over all grid tokens: a token attends to tokens of the same frame, the same view or
 the same time (:func:`fused_mask_mod`). Processors on every block's ``attn1`` (masked
-self-attention: torch flex attention with a ``BlockMask``, or a dense boolean mask through SDPA)
+self-attention: torch flex attention with a ``BlockMask``; fallbacks without flex: a dense boolean
+mask through SDPA, or the allowed keys gathered per query frame)
 and ``attn2`` (cross-attention: the same text for all; CLIP image tokens per view, so each row
 sees its own first frame as in the row stream). RoPE: each token gets the time position
 ``tau + v`` (plus its stock h, w positions), so same-view pairs see their time offset, same-time
@@ -66,6 +67,7 @@ from .sync import GridSync, sigma_features, soft_average_weight
 
 TWO_STREAM_MODES = ("hard", "soft", "soft_avg", "sequential", "rows")
 MODES = TWO_STREAM_MODES + ("fused",)
+FUSED_BACKENDS = ("auto", "flex", "dense", "gather")
 TEXT_TOKENS = 512  # diffusers' Wan attention processor: the last 512 context tokens are text
 
 
@@ -152,9 +154,6 @@ class TwoStreamEngine:
         tr = self.transformer
         try:
             if self.mode != "rows":
-                if self.sync is not None:
-                    p = next(tr.parameters())
-                    self.sync.to(device=p.device if p.device.type != "meta" else None)
                 self._handles.append(tr.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
                 for i, block in enumerate(tr.blocks):
                     self._handles.append(block.register_forward_hook(self._make_block_hook(i), with_kwargs=True))
@@ -192,9 +191,9 @@ class TwoStreamEngine:
             clip = self.column_clip
             if clip.shape[0] != times:
                 raise InputError(f"column_clip has {clip.shape[0]} entries for {times} latent times.")
+            # inputs go to the activation device; offloading hooks (if any) bring the weights there
             embedder = self.transformer.condition_embedder.image_embedder
-            dev = next(embedder.parameters()).device
-            img = embedder(clip.to(device=dev, dtype=enc.dtype)).to(device=enc.device, dtype=enc.dtype)
+            img = embedder(clip.to(device=enc.device, dtype=enc.dtype)).to(device=enc.device, dtype=enc.dtype)
             if img.shape[1] != n_img:
                 raise InputError(f"column CLIP gives {img.shape[1]} image tokens, the rows {n_img}.")
             ctx = torch.cat([img, enc[:1, n_img:].expand(times, -1, -1)], dim=1)
@@ -257,6 +256,8 @@ class TwoStreamEngine:
     def _feats(self, like: torch.Tensor) -> torch.Tensor:
         st = self._state
         if st["feats"] is None:
+            if next(self.sync.parameters()).device != like.device:
+                self.sync.to(like.device)
             st["feats"] = sigma_features(st["sigma"], self.sync.features).to(like.device)
         return st["feats"]
 
@@ -412,8 +413,11 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: FusedG
     """Sparse view-time attention of ``q, k, v`` ``[1, L, H, d]`` -> ``[1, L, H, d]``.
 
     ``g.backend == "flex"``: flex attention with the block mask; ``"dense"``: SDPA with the dense
-    boolean mask, one view row of queries at a time (mask memory ``T*S x L`` per call).
+    boolean mask, one view row of queries at a time (mask memory ``T*S x L`` per call; cost
+    ``L^2``); ``"gather"``: the allowed keys gathered per query frame (:func:`_gather_attention`).
     """
+    if g.backend == "gather":
+        return _gather_attention(q, k, v, g)
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     if g.backend == "flex":
         out = _flex(qh, kh, vh, g.block_mask)
@@ -426,6 +430,27 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: FusedG
             outs.append(F.scaled_dot_product_attention(qh[:, :, sl], kh, vh, attn_mask=mask))
         out = torch.cat(outs, dim=2)
     return out.transpose(1, 2)
+
+
+def _gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: FusedGeometry) -> torch.Tensor:
+    """The sparse pattern without a mask: for query frame (r, tau) gather the keys of row r (T
+    frames) and of column tau in the other views (V - 1 frames) and attend densely over those
+    ``(T + V - 1) * S`` keys. Exact (each allowed key once); cost ``L * (T + V - 1) * S``."""
+    views, times, s = g.views, g.times, g.tokens_per_frame
+    b, n, heads, d = q.shape
+    qf, kf, vf = (t.reshape(views, times, s, heads, d) for t in (q, k, v))
+    outs = []
+    for r in range(views):
+        others = [u for u in range(views) if u != r]
+
+        def keys(t):
+            row = t[r].reshape(1, times * s, heads, d).expand(times, -1, -1, -1)     # row r, same for every tau
+            col = t[others].permute(1, 0, 2, 3, 4).reshape(times, (views - 1) * s, heads, d)  # column tau
+            return torch.cat([row, col], dim=1).transpose(1, 2)                        # [T, H, (T+V-1)S, d]
+
+        o = F.scaled_dot_product_attention(qf[r].transpose(1, 2), keys(kf), keys(vf))  # [T, H, S, d]
+        outs.append(o.transpose(1, 2))
+    return torch.stack(outs).reshape(b, n, heads, d)
 
 
 class FusedCrossAttnProcessor:
@@ -466,13 +491,14 @@ class FusedEngine:
     Args:
         transformer: diffusers ``WanTransformer3DModel``.
         backend: ``"flex"`` (torch flex attention + BlockMask; compiled on CUDA, eager reference on
-            CPU), ``"dense"`` (boolean mask via SDPA) or ``"auto"`` (flex on CUDA when available,
-            dense otherwise).
+            CPU), ``"dense"`` (boolean mask via SDPA; the reference), ``"gather"`` (allowed keys
+            gathered per query frame, no mask, sparse cost) or ``"auto"`` (flex on CUDA when
+            available, gather otherwise).
     """
 
     def __init__(self, transformer, backend: str = "auto"):
-        if backend not in ("auto", "flex", "dense"):
-            raise InputError(f"fused backend must be 'auto', 'flex' or 'dense', got {backend!r}.")
+        if backend not in FUSED_BACKENDS:
+            raise InputError(f"fused backend must be one of {FUSED_BACKENDS}, got {backend!r}.")
         if backend == "flex" and not flex_available():
             raise InputError("This PyTorch has no flex attention (needs torch >= 2.5); use backend 'dense'.")
         self.transformer, self.requested_backend = transformer, backend
@@ -484,7 +510,7 @@ class FusedEngine:
     def backend_for(self, device: torch.device) -> str:
         if self.requested_backend != "auto":
             return self.requested_backend
-        return "flex" if device.type == "cuda" and flex_available() else "dense"
+        return "flex" if device.type == "cuda" and flex_available() else "gather"
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["FusedEngine"]:

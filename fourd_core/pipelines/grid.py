@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..models.grid_streams import MODES, make_engine
+from ..models.grid_streams import FUSED_BACKENDS, MODES, make_engine
 from ..models.patches import is_fourdnex_patched, set_fourdnex_enabled
 from ..models.sync import GridSync
 from .fourdnex import make_scheduler, to_pil, vae_latent_stats
@@ -86,7 +86,8 @@ class GridConfig:
             (text CFG, flow shift, ``"unipc"`` or ``"euler"``, CPU generator seed).
         replace_known: replace fully known latent frames by their noised clean latents every step.
         soft_readout: soft modes: predict from the row stream (``"row"``) or the mean of both.
-        fused_backend: ``"auto"`` | ``"flex"`` | ``"dense"`` (fused mode).
+        fused_backend: ``"auto"`` | ``"flex"`` | ``"dense"`` | ``"gather"`` (fused mode, see
+            :class:`~fourd_core.models.grid_streams.FusedEngine`).
     """
 
     mode: str = "soft_avg"
@@ -126,8 +127,8 @@ class GridConfig:
             raise InputError(f"scheduler must be 'unipc' or 'euler', got {self.scheduler!r}.")
         if self.soft_readout not in ("row", "mean"):
             raise InputError(f"soft_readout must be 'row' or 'mean', got {self.soft_readout!r}.")
-        if self.fused_backend not in ("auto", "flex", "dense"):
-            raise InputError(f"fused_backend must be 'auto', 'flex' or 'dense', got {self.fused_backend!r}.")
+        if self.fused_backend not in FUSED_BACKENDS:
+            raise InputError(f"fused_backend must be one of {FUSED_BACKENDS}, got {self.fused_backend!r}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,6 +392,7 @@ def sample_window(pipe, engine, pixels: torch.Tensor, known: torch.Tensor, text:
     full = fully_known_latents(known).to(device)
     t_lat = cond.shape[2]
     row_clip = _clip(pipe, pixels[:, 0], device)
+    engine.column_clip = None
     if row_clip is not None:
         row_clip = row_clip.to(dtype)
         cols = [min(4 * tau, f - 1) for tau in range(t_lat)]
@@ -473,7 +475,9 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
     out = torch.zeros(num_v, num_t, h, w, 3)
 
     device = pipe._execution_device
-    with base_model_mode(pipe):
+    with contextlib.ExitStack() as stack:
+        stack.callback(pipe.maybe_free_model_hooks)
+        stack.enter_context(base_model_mode(pipe))
         if text is None:
             pe, ne = pipe.encode_prompt(prompt=prompt, negative_prompt=config.negative_prompt,
                                         do_classifier_free_guidance=config.guidance_scale > 1.0,
@@ -494,7 +498,6 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
                 pixels[v0:v1, t0:t1][new] = frames[new]
                 known[v0:v1, t0:t1][new] = 1.0
                 written[v0:v1, t0:t1] = True
-    pipe.maybe_free_model_hooks()
     return GridResult(frames=out, windows=windows, mode=config.mode)
 
 
