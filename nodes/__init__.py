@@ -4,6 +4,7 @@ Imported by the pack's top-level ``__init__.py`` (ComfyUI loads it as a package)
 use relative imports; ``comfy`` / ``folder_paths`` are only touched lazily in ``comfy_bridge``.
 """
 
+from .grid_nodes import FourDCameraPath, FourDGridSampler, FourDRenderViews
 from .loaders import FourDLoad4DNeX, FourDLoadWan, FourDMemorySettings
 from .sampling import FourDDecode, FourDPrepareImage, FourDSampler
 from .scene_nodes import FourDExport, FourDLoadScene, FourDPreview4D, FourDRecoverCameras, FourDSaveScene
@@ -20,6 +21,9 @@ NODE_CLASS_MAPPINGS = {
     "FourDSaveScene": FourDSaveScene,
     "FourDLoadScene": FourDLoadScene,
     "FourDPreview4D": FourDPreview4D,
+    "FourDCameraPath": FourDCameraPath,
+    "FourDRenderViews": FourDRenderViews,
+    "FourDGridSampler": FourDGridSampler,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -34,4 +38,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDSaveScene": "FourD Save Scene",
     "FourDLoadScene": "FourD Load Scene",
     "FourDPreview4D": "FourD 4D Preview",
+    "FourDCameraPath": "FourD Camera Path (orbit, arc, dolly)",
+    "FourDRenderViews": "FourD Render Views (freeze-time video)",
+    "FourDGridSampler": "FourD 4D Grid Sampler (4Real-Video)",
 }

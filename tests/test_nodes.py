@@ -381,3 +381,30 @@ def test_prepare_image_node_with_depth(pack):
     assert plane[0, 0].tolist() == pytest.approx([-1.0, -1.0, 1.0])
     with pytest.raises(Exception, match="depth"):
         node.prepare(image, 144, 96, "crop", "from depth")
+
+
+def test_tiny_grid_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, tmp_path):
+    """image -> 4DNeX scene -> orbit render -> 4D grid, through the node classes (tiny preset)."""
+    from importlib import import_module
+
+    monkeypatch.setenv("FOURD_CACHE", str(tmp_path / "cache"))
+    prompt = json.loads((WORKFLOWS / "api" / "fourd_tiny_grid_cpu.json").read_text())
+    fake.progress.clear()
+    results, _ = run_api_prompt(pack, prompt, fake)
+    gid = next(k for k, v in prompt.items() if v["class_type"] == "FourDGridSampler")
+    rid = next(k for k, v in prompt.items() if v["class_type"] == "FourDRenderViews")
+    grid, video, views, frames = results[gid]
+    renders, holes = results[rid]
+    assert (views, frames) == (3, 9) and renders.shape == (3, 64, 96, 3) and holes.shape == (3, 64, 96)
+    assert grid.shape == (views * frames, 64, 96, 3) and float(grid.min()) >= 0 and float(grid.max()) <= 1
+    torch.testing.assert_close(video, grid[(views - 1) * frames:])   # view -1, row-major batch
+    assert any(p is not None for _, _, p in fake.progress)
+
+    # a fused 4DNeX LoRA cannot be switched off: clear error naming the fix
+    errors = import_module(pack.__name__ + ".fourd_core.errors")
+    lid = next(k for k, v in prompt.items() if v["class_type"] == "FourDLoad4DNeX")
+    fused = results[lid][0].replace(fuse_lora=True)
+    kw = {k: v for k, v in prompt[gid]["inputs"].items() if not isinstance(v, list)}
+    with pytest.raises(errors.InputError, match="fuse"):
+        pack.NODE_CLASS_MAPPINGS["FourDGridSampler"]().sample(model=fused, fixed_view=grid[:5], freeze_time=renders,
+                                                              **{**kw, "steps": 1})

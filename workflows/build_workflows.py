@@ -198,7 +198,44 @@ def image_to_4d(tiny: bool) -> dict:
     return {"nodes": nodes, "info": info}
 
 
-GRAPHS = {"fourd_image_to_4d": lambda: image_to_4d(False), "fourd_tiny_demo_cpu": lambda: image_to_4d(True)}
+def image_to_grid(tiny: bool) -> dict:
+    """LoadImage -> 4DNeX scene (LoRA unfused, shared with the grid) -> cameras -> orbit render -> 4D grid."""
+    base = image_to_4d(tiny)["nodes"]
+    h, w, frames, steps4d, views, grid_steps = (64, 96, 9, 4, 3, 4) if tiny else (480, 720, 49, 50, 8, 30)
+    nodes = {k: base[k] for k in (1, 2, 3, 4, 5, 6, 7, 8)}
+    nodes[4] = {**base[4], "values": {**base[4]["values"], "fuse": False},
+                "title": "FourD Load 4DNeX LoRA (fuse off: the grid shares the model)"}
+    nodes[5] = {**base[5], "values": {**base[5]["values"], "width": w, "height": h}}
+    nodes[6] = {**base[6], "values": {**base[6]["values"], "steps": steps4d, "frames": frames}}
+    prompt = base[6]["values"]["prompt"]
+    nodes.update({
+        9: {"type": "FourDCameraPath", "pos": [1640, 60], "size": [320, 260],
+            "values": {"path": "orbit", "degrees": 30.0, "steps": views, "axis": "y", "distance": 0.3, "elevation": 0.0,
+                       "frame": 0}, "links": {"scene": (8, 0)}},
+        10: {"type": "FourDRenderViews", "pos": [1640, 360], "values": {"frame": 0, "point_size": 2},
+             "links": {"scene": (8, 0), "cameras": (9, 0)}},
+        11: {"type": "FourDGridSampler", "pos": [2000, 60], "size": [400, 560],
+             "values": {"prompt": prompt, "mode": "soft_avg", "window_views": 8, "window_frames": 49,
+                        "overlap_views": 2, "overlap_frames": 5, "steps": grid_steps, "cfg": 5.0, "shift": 3.0,
+                        "seed": 42, "view": -1, "sync_weights": "(none)", "scheduler": "unipc", "negative_prompt": "",
+                        "fused_backend": "auto"},
+             "links": {"model": (4, 0), "fixed_view": (7, 0), "freeze_time": (10, 0), "holes": (10, 1)}},
+        12: {"type": "PreviewImage", "pos": [1640, 560], "links": {"images": (10, 0)}, "title": "Freeze-time input"},
+        13: {"type": "CreateVideo", "pos": [2440, 60], "values": {"fps": 24.0}, "links": {"images": (11, 1)}},
+        14: {"type": "SaveVideo", "pos": [2440, 200], "values": {"filename_prefix": "fourd/novel_view", "format": "auto",
+             "codec": "auto"}, "links": {"video": (13, 0)}},
+        15: {"type": "PreviewImage", "pos": [2440, 400], "links": {"images": (11, 0)}, "title": "Grid (row-major)"},
+    })
+    info = ("Tiny random-weight preset on a CPU: image -> 4DNeX scene -> orbit render -> 3 x 9 grid (meaningless "
+            "pictures; exercises the graph)." if tiny else
+            "Image -> 4DNeX 4D scene -> frame 0 rendered along a 30 degree orbit -> 4Real-Video grid of 8 views x 49 "
+            "frames with the same Wan2.1 model (4DNeX LoRA loaded unfused and switched off for the grid). The grid "
+            "output is row-major (index = view * 49 + time); view_video is the last view.")
+    return {"nodes": nodes, "info": info}
+
+
+GRAPHS = {"fourd_image_to_4d": lambda: image_to_4d(False), "fourd_tiny_demo_cpu": lambda: image_to_4d(True),
+          "fourd_image_to_grid": lambda: image_to_grid(False), "fourd_tiny_grid_cpu": lambda: image_to_grid(True)}
 
 
 def main() -> None:

@@ -163,5 +163,7 @@ def load_fourdnex_release(pipe, path: str | Path, *, strength: float = 1.0, fuse
         pipe.unload_lora_weights()
     else:
         pipe.set_adapters([ADAPTER_NAME], [scale])
+    # A fused LoRA cannot be taken out again: the grid sampler (base model) checks this flag.
+    transformer._fourdnex_lora_fused = bool(fuse)
     return {"lora_file": str(lora_file), "rank": int(rank), "scale": scale, "fused": bool(fuse),
             "domain_embeddings": None if emb_file is None else str(emb_file)}

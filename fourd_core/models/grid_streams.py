@@ -1,0 +1,558 @@
+"""Grid denoisers on diffusers' stock ``WanTransformer3DModel``: two streams (4Real-Video) and fused
+view-time attention (4Real-Video-V2), as hooks and attention processors (no fork of the forward).
+
+Token grid
+----------
+A window of the grid is a latent tensor ``[V, C, T, h, w]``: row ``v`` is the latent video of view
+``v`` (the causal Wan VAE encodes each row on its own, so latent frame 0 of row ``v`` encodes the
+single image ``I[v, 0]``), ``T`` latent frames. After the patch embedding a frame has
+``S = (h / 2) * (w / 2)`` tokens in (h, w) order.
+
+* **row layout** ``[V, T * S, D]``: what the stock forward runs (batch = V views, each a video);
+* **column layout** ``[T, V * S, D]``: batch = T latent times, each a "video" over the views
+  (:func:`rows_to_columns` / :func:`columns_to_rows`). Its RoPE is the stock ``transformer.rope``
+  evaluated for a clip of ``V`` frames: the view index takes the place of the time index.
+* **fused layout** ``[1, V * T * S, D]``: all grid tokens in one sequence, frame index
+  ``f = v * T + tau`` (:class:`FusedEngine`).
+
+Two-stream engine (:class:`TwoStreamEngine`, 4Real-Video Sec. 3.2, Eqs. 4-10)
+------------------------------------------------------------------------------
+The stock forward runs the **row stream**. A forward hook on every ``transformer.blocks[l]`` takes
+the block's row output ``y_v = x_v + phi_l(x_v)`` and runs the *same block* on column-layout
+tokens (``y_t = x_t + phi_l(x_t)``, Eq. 4), with the timestep modulation expanded to the column
+batch and a column context (the same text; CLIP features per column, see ``column_clip``). Then:
+
+* ``"hard"`` (Eq. 8): one merged copy ``x_{l+1} = W_v y_v + W_t y_t`` feeds both streams; neutral
+  weights = averaging (Eq. 12);
+* ``"soft"`` (Eqs. 9-10): the streams stay separate, ``x_v = y_v + dv``, ``x_t = y_t + dt``; the
+  column copy lives in the hook's state between blocks and is initialised from the block-0 input;
+  without weights (``sync=None``) or with zero-initialised ones the streams are independent;
+* ``"soft_avg"`` (supp. Eq. 13): training-free soft sync, weighted averaging with
+  ``w_l = 0.1 + 0.4 l / L``;
+* ``"sequential"`` (Eq. 5, the baseline the paper argues against): ``y = block_row(x)``,
+  ``x_{l+1} = block_col(y)``;
+* ``"rows"``: no hooks: every row denoised on its own (plain Wan I2V per view; a cost baseline).
+
+The prediction is read out from the row stream (what the stock forward returns). For soft sync,
+``soft_readout="mean"`` returns ``(x_v + x_t) / 2`` after the last block instead.
+
+Fused engine (:class:`FusedEngine`, 4Real-Video-V2)
+--------------------------------------------------
+One attention over all grid tokens: a token attends to tokens of the same frame, the same view or
+the same time (:func:`fused_mask_mod`). Processors on every block's ``attn1`` (masked
+self-attention: torch flex attention with a ``BlockMask``; fallbacks without flex: a dense boolean
+mask through SDPA, or the allowed keys gathered per query frame)
+and ``attn2`` (cross-attention: the same text for all; CLIP image tokens per view, so each row
+sees its own first frame as in the row stream). RoPE: each token gets the time position
+``tau + v`` (plus its stock h, w positions), so same-view pairs see their time offset, same-time
+pairs their view offset and same-frame pairs offset 0.
+
+Everything is restored (hooks removed, processors put back) when the ``installed()`` context exits,
+also on errors and cancellation. Block-level forward hooks call the block module again for the
+column stream, so diffusers' offloading hooks onload it again (correct, one extra transfer per
+block under group offloading); caching hooks that skip blocks should be off for grid sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .sync import GridSync, sigma_features, soft_average_weight
+
+TWO_STREAM_MODES = ("hard", "soft", "soft_avg", "sequential", "rows")
+MODES = TWO_STREAM_MODES + ("fused",)
+FUSED_BACKENDS = ("auto", "flex", "dense", "gather")
+TEXT_TOKENS = 512  # diffusers' Wan attention processor: the last 512 context tokens are text
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts
+def rows_to_columns(x: torch.Tensor, views: int, times: int) -> torch.Tensor:
+    """Row layout ``[V, T*S, D]`` -> column layout ``[T, V*S, D]`` (token (v, tau, s) moves to
+    batch ``tau``, position ``v*S + s``)."""
+    v, n, d = x.shape
+    if v != views or n % times:
+        raise ValueError(f"row tokens {tuple(x.shape)} do not match a grid of {views} views x {times} times")
+    s = n // times
+    return x.view(views, times, s, d).transpose(0, 1).reshape(times, views * s, d)
+
+
+def columns_to_rows(x: torch.Tensor, views: int, times: int) -> torch.Tensor:
+    """Inverse of :func:`rows_to_columns`: ``[T, V*S, D]`` -> ``[V, T*S, D]``."""
+    t, n, d = x.shape
+    if t != times or n % views:
+        raise ValueError(f"column tokens {tuple(x.shape)} do not match a grid of {views} views x {times} times")
+    s = n // views
+    return x.view(times, views, s, d).transpose(0, 1).reshape(views, times * s, d)
+
+
+def stock_rope(transformer, frames: int, height: int, width: int):
+    """``transformer.rope`` for a latent clip of ``frames`` frames of ``height x width`` latent pixels.
+
+    Returns the stock ``(cos, sin)``, each ``[1, frames * S, 1, head_dim]`` in (t, h, w) order. The
+    rope module only reads the input's shape, so a meta tensor stands in for the latents.
+    """
+    p_t = transformer.config.patch_size[0]
+    dummy = torch.empty((1, 1, frames * p_t, height, width), device="meta")
+    return transformer.rope(dummy)
+
+
+def _image_tokens(attn, context: torch.Tensor) -> int:
+    return context.shape[1] - TEXT_TOKENS if attn.add_k_proj is not None else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Two streams
+class TwoStreamEngine:
+    """Row/column two-stream denoiser (see module docstring).
+
+    Args:
+        transformer: a diffusers ``WanTransformer3DModel`` (Wan2.1: per-sample timestep).
+        mode: one of :data:`TWO_STREAM_MODES`.
+        sync: :class:`~fourd_core.models.sync.GridSync` for ``"hard"`` / ``"soft"``; None = the
+            neutral initialisation (hard: averaging; soft: independent streams).
+        soft_readout: ``"row"`` (default) or ``"mean"`` for soft modes.
+        num_train_timesteps: ``sigma = timestep / num_train_timesteps`` for the sync modulation.
+
+    Attributes:
+        column_clip: raw CLIP features for the column stream, ``[T, N_img, C_img]`` (one per latent
+            time of the current window), or None to give every column the context of row 0.
+    """
+
+    def __init__(self, transformer, mode: str, sync: GridSync | None = None, soft_readout: str = "row",
+                 num_train_timesteps: int = 1000):
+        if mode not in TWO_STREAM_MODES:
+            raise InputError(f"two-stream mode must be one of {TWO_STREAM_MODES}, got {mode!r}.")
+        if sync is not None:
+            want = "hard" if mode == "hard" else "soft" if mode == "soft" else None
+            if want is None or sync.mode != want:
+                raise InputError(f"sync weights of mode {sync.mode!r} cannot be used with grid mode {mode!r}.")
+            if len(sync.layers) != len(transformer.blocks):
+                raise InputError(f"sync weights have {len(sync.layers)} layers, the transformer {len(transformer.blocks)} blocks.")
+        if soft_readout not in ("row", "mean"):
+            raise InputError(f"soft_readout must be 'row' or 'mean', got {soft_readout!r}.")
+        self.transformer, self.mode, self.sync = transformer, mode, sync
+        self.soft_readout = soft_readout
+        self.num_train_timesteps = num_train_timesteps
+        self.column_clip: torch.Tensor | None = None
+        self._handles: list = []
+        self._inside = False
+        self._state: dict = {}
+
+    # -- installation -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["TwoStreamEngine"]:
+        """Register the hooks (none for ``"rows"``); always removed on exit."""
+        if self._handles:
+            raise RuntimeError("TwoStreamEngine is already installed.")
+        tr = self.transformer
+        try:
+            if self.mode != "rows":
+                self._handles.append(tr.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
+                for i, block in enumerate(tr.blocks):
+                    self._handles.append(block.register_forward_hook(self._make_block_hook(i), with_kwargs=True))
+            yield self
+        finally:
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+            self._state = {}
+            self._inside = False
+
+    def _pre_forward(self, module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+        _, _, frames, height, width = hidden.shape
+        p_t, p_h, p_w = module.config.patch_size
+        if timestep.ndim != 1:
+            raise InputError("The grid sampler needs a Wan2.1-style model (one timestep per sample).")
+        sigma = float(timestep.flatten()[0]) / self.num_train_timesteps
+        self._state = {"views": hidden.shape[0], "times": frames // p_t, "height": height, "width": width,
+                       "sigma": sigma, "feats": None, "x_t": None, "col": None}
+        return None
+
+    def _column_inputs(self, enc: torch.Tensor, temb: torch.Tensor, block) -> tuple:
+        """(context, temb, rope) for the column batch; computed once per forward."""
+        st = self._state
+        if st["col"] is not None:
+            return st["col"]
+        views, times = st["views"], st["times"]
+        if temb.ndim != 3:
+            raise InputError("The grid sampler supports Wan2.1 models (timestep modulation [B, 6, D]).")
+        temb_col = temb[:1].expand(times, -1, -1)
+        n_img = _image_tokens(block.attn2, enc)
+        if self.column_clip is not None and n_img > 0:
+            clip = self.column_clip
+            if clip.shape[0] != times:
+                raise InputError(f"column_clip has {clip.shape[0]} entries for {times} latent times.")
+            # inputs go to the activation device; offloading hooks (if any) bring the weights there
+            embedder = self.transformer.condition_embedder.image_embedder
+            img = embedder(clip.to(device=enc.device, dtype=enc.dtype)).to(device=enc.device, dtype=enc.dtype)
+            if img.shape[1] != n_img:
+                raise InputError(f"column CLIP gives {img.shape[1]} image tokens, the rows {n_img}.")
+            ctx = torch.cat([img, enc[:1, n_img:].expand(times, -1, -1)], dim=1)
+        else:
+            ctx = enc[:1].expand(times, -1, -1)
+        cos, sin = stock_rope(self.transformer, views, st["height"], st["width"])
+        st["col"] = (ctx, temb_col, (cos.to(enc.device), sin.to(enc.device)))
+        return st["col"]
+
+    def _make_block_hook(self, index: int):
+        def hook(block, args, kwargs, output):
+            if self._inside:
+                return None
+            return self._after_block(index, block, args, kwargs, output)
+
+        return hook
+
+    def _run_block(self, block, x, ctx, temb, rope):
+        self._inside = True
+        try:
+            return block(x, ctx, temb, rope)
+        finally:
+            self._inside = False
+
+    def _after_block(self, index, block, args, kwargs, y_v):
+        names = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb")
+        vals = list(args) + [kwargs[n] for n in names[len(args):]]
+        x_v, enc, temb = vals[0], vals[1], vals[2]
+        st = self._state
+        views, times = st["views"], st["times"]
+        ctx, temb_col, rope_col = self._column_inputs(enc, temb, block)
+        if self.mode == "sequential":  # Eq. 5
+            y_col = self._run_block(block, rows_to_columns(y_v, views, times), ctx, temb_col, rope_col)
+            return columns_to_rows(y_col, views, times)
+        if self.mode in ("soft", "soft_avg"):
+            x_t = st["x_t"] if st["x_t"] is not None else x_v
+        else:
+            x_t = x_v  # hard: the merged copy feeds both streams
+        y_t = columns_to_rows(self._run_block(block, rows_to_columns(x_t, views, times), ctx, temb_col, rope_col),
+                              views, times)
+        last = index == len(self.transformer.blocks) - 1
+        if self.mode == "hard":  # Eq. 8
+            if self.sync is None:
+                return ((y_v.float() + y_t.float()) * 0.5).to(y_v.dtype)
+            return self.sync.layers[index](y_v, y_t, self._feats(y_v))
+        if self.mode == "soft_avg":  # supp. Eq. 13
+            w = soft_average_weight(index, len(self.transformer.blocks))
+            x_v_next = ((1 - w) * y_v.float() + w * y_t.float()).to(y_v.dtype)
+            x_t_next = ((1 - w) * y_t.float() + w * y_v.float()).to(y_t.dtype)
+        elif self.sync is None:  # soft, neutral: independent streams
+            x_v_next, x_t_next = y_v, y_t
+        else:  # soft, Eqs. 9-10
+            dv, dt = self.sync.layers[index](y_v, y_t, self._feats(y_v))
+            x_v_next, x_t_next = y_v + dv, y_t + dt
+        st["x_t"] = x_t_next
+        if last and self.soft_readout == "mean":
+            return ((x_v_next.float() + x_t_next.float()) * 0.5).to(x_v_next.dtype)
+        return x_v_next
+
+    def _feats(self, like: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        if st["feats"] is None:
+            if next(self.sync.parameters()).device != like.device:
+                self.sync.to(like.device)
+            st["feats"] = sigma_features(st["sigma"], self.sync.features).to(like.device)
+        return st["feats"]
+
+    # -- prediction ---------------------------------------------------------------------------
+    def predict(self, latent_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+                row_clip: torch.Tensor | None, cache_name: str = "cond") -> torch.Tensor:
+        """One denoiser evaluation on a window.
+
+        Args:
+            latent_input: ``[V, C_in, T, h, w]`` (noisy latents | mask | condition), model dtype.
+            timestep: 0-d or ``[1]`` tensor (the scheduler's timestep, ``1000 * sigma``).
+            text: ``[1, 512, D_text]`` prompt embeddings (shared by all views).
+            row_clip: ``[V, N_img, C_img]`` CLIP features per row, or None for T2V models.
+        Returns:
+            the flow prediction ``[V, 16, T, h, w]`` (row layout).
+        """
+        v = latent_input.shape[0]
+        tr = self.transformer
+        ctx = tr.cache_context(cache_name) if hasattr(tr, "cache_context") else contextlib.nullcontext()
+        with ctx:
+            return tr(hidden_states=latent_input, timestep=timestep.reshape(-1)[:1].expand(v),
+                      encoder_hidden_states=text.expand(v, -1, -1), encoder_hidden_states_image=row_clip,
+                      return_dict=False)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused view-time attention
+def fused_frame_ids(views: int, times: int, tokens_per_frame: int, device=None):
+    """(view, time) index of every fused token, each ``[V*T*S]`` int64 (token order v, tau, s)."""
+    idx = torch.arange(views * times * tokens_per_frame, device=device)
+    frame = idx // tokens_per_frame
+    return frame // times, frame % times
+
+
+def fused_mask_mod(views: int, times: int, tokens_per_frame: int):
+    """flex-attention ``mask_mod(b, h, q, kv)``: True iff q and kv are in the same view or the same
+    latent time (which includes the same frame). 4Real-Video-V2's sparse view-time pattern."""
+    s, t = tokens_per_frame, times
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        fq, fk = q_idx // s, kv_idx // s
+        return ((fq // t) == (fk // t)) | ((fq % t) == (fk % t))
+
+    return mask_mod
+
+
+def fused_dense_mask(views: int, times: int, tokens_per_frame: int, device=None,
+                     rows: slice | None = None) -> torch.Tensor:
+    """Dense boolean mask ``[L_q, L]`` (True = may attend) of the fused pattern, ``L = V*T*S``;
+    ``rows`` selects a slice of query tokens (default all)."""
+    vv, tt = fused_frame_ids(views, times, tokens_per_frame, device)
+    qv, qt = (vv, tt) if rows is None else (vv[rows], tt[rows])
+    return (qv[:, None] == vv[None, :]) | (qt[:, None] == tt[None, :])
+
+
+def fused_rope(transformer, views: int, times: int, height: int, width: int):
+    """RoPE for the fused layout: time position ``tau + v`` for token (v, tau), stock h/w positions.
+
+    Returns ``(cos, sin)``, each ``[1, V*T*S, 1, head_dim]`` in fused token order.
+    """
+    cos, sin = stock_rope(transformer, views + times - 1, height, width)
+    frames = views + times - 1
+    s = cos.shape[1] // frames
+    pos = (torch.arange(views)[:, None] + torch.arange(times)[None, :]).reshape(-1)
+
+    def gather(f):
+        return f.reshape(frames, s, f.shape[-1])[pos].reshape(1, views * times * s, 1, f.shape[-1])
+
+    return gather(cos), gather(sin)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of ``x`` ``[B, L, H, d]`` by the stock Wan frequencies."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s_ = cos[..., 0::2], sin[..., 1::2]
+    out = torch.stack([x1 * c - x2 * s_, x1 * s_ + x2 * c], dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+def _projections(attn, x: torch.Tensor, context: torch.Tensor | None):
+    if getattr(attn, "fused_projections", False):
+        if context is None:
+            return attn.to_qkv(x).chunk(3, dim=-1)
+        return (attn.to_q(x), *attn.to_kv(context).chunk(2, dim=-1))
+    src = x if context is None else context
+    return attn.to_q(x), attn.to_k(src), attn.to_v(src)
+
+
+_COMPILED_FLEX = None
+
+
+def _flex(q, k, v, block_mask):
+    """flex attention on ``[B, H, L, d]``: compiled on CUDA, the eager reference elsewhere."""
+    global _COMPILED_FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.is_cuda:
+        if _COMPILED_FLEX is None:
+            _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+        return _COMPILED_FLEX(q, k, v, block_mask=block_mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return flex_attention(q, k, v, block_mask=block_mask)
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class FusedGeometry:
+    """What the fused processors need for one window: sizes, RoPE, mask (shared by all blocks)."""
+
+    def __init__(self, transformer, views: int, times: int, height: int, width: int, backend: str, device):
+        p_t, p_h, p_w = transformer.config.patch_size
+        self.key = (views, times, height, width, torch.device(device))
+        self.views, self.times = views, times
+        self.tokens_per_frame = (height // p_h) * (width // p_w)
+        cos, sin = fused_rope(transformer, views, times, height, width)
+        self.rope = (cos.to(device), sin.to(device))
+        self.backend = backend
+        self.block_mask = None
+        if backend == "flex":
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            n = views * times * self.tokens_per_frame
+            self.block_mask = create_block_mask(fused_mask_mod(views, times, self.tokens_per_frame), None, None, n, n,
+                                                device=device)
+
+
+class FusedSelfAttnProcessor:
+    """``attn1`` processor: masked self-attention over all grid tokens (see module docstring)."""
+
+    def __init__(self, engine: "FusedEngine"):
+        self.engine = engine
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
+        g = self.engine.geometry
+        q, k, v = _projections(attn, hidden_states, None)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        cos, sin = g.rope
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        out = fused_attention(q, k, v, g)
+        out = out.flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: FusedGeometry) -> torch.Tensor:
+    """Sparse view-time attention of ``q, k, v`` ``[1, L, H, d]`` -> ``[1, L, H, d]``.
+
+    ``g.backend == "flex"``: flex attention with the block mask; ``"dense"``: SDPA with the dense
+    boolean mask, one view row of queries at a time (mask memory ``T*S x L`` per call; cost
+    ``L^2``); ``"gather"``: the allowed keys gathered per query frame (:func:`_gather_attention`).
+    """
+    if g.backend == "gather":
+        return _gather_attention(q, k, v, g)
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+    if g.backend == "flex":
+        out = _flex(qh, kh, vh, g.block_mask)
+    else:
+        n_row = g.times * g.tokens_per_frame
+        outs = []
+        for r in range(g.views):
+            sl = slice(r * n_row, (r + 1) * n_row)
+            mask = fused_dense_mask(g.views, g.times, g.tokens_per_frame, q.device, rows=sl)
+            outs.append(F.scaled_dot_product_attention(qh[:, :, sl], kh, vh, attn_mask=mask))
+        out = torch.cat(outs, dim=2)
+    return out.transpose(1, 2)
+
+
+def _gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: FusedGeometry) -> torch.Tensor:
+    """The sparse pattern without a mask: for query frame (r, tau) gather the keys of row r (T
+    frames) and of column tau in the other views (V - 1 frames) and attend densely over those
+    ``(T + V - 1) * S`` keys. Exact (each allowed key once); cost ``L * (T + V - 1) * S``."""
+    views, times, s = g.views, g.times, g.tokens_per_frame
+    b, n, heads, d = q.shape
+    qf, kf, vf = (t.reshape(views, times, s, heads, d) for t in (q, k, v))
+    outs = []
+    for r in range(views):
+        others = [u for u in range(views) if u != r]
+
+        def keys(t):
+            row = t[r].reshape(1, times * s, heads, d).expand(times, -1, -1, -1)     # row r, same for every tau
+            col = t[others].permute(1, 0, 2, 3, 4).reshape(times, (views - 1) * s, heads, d)  # column tau
+            return torch.cat([row, col], dim=1).transpose(1, 2)                        # [T, H, (T+V-1)S, d]
+
+        o = F.scaled_dot_product_attention(qf[r].transpose(1, 2), keys(kf), keys(vf))  # [T, H, S, d]
+        outs.append(o.transpose(1, 2))
+    return torch.stack(outs).reshape(b, n, heads, d)
+
+
+class FusedCrossAttnProcessor:
+    """``attn2`` processor for the fused layout: text cross-attention for all tokens; CLIP image
+    cross-attention per view (queries of view v see the image tokens of view v only)."""
+
+    def __init__(self, engine: "FusedEngine"):
+        self.engine = engine
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        g = self.engine.geometry
+        n_img = _image_tokens(attn, encoder_hidden_states)
+        img, text = encoder_hidden_states[:, :n_img], encoder_hidden_states[:, n_img:]
+        q, k, v = _projections(attn, hidden_states, text)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False).flatten(2, 3).type_as(q)
+        if n_img:
+            if getattr(attn, "fused_projections", False):
+                k_img, v_img = attn.to_added_kv(img).chunk(2, dim=-1)
+            else:
+                k_img, v_img = attn.add_k_proj(img), attn.add_v_proj(img)
+            k_img = attn.norm_added_k(k_img)
+            per = n_img // g.views
+            qv = q.reshape(g.views, -1, q.shape[2], q.shape[3])
+            k_img = k_img.unflatten(2, (attn.heads, -1)).reshape(g.views, per, attn.heads, -1)
+            v_img = v_img.unflatten(2, (attn.heads, -1)).reshape(g.views, per, attn.heads, -1)
+            o_img = dispatch_attention_fn(qv, k_img, v_img, attn_mask=None, dropout_p=0.0, is_causal=False)
+            out = out + o_img.reshape(1, -1, attn.heads * o_img.shape[-1]).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class FusedEngine:
+    """4Real-Video-V2 fused view-time attention on the stock Wan forward.
+
+    Args:
+        transformer: diffusers ``WanTransformer3DModel``.
+        backend: ``"flex"`` (torch flex attention + BlockMask; compiled on CUDA, eager reference on
+            CPU), ``"dense"`` (boolean mask via SDPA; the reference), ``"gather"`` (allowed keys
+            gathered per query frame, no mask, sparse cost) or ``"auto"`` (flex on CUDA when
+            available, gather otherwise).
+    """
+
+    def __init__(self, transformer, backend: str = "auto"):
+        if backend not in FUSED_BACKENDS:
+            raise InputError(f"fused backend must be one of {FUSED_BACKENDS}, got {backend!r}.")
+        if backend == "flex" and not flex_available():
+            raise InputError("This PyTorch has no flex attention (needs torch >= 2.5); use backend 'dense'.")
+        self.transformer, self.requested_backend = transformer, backend
+        self.geometry: FusedGeometry | None = None
+        self.mode = "fused"
+        self.column_clip = None  # unused; for a uniform engine interface
+        self._saved: list = []
+
+    def backend_for(self, device: torch.device) -> str:
+        if self.requested_backend != "auto":
+            return self.requested_backend
+        return "flex" if device.type == "cuda" and flex_available() else "gather"
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["FusedEngine"]:
+        """Swap in the fused processors on every block; the originals are restored on exit."""
+        if self._saved:
+            raise RuntimeError("FusedEngine is already installed.")
+        try:
+            for block in self.transformer.blocks:
+                self._saved.append((block.attn1, block.attn1.processor))
+                self._saved.append((block.attn2, block.attn2.processor))
+                block.attn1.set_processor(FusedSelfAttnProcessor(self))
+                block.attn2.set_processor(FusedCrossAttnProcessor(self))
+            yield self
+        finally:
+            for attn, proc in reversed(self._saved):
+                attn.set_processor(proc)
+            self._saved.clear()
+            self.geometry = None
+
+    def predict(self, latent_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+                row_clip: torch.Tensor | None, cache_name: str = "cond") -> torch.Tensor:
+        """Same contract as :meth:`TwoStreamEngine.predict` (row layout in and out)."""
+        views, c, times, h, w = latent_input.shape
+        key = (views, times, h, w, latent_input.device)
+        if self.geometry is None or self.geometry.key != key:
+            self.geometry = FusedGeometry(self.transformer, views, times, h, w,
+                                          self.backend_for(latent_input.device), latent_input.device)
+        x = latent_input.permute(1, 0, 2, 3, 4).reshape(1, c, views * times, h, w)
+        clip = None if row_clip is None else row_clip.reshape(1, -1, row_clip.shape[-1])
+        tr = self.transformer
+        ctx = tr.cache_context(cache_name) if hasattr(tr, "cache_context") else contextlib.nullcontext()
+        with ctx:
+            out = tr(hidden_states=x, timestep=timestep.reshape(-1)[:1], encoder_hidden_states=text[:1],
+                     encoder_hidden_states_image=clip, return_dict=False)[0]
+        return out.reshape(out.shape[1], views, times, h, w).permute(1, 0, 2, 3, 4)
+
+
+def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_readout: str = "row",
+                fused_backend: str = "auto", num_train_timesteps: int = 1000):
+    """The engine for a grid mode (one of :data:`MODES`)."""
+    if mode == "fused":
+        if sync is not None:
+            raise InputError("Fused view-time attention has no sync layers; sync weights apply to 'hard'/'soft'.")
+        return FusedEngine(transformer, fused_backend)
+    return TwoStreamEngine(transformer, mode, sync, soft_readout, num_train_timesteps)

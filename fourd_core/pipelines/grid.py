@@ -1,0 +1,510 @@
+"""4D grid sampling (4Real-Video two-stream sync, 4Real-Video-V2 fused attention) on Wan2.1-I2V.
+
+From a fixed-view video (row 0 of the grid, e.g. the 4DNeX RGB video) and a freeze-time video
+(column 0, e.g. the first 4DNeX frame's point cloud rendered along an orbit), generate the whole
+``V x T`` grid ``I[v, t]``: row ``v`` is a video seen from viewpoint ``v``, column ``t`` is instant
+``t`` seen from every viewpoint.
+
+Output order (everywhere in the pack): **row-major / view-major**. ``GridResult.frames`` is
+``[V, T, H, W, 3]``; the flat IMAGE batch (:func:`grid_to_batch`) has frame ``I[v, t]`` at index
+``v * T + t``, so ``batch[v*T : (v+1)*T]`` is the video of view ``v`` and ``batch[0:T]`` is the
+fixed-view input row.
+
+Token grid on a latent model (the papers used a pixel-space base model)
+----------------------------------------------------------------------
+Wan's causal VAE compresses time 4x. A window of ``V_w`` views x ``T_w = 4k+1`` frames is kept as
+one latent tensor ``[V_w, 16, T_lat, h, w]`` with ``T_lat = (T_w - 1) / 4 + 1``: row ``v`` is the
+window's video of view ``v`` encoded on its own, so latent frame 0 of row ``v`` is exactly the
+encoding of the image ``I[v, t0]`` (the freeze-time input in the first time window) and latent
+row 0 is the encoded fixed-view video. The row stream runs the pretrained blocks on ``V_w``
+sequences over latent time; the column stream on ``T_lat`` sequences over views (see
+:mod:`fourd_core.models.grid_streams`).
+
+Known frames enter through Wan's I2V condition: per row, a condition video with the known pixels
+and mid-gray elsewhere is VAE-encoded (posterior mode), and the 4 mask channels (one per pixel
+frame of each latent frame; frame 0 repeated 4x, as in Wan I2V) are 1 where pixels are known. The
+mask is per latent pixel: a latent pixel is known when its whole 8x8 patch is; so **holes of a
+rendered freeze-time frame are unknown** (gray + mask 0) while its covered parts are known. Known
+frames here are row 0 (all frames), column 0 (minus holes), and in later windows every frame that
+an earlier window already generated. Latent frames whose pixel frames (and all earlier ones of the
+row: the VAE is causal) are fully known are also *replaced* after every step by their clean
+latents noised to the current sigma (``replace_known``), and pasted exactly before decoding: known
+rows and columns come back as their VAE round trip.
+
+CLIP features: row ``v`` gets the CLIP of its first window frame ``I[v, t0]``; column ``tau`` gets
+the CLIP of the window's first row at pixel frame ``t0 + 4 tau`` (the fixed-view frame at that
+time). The same prompt for all; guidance is text CFG (the unconditional pass keeps CLIP and the
+condition), as in the 4DNeX pipeline.
+
+Windows (4Real-Video Sec. 3.3, "extending to a wider view and longer time")
+-------------------------------------------------------------------------
+Larger grids are generated window by window, view windows outer, time windows inner; windows
+overlap by ``overlap_views`` rows and ``overlap_frames`` frames, and every frame already generated
+is a known frame of later windows (its first row and first column are always known). A grid no
+larger than one window is one window. Each window has its own seed (``seed + window index``).
+``overlap_frames = 4k+1`` makes the overlap exactly ``k+1`` clean latent frames.
+
+Model sharing with 4DNeX: the grid runs the *base* Wan DiT. The 4DNeX patches are switched off
+and an unfused 4DNeX LoRA adapter is disabled during sampling (:func:`base_model_mode`); a LoRA
+that was fused into the weights cannot be removed, which is an error. Everything is restored
+afterwards, also on errors and cancellation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..models.grid_streams import FUSED_BACKENDS, MODES, make_engine
+from ..models.patches import is_fourdnex_patched, set_fourdnex_enabled
+from ..models.sync import GridSync
+from .fourdnex import make_scheduler, to_pil, vae_latent_stats
+
+#: ``callback(step, total, latents)``; may raise (e.g. CancelledError) to stop sampling.
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclasses.dataclass
+class GridConfig:
+    """Grid sampling parameters.
+
+    Attributes:
+        mode: ``"soft_avg"`` (training-free soft sync, supp. Eq. 13; default), ``"hard"`` (hard sync,
+            Eq. 8; averaging without weights), ``"soft"`` (ModLinear soft sync, Eqs. 9-10; needs
+            trained weights, otherwise the streams stay independent), ``"sequential"`` (Eq. 5),
+            ``"fused"`` (4Real-Video-V2 view-time attention) or ``"rows"`` (each view on its own).
+        window_views: views per window (the paper: 8). window_frames: pixel frames per window,
+            ``4k + 1`` (49 = a whole 4DNeX video).
+        overlap_views, overlap_frames: rows / frames shared by consecutive windows (>= 1).
+        steps, guidance_scale, shift, scheduler, seed, negative_prompt: as in the 4DNeX sampler
+            (text CFG, flow shift, ``"unipc"`` or ``"euler"``, CPU generator seed).
+        replace_known: replace fully known latent frames by their noised clean latents every step.
+        soft_readout: soft modes: predict from the row stream (``"row"``) or the mean of both.
+        fused_backend: ``"auto"`` | ``"flex"`` | ``"dense"`` | ``"gather"`` (fused mode, see
+            :class:`~fourd_core.models.grid_streams.FusedEngine`).
+    """
+
+    mode: str = "soft_avg"
+    window_views: int = 8
+    window_frames: int = 49
+    overlap_views: int = 2
+    overlap_frames: int = 5
+    steps: int = 30
+    guidance_scale: float = 5.0
+    shift: float = 3.0
+    scheduler: str = "unipc"
+    seed: int = 42
+    negative_prompt: str = ""
+    replace_known: bool = True
+    soft_readout: str = "row"
+    fused_backend: str = "auto"
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the fix for any invalid field."""
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if self.window_views < 2:
+            raise InputError(f"window_views must be >= 2, got {self.window_views}.")
+        if self.window_frames < 5 or (self.window_frames - 1) % 4:
+            raise InputError(f"window_frames must be 4k+1 and >= 5 (e.g. 9, 25, 49), got {self.window_frames}.")
+        if not 1 <= self.overlap_views < self.window_views:
+            raise InputError(f"overlap_views must be in [1, window_views - 1], got {self.overlap_views}.")
+        if not 1 <= self.overlap_frames < self.window_frames:
+            raise InputError(f"overlap_frames must be in [1, window_frames - 1], got {self.overlap_frames}.")
+        if self.steps < 1:
+            raise InputError(f"steps must be >= 1, got {self.steps}.")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise InputError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}.")
+        if not self.shift > 0:
+            raise InputError(f"shift must be > 0, got {self.shift}.")
+        if self.scheduler not in ("unipc", "euler"):
+            raise InputError(f"scheduler must be 'unipc' or 'euler', got {self.scheduler!r}.")
+        if self.soft_readout not in ("row", "mean"):
+            raise InputError(f"soft_readout must be 'row' or 'mean', got {self.soft_readout!r}.")
+        if self.fused_backend not in FUSED_BACKENDS:
+            raise InputError(f"fused_backend must be one of {FUSED_BACKENDS}, got {self.fused_backend!r}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Output order
+def grid_index(view: int, time: int, num_times: int) -> int:
+    """Index of frame ``I[view, time]`` in the row-major IMAGE batch: ``view * T + time``."""
+    return view * num_times + time
+
+
+def grid_to_batch(frames: torch.Tensor) -> torch.Tensor:
+    """``[V, T, H, W, C]`` -> ``[V*T, H, W, C]`` row-major (index ``v * T + t``)."""
+    if frames.ndim != 5:
+        raise InputError(f"grid frames must be [V, T, H, W, C], got {list(frames.shape)}.")
+    return frames.reshape(-1, *frames.shape[2:])
+
+
+def batch_to_grid(batch: torch.Tensor, num_views: int, num_times: int) -> torch.Tensor:
+    """Inverse of :func:`grid_to_batch`.
+
+    Raises:
+        InputError: if the batch does not hold ``num_views * num_times`` frames.
+    """
+    if batch.shape[0] != num_views * num_times:
+        raise InputError(f"a batch of {batch.shape[0]} frames is not a {num_views} x {num_times} grid.")
+    return batch.reshape(num_views, num_times, *batch.shape[1:])
+
+
+@dataclasses.dataclass
+class GridResult:
+    """A generated grid.
+
+    Attributes:
+        frames: ``[V, T, H, W, 3]`` float32 in [0, 1] on the CPU; ``frames[v, t] = I[v, t]``.
+        windows: the windows sampled, ``(v0, v1, t0, t1)`` half-open, in order.
+        mode: the grid mode used.
+    """
+
+    frames: torch.Tensor
+    windows: list
+    mode: str
+
+    @property
+    def num_views(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def num_times(self) -> int:
+        return int(self.frames.shape[1])
+
+    def batch(self) -> torch.Tensor:
+        """The row-major IMAGE batch ``[V*T, H, W, 3]`` (see :func:`grid_to_batch`)."""
+        return grid_to_batch(self.frames)
+
+    def view(self, v: int) -> torch.Tensor:
+        """The video of view ``v``: ``[T, H, W, 3]`` (= ``batch()[v*T:(v+1)*T]``)."""
+        return self.frames[v]
+
+
+# ----------------------------------------------------------------------------------------------
+# Windows
+def window_starts(length: int, size: int, overlap: int) -> list[int]:
+    """Start indices of windows of ``size`` covering ``[0, length)`` with at least ``overlap``
+    shared items; the last window is shifted back to end at ``length``. ``length <= size``: [0]."""
+    if length <= size:
+        return [0]
+    starts, s = [0], 0
+    while s + size < length:
+        s = min(s + size - overlap, length - size)
+        starts.append(s)
+    return starts
+
+
+def plan_windows(num_views: int, num_times: int, config: GridConfig) -> list[tuple[int, int, int, int]]:
+    """Windows ``(v0, v1, t0, t1)`` (half-open) in sampling order: views outer, time inner.
+
+    A grid no larger than a window is one window; a time axis shorter than ``window_frames`` must
+    itself be ``4k + 1`` frames.
+
+    Raises:
+        InputError: a time axis shorter than the window that is not ``4k + 1``.
+    """
+    if num_times < config.window_frames and (num_times - 1) % 4:
+        raise InputError(f"The fixed-view video has {num_times} frames; a grid shorter than one window "
+                         f"({config.window_frames}) needs 4k+1 frames (e.g. {(num_times - 1) // 4 * 4 + 1}). "
+                         "Trim the video.")
+    vw, tw = min(config.window_views, num_views), min(config.window_frames, num_times)
+    out = []
+    for v0 in window_starts(num_views, vw, config.overlap_views):
+        for t0 in window_starts(num_times, tw, config.overlap_frames):
+            out.append((v0, v0 + vw, t0, t0 + tw))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Model state
+@contextlib.contextmanager
+def base_model_mode(pipe):
+    """Run the stock Wan DiT inside: 4DNeX patches off, LoRA adapters disabled; all restored after.
+
+    Raises:
+        InputError: the 4DNeX LoRA was fused into the weights (it cannot be taken out); load it
+            unfused (``fuse_lora=False`` / the node's ``fuse`` off) to share the model.
+    """
+    tr = pipe.transformer
+    if getattr(tr, "_fourdnex_lora_fused", False):
+        raise InputError("The 4DNeX LoRA is fused into this model's weights, so the grid sampler cannot run the base "
+                         "Wan model. Load the 4DNeX LoRA unfused (FourD Load 4DNeX LoRA: fuse = off; "
+                         "ModelSpec(fuse_lora=False)) or use a model without 4DNeX.")
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    patched = is_fourdnex_patched(tr)
+    was_enabled = bool(getattr(tr, "_fourdnex_enabled", False))
+    layers = [m for m in tr.modules() if isinstance(m, BaseTunerLayer)]
+    states = [bool(m.disable_adapters) for m in layers]
+    grads = {p: p.requires_grad for m in layers for p in m.parameters()}
+    try:
+        if patched:
+            set_fourdnex_enabled(tr, False)
+        for m in layers:
+            m.enable_adapters(False)
+        yield pipe
+    finally:
+        for m, disabled in zip(layers, states):
+            m.enable_adapters(not disabled)
+        for p, g in grads.items():
+            p.requires_grad_(g)
+        if patched:
+            set_fourdnex_enabled(tr, was_enabled)
+
+
+# ----------------------------------------------------------------------------------------------
+# Conditions
+def latent_mask(known: torch.Tensor, temporal_stride: int = 4, spatial: int = 8) -> torch.Tensor:
+    """Wan I2V mask channels from per-pixel knowledge.
+
+    Args:
+        known: ``[V, F, H, W]`` in {0, 1} (1 = known pixel), ``F = 4k + 1`` pixel frames.
+    Returns:
+        ``[V, 4, T_lat, H/8, W/8]``: a latent pixel is known iff its whole ``8 x 8`` patch is;
+        channel ``c`` of latent frame ``tau >= 1`` is pixel frame ``4 (tau - 1) + 1 + c``; latent
+        frame 0 repeats pixel frame 0 four times (Wan I2V layout).
+    """
+    v, f, h, w = known.shape
+    m = 1.0 - F.max_pool2d(1.0 - known.float().reshape(v * f, 1, h, w), spatial)
+    m = m.reshape(v, f, h // spatial, w // spatial)
+    m = torch.cat([m[:, :1].repeat(1, temporal_stride, 1, 1), m[:, 1:]], dim=1)
+    m = m.reshape(v, -1, temporal_stride, h // spatial, w // spatial)
+    return m.transpose(1, 2).contiguous()
+
+
+def fully_known_latents(known: torch.Tensor, temporal_stride: int = 4) -> torch.Tensor:
+    """``[V, T_lat]`` bool: latent frame ``tau`` of row ``v`` is determined by known pixels, i.e.
+    pixel frames ``0 .. 4 tau`` of that row are completely known (causal VAE).
+
+    Args:
+        known: ``[V, F, H, W]`` in {0, 1}.
+    """
+    full = known.flatten(2).min(dim=-1).values >= 1.0  # [V, F]
+    prefix = torch.cumprod(full.to(torch.int64), dim=1).bool()
+    t_lat = (known.shape[1] - 1) // temporal_stride + 1
+    idx = torch.arange(t_lat) * temporal_stride
+    return prefix[:, idx]
+
+
+@torch.no_grad()
+def encode_rows(pipe, video: torch.Tensor) -> torch.Tensor:
+    """VAE-encode every row on its own (posterior mode), normalised as the DiT sees latents.
+
+    Args:
+        video: ``[V, 3, F, H, W]`` in [-1, 1].
+    Returns:
+        ``[V, 16, T_lat, H/8, W/8]`` float32 on the pipeline's execution device.
+    """
+    from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    vae = pipe.vae
+    dev = get_module_execution_device(vae)
+    out = []
+    for row in video:
+        z = retrieve_latents(vae.encode(row[None].to(device=dev, dtype=vae.dtype)), sample_mode="argmax")
+        out.append(z.float())
+    z = torch.cat(out).to(pipe._execution_device)
+    mean, inv_std = vae_latent_stats(vae, z)
+    return (z - mean) * inv_std
+
+
+@torch.no_grad()
+def decode_rows(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Decode normalised row latents ``[V, 16, T_lat, h, w]`` -> ``[V, F, H, W, 3]`` in [0, 1] (CPU)."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    vae = pipe.vae
+    dev = get_module_execution_device(vae)
+    mean, inv_std = vae_latent_stats(vae, latents.float())
+    out = []
+    for z in latents.float():
+        zz = (z[None] / inv_std + mean).to(device=dev, dtype=vae.dtype)
+        x = vae.decode(zz, return_dict=False)[0].float().clamp(-1, 1)
+        out.append((x[0].permute(1, 2, 3, 0) / 2 + 0.5).cpu())
+    return torch.stack(out)
+
+
+def _clip(pipe, images: torch.Tensor, device) -> torch.Tensor:
+    """CLIP penultimate features of ``[N, H, W, 3]`` images -> ``[N, N_img, C]``."""
+    if pipe.image_encoder is None or pipe.transformer.config.image_dim is None:
+        return None
+    return pipe.encode_image([to_pil(im) for im in images], device)
+
+
+def _check_inputs(fixed_view, freeze_time, holes, pipe):
+    for name, t in (("fixed_view", fixed_view), ("freeze_time", freeze_time)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[-1] != 3:
+            raise InputError(f"{name} must be an IMAGE batch [N, H, W, 3], got "
+                             f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}.")
+        if not torch.isfinite(t).all():
+            raise InputError(f"{name} contains NaN or inf.")
+    if fixed_view.shape[1:] != freeze_time.shape[1:]:
+        raise InputError(f"fixed_view frames are {fixed_view.shape[2]}x{fixed_view.shape[1]} but freeze_time frames "
+                         f"{freeze_time.shape[2]}x{freeze_time.shape[1]}; render the freeze-time video at the video's size.")
+    h, w = fixed_view.shape[1:3]
+    mult = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
+    if h % mult or w % mult or h < 2 * mult or w < 2 * mult:
+        raise InputError(f"Frame size {w}x{h}: width and height must be multiples of {mult} and >= {2 * mult}.")
+    if holes is not None:
+        if holes.ndim == 4 and holes.shape[-1] == 1:
+            holes = holes[..., 0]
+        if tuple(holes.shape) != tuple(freeze_time.shape[:3]):
+            raise InputError(f"holes must be a MASK [{freeze_time.shape[0]}, {h}, {w}] matching freeze_time, got "
+                             f"{list(holes.shape)}.")
+        holes = holes.float()
+    return holes
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+@torch.no_grad()
+def sample_window(pipe, engine, pixels: torch.Tensor, known: torch.Tensor, text: dict, config: GridConfig,
+                  generator: torch.Generator, callback: StepCallback | None = None, step_offset: int = 0,
+                  total_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise one window.
+
+    Args:
+        pipe: the Wan I2V pipeline (base model mode, see :func:`base_model_mode`).
+        engine: an installed engine from :func:`~fourd_core.models.grid_streams.make_engine`.
+        pixels: ``[V, F, H, W, 3]`` in [0, 1]; only pixels with ``known == 1`` are used.
+        known: ``[V, F, H, W]`` in {0, 1}; row 0 must be fully known (the column stream's first
+            "frame"), as must every first frame up to holes.
+        text: ``{"prompt_embeds", "negative_prompt_embeds"}`` ``[1, 512, D_text]`` (negative None
+            without CFG).
+    Returns:
+        ``(latents [V, 16, T_lat, h, w] float32 with fully known latent frames pasted exactly,
+        full [V, T_lat] bool: the pasted frames)``.
+    """
+    tr = pipe.transformer
+    device, dtype = pipe._execution_device, tr.dtype
+    v, f = known.shape[:2]
+    video = ((pixels.float() * 2 - 1) * known[..., None].float()).permute(0, 4, 1, 2, 3)
+    cond = encode_rows(pipe, video)
+    mask = latent_mask(known).to(cond)
+    full = fully_known_latents(known).to(device)
+    t_lat = cond.shape[2]
+    row_clip = _clip(pipe, pixels[:, 0], device)
+    engine.column_clip = None
+    if row_clip is not None:
+        row_clip = row_clip.to(dtype)
+        cols = [min(4 * tau, f - 1) for tau in range(t_lat)]
+        engine.column_clip = _clip(pipe, pixels[0, cols], device).to(dtype)
+
+    from diffusers.utils.torch_utils import randn_tensor
+
+    scheduler = make_scheduler(pipe, config.scheduler, config.shift)
+    scheduler.set_timesteps(config.steps, device=device)
+    sigmas = scheduler.sigmas.float()
+    noise = randn_tensor(tuple(cond.shape), generator=generator, device=device, dtype=torch.float32)
+    keep = full[:, None, :, None, None]
+
+    def known_at(sig):
+        return (1 - sig) * cond + sig * noise
+
+    latents = noise
+    if config.replace_known:
+        latents = torch.where(keep, known_at(sigmas[0]), latents)
+    prompt, negative = text["prompt_embeds"].to(device, dtype), text.get("negative_prompt_embeds")
+    cfg = config.guidance_scale > 1.0 and negative is not None
+    total = total_steps or config.steps
+    for i, t in enumerate(scheduler.timesteps):
+        inp = torch.cat([latents, mask, cond], dim=1).to(dtype)
+        pred = engine.predict(inp, t, prompt, row_clip, "cond")
+        if cfg:
+            uncond = engine.predict(inp, t, negative.to(device, dtype), row_clip, "uncond")
+            pred = uncond + config.guidance_scale * (pred - uncond)
+        latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+        if config.replace_known and i + 1 < len(sigmas):
+            latents = torch.where(keep, known_at(sigmas[i + 1]), latents)
+        if callback is not None:
+            callback(step_offset + i + 1, total, latents)
+    latents = torch.where(keep, cond, latents.float())
+    return latents, full
+
+
+@torch.no_grad()
+def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, prompt: str,
+                  config: GridConfig | None = None, *, holes: torch.Tensor | None = None,
+                  sync: GridSync | None = None, callback: StepCallback | None = None,
+                  text: dict | None = None) -> GridResult:
+    """Generate the ``V x T`` grid from its first row and first column.
+
+    Args:
+        pipe: a diffusers Wan2.1 I2V pipeline (e.g. the cached 4DNeX pipeline with the LoRA
+            *unfused*; the grid always runs the base model, see :func:`base_model_mode`).
+        fixed_view: ``[T, H, W, 3]`` float in [0, 1]: row 0, the video from viewpoint 0.
+        freeze_time: ``[V, H, W, 3]`` float in [0, 1]: column 0, instant 0 from every viewpoint.
+            ``freeze_time[0]`` is ignored: frame ``I[0, 0]`` is ``fixed_view[0]``.
+        prompt: text prompt (no suffix is added: this is the base model).
+        config: :class:`GridConfig`.
+        holes: optional ``[V, H, W]`` (or ``[V, H, W, 1]``) MASK, > 0.5 = hole in the freeze-time
+            frame (unknown pixel, filled by the model).
+        sync: trained sync layers for ``"hard"`` / ``"soft"`` (see
+            :func:`~fourd_core.models.sync.load_sync_weights`); None = neutral initialisation.
+        callback: ``callback(step, total, latents)`` after every step of every window (``total`` =
+            windows x steps); raise to cancel.
+        text: optional precomputed ``{"prompt_embeds", "negative_prompt_embeds"}``.
+    Returns:
+        :class:`GridResult` (``frames [V, T, H, W, 3]``; row-major batch via ``.batch()``).
+    Raises:
+        InputError: bad shapes/sizes/config, a fused LoRA. CancelledError (or whatever the callback
+        raises) when cancelled; the model is restored in every case.
+    """
+    config = config or GridConfig()
+    config.validate()
+    holes = _check_inputs(fixed_view, freeze_time, holes, pipe)
+    num_t, num_v = fixed_view.shape[0], freeze_time.shape[0]
+    h, w = fixed_view.shape[1:3]
+    windows = plan_windows(num_v, num_t, config)
+
+    pixels = torch.zeros(num_v, num_t, h, w, 3)
+    known = torch.zeros(num_v, num_t, h, w)
+    pixels[0] = fixed_view.float().cpu().clamp(0, 1)
+    known[0] = 1.0
+    pixels[1:, 0] = freeze_time[1:].float().cpu().clamp(0, 1)
+    known[1:, 0] = 1.0 if holes is None else (holes[1:].cpu() <= 0.5).float()
+    written = torch.zeros(num_v, num_t, dtype=torch.bool)
+    out = torch.zeros(num_v, num_t, h, w, 3)
+
+    device = pipe._execution_device
+    with contextlib.ExitStack() as stack:
+        stack.callback(pipe.maybe_free_model_hooks)
+        stack.enter_context(base_model_mode(pipe))
+        if text is None:
+            pe, ne = pipe.encode_prompt(prompt=prompt, negative_prompt=config.negative_prompt,
+                                        do_classifier_free_guidance=config.guidance_scale > 1.0,
+                                        max_sequence_length=512, device=device)
+            text = {"prompt_embeds": pe, "negative_prompt_embeds": ne}
+        engine = make_engine(pipe.transformer, config.mode, sync=sync, soft_readout=config.soft_readout,
+                             fused_backend=config.fused_backend,
+                             num_train_timesteps=int(pipe.scheduler.config.get("num_train_timesteps", 1000)))
+        total = len(windows) * config.steps
+        with engine.installed():
+            for k, (v0, v1, t0, t1) in enumerate(windows):
+                generator = torch.Generator("cpu").manual_seed(int(config.seed) + k)
+                latents, _ = sample_window(pipe, engine, pixels[v0:v1, t0:t1], known[v0:v1, t0:t1], text, config,
+                                           generator, callback, step_offset=k * config.steps, total_steps=total)
+                frames = decode_rows(pipe, latents)
+                new = ~written[v0:v1, t0:t1]
+                out[v0:v1, t0:t1][new] = frames[new]
+                pixels[v0:v1, t0:t1][new] = frames[new]
+                known[v0:v1, t0:t1][new] = 1.0
+                written[v0:v1, t0:t1] = True
+    return GridResult(frames=out, windows=windows, mode=config.mode)
+
+
+def grid_latent_preview(latents: torch.Tensor, view: int = -1, frame: int | None = None) -> torch.Tensor:
+    """A cheap false-colour preview of one latent frame (no VAE): channels 0-2 of
+    ``latents[view, :, frame]`` min-max normalised, ``[h, w, 3]`` in [0, 1]."""
+    t = latents.shape[2]
+    z = latents[view, :3, t // 2 if frame is None else frame].float()
+    lo, hi = z.amin(), z.amax()
+    return ((z - lo) / (hi - lo).clamp_min(1e-6)).permute(1, 2, 0).cpu()
