@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 
 from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.xyz_init import sloped_plane, xyz_from_depth

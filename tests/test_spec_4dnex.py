@@ -9,7 +9,6 @@ text only; XYZ de-normalisation x1.70 - 0.13 before the VAE's.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

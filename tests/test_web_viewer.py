@@ -8,10 +8,8 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import math
 import shutil
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest

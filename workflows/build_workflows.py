@@ -99,7 +99,6 @@ def build(graph: dict, mappings: dict) -> tuple[dict, dict]:
             incoming[(nid, inp)] = link_id
             out_links.setdefault((src, slot), []).append(link_id)
             src_type = node_io(mappings, graph["nodes"][src]["type"])[1][slot][1]
-            dst_inputs = {i[0]: i for i in node_io(mappings, n["type"])[0]}
             links.append([link_id, src, slot, nid, None, src_type, inp])
     for order, (nid, n) in enumerate(graph["nodes"].items()):
         inputs, outputs = node_io(mappings, n["type"])

@@ -670,7 +670,6 @@ def _grid_pass_range(q0, valid, uh, vh, mu, sig, R, t, kap, f0, f1, *, robust, d
                      weights, scale_samples, out, moments=True):
     """:func:`_grid_pass` on frames [f0, f1)."""
     _, _, h, w_ = q0.shape
-    F = f1
     n = h * w_
     dev = q0.device
     c_max = max(1, min(chunk_frames, f1 - f0))
@@ -681,7 +680,6 @@ def _grid_pass_range(q0, valid, uh, vh, mu, sig, R, t, kap, f0, f1, *, robust, d
     uh_d, vh_d = uh.to(dtype), vh.to(dtype)
     uh64, vh64 = uh.to(_F64), vh.to(_F64)
     sstep = max(1, n // scale_samples)
-    zero = torch.zeros((), dtype=dtype, device=dev)
     moms, gsums, scales = [], [], []
     for a in range(f0, f1, chunk_frames):
         b = min(f1, a + chunk_frames)

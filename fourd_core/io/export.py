@@ -26,8 +26,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
 
 from ..errors import InputError
 from ..scene import Scene4D

@@ -30,7 +30,7 @@ from ..errors import WeightsError
 from .lora import load_fourdnex_release
 from .memory import MemoryConfig, apply_memory_config, enable_fp8_storage
 from .patches import DOMAIN_EMBEDDING_KEY, apply_fourdnex_patches
-from .weights import FP8_DTYPES, load_safetensors
+from .weights import load_safetensors
 
 BASE_HUB_ID = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 FOURDNEX_HUB_ID = "FrozenBurning/4DNex-Lora"

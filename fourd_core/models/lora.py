@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from .patches import DOMAIN_EMBEDDING_KEY, apply_fourdnex_patches, set_domain_embeddings
+from .patches import DOMAIN_EMBEDDING_KEY, apply_fourdnex_patches
 from .weights import load_safetensors, load_tensor_file
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"

@@ -10,9 +10,7 @@ key layout, ``learnable_domain_embeddings.pt``) and loaded back through the same
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
