@@ -76,18 +76,24 @@ class SamplingConfig:
             v = getattr(self, name)
             if v < 32 or v % 16:
                 raise InputError(f"{name} must be a multiple of 16 and >= 32 (4DNeX: 480x720), got {v}.")
-        if self.steps < 1:
-            raise InputError(f"steps must be >= 1, got {self.steps}.")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise InputError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}.")
-        if not self.shift > 0:
-            raise InputError(f"shift must be > 0 (official: 3.0), got {self.shift}.")
-        if self.scheduler not in ("unipc", "euler"):
-            raise InputError(f"scheduler must be 'unipc' or 'euler', got {self.scheduler!r}.")
+        validate_sampler_settings(self)
 
     @property
     def latent_frames(self) -> int:
         return (self.num_frames - 1) // 4 + 1
+
+
+def validate_sampler_settings(cfg) -> None:
+    """Check the fields every flow-matching sampler config shares (``steps``, ``guidance_scale``,
+    ``shift``, ``scheduler``); raises :class:`InputError` naming the fix."""
+    if cfg.steps < 1:
+        raise InputError(f"steps must be >= 1, got {cfg.steps}.")
+    if not math.isfinite(cfg.guidance_scale) or cfg.guidance_scale < 0:
+        raise InputError(f"guidance_scale must be a finite number >= 0, got {cfg.guidance_scale}.")
+    if not cfg.shift > 0:
+        raise InputError(f"shift must be > 0 (official: 3.0), got {cfg.shift}.")
+    if cfg.scheduler not in ("unipc", "euler"):
+        raise InputError(f"scheduler must be 'unipc' or 'euler', got {cfg.scheduler!r}.")
 
 
 class FourDNeXPipeline(WanImageToVideoPipeline):

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from typing import Callable
 
 import torch
@@ -64,7 +63,7 @@ from ..errors import InputError
 from ..models.grid_streams import FUSED_BACKENDS, MODES, make_engine
 from ..models.patches import is_fourdnex_patched, set_fourdnex_enabled
 from ..models.sync import GridSync
-from .fourdnex import make_scheduler, to_pil, vae_latent_stats
+from .fourdnex import make_scheduler, to_pil, vae_latent_stats, validate_sampler_settings
 
 #: ``callback(step, total, latents)``; may raise (e.g. CancelledError) to stop sampling.
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -117,14 +116,7 @@ class GridConfig:
             raise InputError(f"overlap_views must be in [1, window_views - 1], got {self.overlap_views}.")
         if not 1 <= self.overlap_frames < self.window_frames:
             raise InputError(f"overlap_frames must be in [1, window_frames - 1], got {self.overlap_frames}.")
-        if self.steps < 1:
-            raise InputError(f"steps must be >= 1, got {self.steps}.")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise InputError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}.")
-        if not self.shift > 0:
-            raise InputError(f"shift must be > 0, got {self.shift}.")
-        if self.scheduler not in ("unipc", "euler"):
-            raise InputError(f"scheduler must be 'unipc' or 'euler', got {self.scheduler!r}.")
+        validate_sampler_settings(self)
         if self.soft_readout not in ("row", "mean"):
             raise InputError(f"soft_readout must be 'row' or 'mean', got {self.soft_readout!r}.")
         if self.fused_backend not in FUSED_BACKENDS:
