@@ -116,8 +116,6 @@ def pack(fake):
 
 
 def test_pack_imports_without_comfyui():
-    for k in ("folder_paths", "comfy", "comfy.utils", "comfy.model_management"):
-        assert k not in sys.modules or not hasattr(sys.modules[k], "__file__") or True
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k in ("folder_paths",) or k.startswith("comfy")}
     try:
         mod = import_pack("ComfyUI_FourD_nocomfy")
