@@ -100,7 +100,8 @@ def temp_directory() -> Path:
 
 
 def safe_output_folder(prefix: str, base: Path | None = None) -> tuple[Path, str]:
-    """A new numbered folder ``<prefix>_NNNNN`` inside the output directory.
+    """A new numbered name ``<prefix>_NNNNN`` inside the output directory (callers use it as a folder,
+    or add a suffix for a single file); the number is one past any folder or file already using it.
 
     The prefix may contain sub-folders (``fourd/park``) but can never leave the output directory:
     absolute paths, ``..`` and drive letters are refused with a clear error.
@@ -120,7 +121,9 @@ def safe_output_folder(prefix: str, base: Path | None = None) -> tuple[Path, str
         raise InputError(f"filename_prefix '{prefix}' points outside the output folder.")
     target_dir.mkdir(parents=True, exist_ok=True)
     name = Path(stem).name
-    taken = [int(m.group(1)) for d in target_dir.iterdir() if (m := re.fullmatch(re.escape(name) + r"_(\d{5})", d.name))]
+    # numbers already used by folders or files (``name_00003``, ``name_00003.safetensors``...)
+    taken = [int(m.group(1)) for d in target_dir.iterdir()
+             if (m := re.fullmatch(re.escape(name) + r"_(\d{5})(\..*)?", d.name))]
     folder = target_dir / f"{name}_{(max(taken) + 1 if taken else 1):05d}"
     return folder, folder.relative_to(base).as_posix()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 
 import torch
 
@@ -167,5 +168,4 @@ class FourDPreview4D:
         folder, rel = cb.safe_output_folder("fourd_preview/scene", base=cb.temp_directory())
         name = folder.name + ".fourd4d"
         write_viewer_asset(folder.parent / name, scene, points_per_frame=points_per_frame, min_confidence=min_confidence)
-        sub = str(folder.parent.relative_to(cb.temp_directory().resolve())) if folder.parent != cb.temp_directory() else ""
-        return {"ui": {"fourd_scene": [{"filename": name, "subfolder": sub, "type": "temp"}]}}
+        return {"ui": {"fourd_scene": [{"filename": name, "subfolder": posixpath.dirname(rel), "type": "temp"}]}}

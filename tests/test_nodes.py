@@ -406,3 +406,19 @@ def test_tiny_grid_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, 
     with pytest.raises(errors.InputError, match="fuse"):
         pack.NODE_CLASS_MAPPINGS["FourDGridSampler"]().sample(model=fused, fixed_view=grid[:5], freeze_time=renders,
                                                               **{**kw, "steps": 1})
+
+
+def test_numbered_outputs_never_overwrite_earlier_ones(pack, fake):
+    """Save Scene and 4D Preview write files named <prefix>_NNNNN.*: each run must get a new number."""
+    from test_io import _scene
+
+    save = pack.NODE_CLASS_MAPPINGS["FourDSaveScene"]()
+    first = save.save(_scene(), "fourd/numbered")["result"][0]
+    second = save.save(_scene(), "fourd/numbered")["result"][0]
+    assert first != second and (fake.root / "output" / first).is_file() and (fake.root / "output" / second).is_file()
+    prev = pack.NODE_CLASS_MAPPINGS["FourDPreview4D"]()
+    a = prev.preview(_scene(), 1000, 0.0)["ui"]["fourd_scene"][0]
+    b = prev.preview(_scene(), 1000, 0.0)["ui"]["fourd_scene"][0]
+    assert a["filename"] != b["filename"] and a["subfolder"] == b["subfolder"] == "fourd_preview"
+    for e in (a, b):
+        assert (fake.root / "temp" / e["subfolder"] / e["filename"]).is_file()
