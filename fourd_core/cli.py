@@ -71,6 +71,7 @@ def _add_geometry_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m fourd_core`` argument parser (sub-commands generate, geometry, info)."""
     parser = argparse.ArgumentParser(prog="python -m fourd_core", description="One image -> a 4D scene (4DNeX).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -237,6 +238,7 @@ def cmd_info(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry point. Returns the exit code: 0 ok, 2 a FourDError (message on stderr), 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return {"generate": cmd_generate, "geometry": cmd_geometry, "info": cmd_info}[args.command](args)

@@ -364,6 +364,7 @@ def _flex(q, k, v, block_mask):
 
 
 def flex_available() -> bool:
+    """True if ``torch.nn.attention.flex_attention`` can be imported (torch >= 2.5)."""
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
     except ImportError:
@@ -508,6 +509,8 @@ class FusedEngine:
         self._saved: list = []
 
     def backend_for(self, device: torch.device) -> str:
+        """The fused-attention path for ``device``: the requested one, or for ``"auto"`` flex on CUDA
+        (when available) and the exact gathered-keys path elsewhere."""
         if self.requested_backend != "auto":
             return self.requested_backend
         return "flex" if device.type == "cuda" and flex_available() else "gather"

@@ -71,6 +71,7 @@ class ModelSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype. Raises :class:`WeightsError` for an unknown name."""
         if self.dtype not in DTYPES:
             raise WeightsError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
         return DTYPES[self.dtype]
@@ -126,7 +127,7 @@ def _keep_fp32(model, state_dict: dict) -> None:
             state_dict[k] = v.float()
 
 
-def _load_into(model_cls_or_factory, config: dict, state_dict: dict, what: str, path: Path, from_config=True):
+def _load_into(model_cls_or_factory, config, state_dict: dict, what: str, path: Path):
     """Instantiate on the meta device and assign ``state_dict`` with strict key and shape checks."""
     from accelerate import init_empty_weights
 
@@ -213,7 +214,6 @@ def load_text_encoder_file(path: str | Path, config: dict, dtype: torch.dtype):
         sd["shared.weight"] = sd["encoder.embed_tokens.weight"]
     cfg = UMT5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     model = _load_into(lambda c: UMT5EncoderModel(c), cfg, sd, "UMT5 text encoder", path)
-    model.tie_weights() if hasattr(model, "tie_weights") else None
     return model.eval()
 
 

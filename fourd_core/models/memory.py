@@ -45,6 +45,7 @@ class MemoryConfig:
     release_encoders: bool = False
 
     def resolved_device(self) -> torch.device:
+        """``device``, or CUDA when available and the CPU otherwise."""
         if self.device:
             return torch.device(self.device)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -180,6 +180,7 @@ class GridSync(nn.Module):
         return cls(mode, len(transformer.blocks), dim, features, rank)
 
     def metadata(self) -> dict[str, str]:
+        """The safetensors header metadata of this sync module (format, version, mode, sizes)."""
         meta = {"format": FORMAT, "version": str(VERSION), "mode": self.mode, "num_layers": str(len(self.layers)),
                 "inner_dim": str(self.dim), "sigma_features": str(self.features)}
         if self.mode == "soft":

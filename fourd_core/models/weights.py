@@ -1,10 +1,9 @@
-"""Reading weight files safely: safetensors (incl. fp8 and ComfyUI "scaled fp8"), sharded folders,
-and ``.pt`` files through ``torch.load(weights_only=True)``. Never unpickles arbitrary objects.
+"""Reading weight files safely: safetensors (incl. fp8 and ComfyUI "scaled fp8") and ``.pt`` files
+through ``torch.load(weights_only=True)``. Never unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -78,24 +77,6 @@ def load_safetensors(path: str | Path, *, dtype: torch.dtype | None = None, keep
         raise
     except Exception as exc:
         raise WeightsError(f"Could not read {path} ({exc}). The file may be truncated or corrupt: download it again.") from exc
-    return out
-
-
-def load_sharded_safetensors(folder: str | Path, **kwargs) -> dict[str, torch.Tensor]:
-    """Load every shard of a diffusers/transformers safetensors folder (``*.safetensors.index.json``
-    or all ``*.safetensors`` files). Keyword arguments as in :func:`load_safetensors`."""
-    folder = _check_exists(Path(folder), "Weights folder")
-    index = sorted(folder.glob("*.safetensors.index.json"))
-    if index:
-        files = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
-        paths = [folder / f for f in files]
-    else:
-        paths = sorted(folder.glob("*.safetensors"))
-    if not paths:
-        raise WeightsError(f"No .safetensors files in {folder}.")
-    out: dict[str, torch.Tensor] = {}
-    for p in paths:
-        out.update(load_safetensors(p, **kwargs))
     return out
 
 

@@ -80,6 +80,7 @@ class SamplingConfig:
 
     @property
     def latent_frames(self) -> int:
+        """Latent frames of the causal VAE (4x temporal compression): ``(num_frames - 1) / 4 + 1``."""
         return (self.num_frames - 1) // 4 + 1
 
 
@@ -118,6 +119,7 @@ class FourDNeXPipeline(WanImageToVideoPipeline):
     def check_inputs(self, prompt, negative_prompt, image, height, width, prompt_embeds=None,
                      negative_prompt_embeds=None, image_embeds=None, callback_on_step_end_tensor_inputs=None,
                      guidance_scale_2=None):
+        """The stock checks, except that ``image`` and ``image_embeds`` may be given together."""
         # The stock check forbids image + image_embeds; 4DNeX needs both (CLIP of the RGB image,
         # computed once, and the image itself for the VAE condition).
         return super().check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds,
