@@ -251,6 +251,11 @@ def test_api_workflow_matches_node_definitions(pack, path):
                 _check_value(f"{path.name}:{node['class_type']}.{name}", typ, opts, value)
 
 
+def node_id(prompt: dict, class_type: str) -> str:
+    """Id of the (first) node of ``class_type`` in an API-format prompt."""
+    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
+
+
 def run_api_prompt(pack, prompt, fake):
     """A tiny executor: runs nodes in dependency order through their classes; core nodes stubbed."""
     from PIL import Image
@@ -298,12 +303,12 @@ def test_tiny_demo_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, 
     prompt = json.loads((WORKFLOWS / "api" / "fourd_tiny_demo_cpu.json").read_text())
     fake.progress.clear()
     results, ui = run_api_prompt(pack, prompt, fake)
-    export_id = next(k for k, v in prompt.items() if v["class_type"] == "FourDExport")
+    export_id = node_id(prompt, "FourDExport")
     folder = fake.root / "output" / results[export_id][1]
     for name in ("rgb.mp4", "xyz.mp4", "scene.safetensors", "cameras.json", "transforms.json", "depth.npy",
                  "pointclouds/frame_00000.glb", "pointclouds/frame_00048.ply"):
         assert (folder / name).is_file(), name
-    prev_id = next(k for k, v in prompt.items() if v["class_type"] == "FourDPreview4D")
+    prev_id = node_id(prompt, "FourDPreview4D")
     entry = ui[prev_id]["fourd_scene"][0]
     asset = fake.root / "temp" / entry["subfolder"] / entry["filename"]
     from importlib import import_module
@@ -317,9 +322,9 @@ def test_tiny_demo_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, 
     # cached between runs: same inputs -> no reload
     cache = import_module(pack.__name__ + ".fourd_core.models.cache").PIPELINES
     loads = cache.loads
-    samp_id = next(k for k, v in prompt.items() if v["class_type"] == "FourDSampler")
-    model = results[next(k for k, v in prompt.items() if v["class_type"] == "FourDLoad4DNeX")][0]
-    image = results[next(k for k, v in prompt.items() if v["class_type"] == "FourDPrepareImage")][0]
+    samp_id = node_id(prompt, "FourDSampler")
+    model = results[node_id(prompt, "FourDLoad4DNeX")][0]
+    image = results[node_id(prompt, "FourDPrepareImage")][0]
     cls = pack.NODE_CLASS_MAPPINGS["FourDSampler"]
     kw = {k: v for k, v in prompt[samp_id]["inputs"].items() if not isinstance(v, list)}
     kw.update(steps=2, frames=5)
@@ -389,8 +394,8 @@ def test_tiny_grid_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, 
     prompt = json.loads((WORKFLOWS / "api" / "fourd_tiny_grid_cpu.json").read_text())
     fake.progress.clear()
     results, _ = run_api_prompt(pack, prompt, fake)
-    gid = next(k for k, v in prompt.items() if v["class_type"] == "FourDGridSampler")
-    rid = next(k for k, v in prompt.items() if v["class_type"] == "FourDRenderViews")
+    gid = node_id(prompt, "FourDGridSampler")
+    rid = node_id(prompt, "FourDRenderViews")
     grid, video, views, frames = results[gid]
     renders, holes = results[rid]
     assert (views, frames) == (3, 9) and renders.shape == (3, 64, 96, 3) and holes.shape == (3, 64, 96)
@@ -400,7 +405,7 @@ def test_tiny_grid_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, 
 
     # a fused 4DNeX LoRA cannot be switched off: clear error naming the fix
     errors = import_module(pack.__name__ + ".fourd_core.errors")
-    lid = next(k for k, v in prompt.items() if v["class_type"] == "FourDLoad4DNeX")
+    lid = node_id(prompt, "FourDLoad4DNeX")
     fused = results[lid][0].replace(fuse_lora=True)
     kw = {k: v for k, v in prompt[gid]["inputs"].items() if not isinstance(v, list)}
     with pytest.raises(errors.InputError, match="fuse"):
