@@ -151,6 +151,15 @@ class _Progress:
 
 
 def cmd_generate(args) -> int:
+    """``generate``: checks the prompt and ``--out`` first; a failed run leaves ``--out`` as it was."""
+    from .io.atomic import writable_output_dir
+
+    prompt = _read_prompt(args)
+    with writable_output_dir(args.out, "--out"):
+        return _generate(args, prompt)
+
+
+def _generate(args, prompt: str) -> int:
     import torch
 
     from .api import image_to_4d, recover_geometry
@@ -161,12 +170,8 @@ def cmd_generate(args) -> int:
     from .models.tiny import TINY_SAMPLING
     from .pipelines.fourdnex import SamplingConfig
 
-    from .io.atomic import ensure_writable_dir
-
     t_start = time.perf_counter()
-    prompt = _read_prompt(args)
-    # everything checkable is checked before models load: output folder, export options, image
-    ensure_writable_dir(args.out, "--out")
+    # everything checkable is checked before models load: output folder (caller), export options, image
     export_options = _export_options(args, not args.no_geometry)
     for note in export_options.check():
         print(f"[fourd] warning: {note}", file=sys.stderr)
@@ -227,10 +232,10 @@ def cmd_geometry(args) -> int:
     from .io.atomic import ensure_writable_dir
     from .scene import Scene4D
 
-    ensure_writable_dir(args.out, "--out")
     options = _export_options(args, True)
     options.check()
     scene = Scene4D.load(args.scene)
+    ensure_writable_dir(args.out, "--out")
     scene = recover_geometry(scene, _geometry_config(args), device=args.device)
     written = export_scene(scene, args.out, options)
     print(json.dumps({"out": str(Path(args.out).resolve()), "files": {k: len(v) for k, v in written.items()},

@@ -189,3 +189,23 @@ def ensure_writable_dir(path: str | Path, what: str = "Output folder") -> Path:
                   errno.ENOSPC: "no space left on the device"}.get(exc.errno, exc.strerror or str(exc))
         raise InputError(f"{what} {path} is not writable ({reason}). Choose a folder you can write to.") from exc
     return path
+
+
+@contextlib.contextmanager
+def writable_output_dir(path: str | Path, what: str = "Output folder") -> Iterator[Path]:
+    """:func:`ensure_writable_dir` for the duration of a job: folders it had to create are removed
+    again (when still empty) if the job fails, so a failed run leaves the file system as it was.
+
+    Raises:
+        fourd_core.errors.InputError: see :func:`ensure_writable_dir`.
+    """
+    path = Path(path).expanduser()
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    out = ensure_writable_dir(path, what)
+    try:
+        yield out
+    except BaseException:
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise

@@ -29,7 +29,7 @@ from typing import Callable
 
 from ..errors import InputError
 from ..scene import Scene4D
-from .atomic import ensure_writable_dir, make_temp_dir, remove_stale_temporaries, replace_path
+from .atomic import make_temp_dir, remove_stale_temporaries, replace_path, writable_output_dir
 from .cameras import depth_png_scale, write_cameras_json, write_depth_png, write_npy, write_transforms_json
 from .pointcloud import clean_points, needs_open3d, open3d_status, write_glb, write_ply
 from .video import to_uint8, write_video
@@ -115,7 +115,7 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
             an output folder that cannot be written (checked before anything is written).
     """
     opt = options or ExportOptions()
-    f, h, w = scene.num_frames, *scene.size
+    f = scene.num_frames
     for note in opt.check(f):
         warnings.warn(note, stacklevel=2)
     frames = list(range(f)) if opt.frames is None else [int(i) for i in opt.frames]
@@ -124,13 +124,19 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
         raise InputError("The scene has no cameras/depth; run fit_cameras first or turn off the geometry exports.")
     say = progress or (lambda *a: None)
     written: dict[str, list[str]] = {}
+    _import_writers()
+    with writable_output_dir(out_dir) as out:
+        remove_stale_temporaries(out)
+        _export_into(scene, out, opt, frames, written, say)
+    return written
+
+
+def _export_into(scene: Scene4D, out: Path, opt: ExportOptions, frames: list[int], written: dict, say) -> None:
+    f, h, w = scene.num_frames, *scene.size
 
     def add(kind: str, rel: str) -> None:
         written.setdefault(kind, []).append(str(out / rel))
 
-    out = ensure_writable_dir(out_dir)
-    remove_stale_temporaries(out)
-    _import_writers()
     staging = make_temp_dir(out, "export")
     try:
         if opt.videos:
@@ -190,4 +196,3 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
         _commit(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return written
