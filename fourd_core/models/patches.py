@@ -98,6 +98,11 @@ def apply_fourdnex_patches(transformer: nn.Module, domain_embeddings: torch.Tens
     import weakref
 
     if not is_fourdnex_patched(transformer):
+        if getattr(transformer, "_parallel_config", None) is not None:
+            # the context-parallel split hooks sit on `rope`'s output: wrapping it now would put the
+            # width duplication *after* the split and give every rank wrong positions
+            raise ValueError("Apply the 4DNeX patches before enable_parallelism (context parallelism splits the "
+                             "output of `rope`; use fourd_core.distributed.runtime.enable_scene_parallel).")
         inner_dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         ref = transformer.patch_embedding.weight
         device = ref.device if ref.device.type != "meta" else torch.device("cpu")
