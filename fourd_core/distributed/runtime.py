@@ -170,6 +170,10 @@ def init_distributed(device: str | None = None, spec: ParallelSpec | None = None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec.context_parallel and torch.accelerator.device_count() == 0:
+        raise InputError(f"--parallel {spec}: diffusers' context parallelism places rank r on accelerator "
+                         "r % device_count, and this machine has none. Use GPUs, or on the CPU only cfg=2 "
+                         "(or a batch over images).")
     if world % spec.size:
         raise InputError(f"--parallel {spec} needs a multiple of {spec.size} processes, but torchrun started {world}: "
                          f"use --nproc-per-node {spec.size} (or {2 * spec.size}, ...).")
@@ -183,10 +187,6 @@ def init_distributed(device: str | None = None, spec: ParallelSpec | None = None
             raise InputError(f"rank {rank} wants {dev} but this node has {torch.cuda.device_count()} GPUs: "
                              "start at most that many processes per node.")
         torch.cuda.set_device(dev)
-    if spec.context_parallel and torch.accelerator.device_count() == 0:
-        raise InputError(f"--parallel {spec}: diffusers' context parallelism places rank r on accelerator "
-                         "r % device_count, and this machine has none. Use GPUs, or on the CPU only cfg=2 "
-                         "(or a batch over images).")
     ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev, spec=spec)
     if world == 1:
         return ctx
@@ -248,6 +248,8 @@ def enable_scene_parallel(transformer, ctx: DistContext, tokens: int | None = No
         config = ContextParallelConfig(ring_degree=spec.ring, ulysses_degree=spec.ulysses, mesh=ctx.mesh,
                                        ulysses_anything=uneven and spec.ulysses > 1,
                                        ring_anything=uneven and spec.ring > 1)
+        if spec.ring > 1:
+            _ring_attention_backend(transformer, ctx)
         if getattr(transformer, "_parallel_config", None) is None:
             try:
                 transformer.enable_parallelism(config=config)
@@ -255,3 +257,33 @@ def enable_scene_parallel(transformer, ctx: DistContext, tokens: int | None = No
                 raise InputError(f"--parallel {spec}: {exc}") from exc
     if spec.cfg > 1:
         enable_cfg_parallel(transformer, ctx.mesh["cfg"].get_group())
+
+
+#: attention backends whose kernels return the log-sum-exp that ring attention merges partial results with
+RING_BACKENDS = ("_native_cudnn", "_native_flash", "flash", "flash_hub", "_flash_3_hub", "sage", "sage_hub")
+
+
+def attention_backend_of(transformer) -> str | None:
+    """The diffusers attention backend set on the model's attention processors (None: the default, SDPA)."""
+    for module in transformer.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, "_attention_backend"):
+            backend = processor._attention_backend
+            return None if backend is None else str(getattr(backend, "value", backend))
+    return None
+
+
+def _ring_attention_backend(transformer, ctx: DistContext) -> None:
+    """Ring attention merges per-chunk results by their log-sum-exp, which diffusers' default
+    ``native`` (SDPA) backend does not return ("Native attention does not support return_lse=True").
+    With no backend chosen, take cuDNN attention (bf16/fp16) on CUDA; otherwise say what to choose."""
+    backend = attention_backend_of(transformer)
+    if backend in RING_BACKENDS:
+        return
+    if backend in (None, "native") and ctx.device.type == "cuda":
+        transformer.set_attention_backend("_native_cudnn")
+        ctx.log("ring attention: using the _native_cudnn attention backend (returns the log-sum-exp ring needs)")
+        return
+    raise InputError(f"--parallel {ctx.spec}: ring attention needs an attention backend that returns the log-sum-exp "
+                     f"({', '.join(RING_BACKENDS)}); the current one is {backend or 'native'} on {ctx.device.type}. "
+                     "Choose one with --attention, or use ulysses instead of ring.")
