@@ -171,7 +171,9 @@ def cmd_generate(args) -> int:
     if args.images or args.parallel or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from .distributed.batch import cmd_generate_distributed
 
-        return cmd_generate_distributed(args, SceneJob(args))
+        # one image: its prompt; a batch: the default prompt for images without their own (may be None)
+        prompt = _read_prompt(args) if (args.prompt or args.prompt_file or not args.images) else None
+        return cmd_generate_distributed(args, SceneJob(args), prompt)
     if not args.image:
         raise FourDError("Give --image FILE (one scene) or --images DIR (a batch).")
     prompt = _read_prompt(args)

@@ -127,7 +127,7 @@ def test_scene_status_follows_the_marker(tmp_path):
     assert fp != job_fingerprint(BatchItem("x", str(img), "q"), {"steps": 2})
     assert fp != job_fingerprint(item, {"steps": 3})
     folder = tmp_path / "out" / "x"
-    assert scene_status(folder, fp) == "missing"
+    assert scene_status(folder, fp) == "new"
     folder.mkdir(parents=True)
     (folder / "rgb.mp4").write_bytes(b"v")
     assert scene_status(folder, fp) == "unfinished"

@@ -150,11 +150,11 @@ def job_fingerprint(item: BatchItem, settings: dict) -> str:
 
 
 def scene_status(folder: Path, fingerprint: str) -> str:
-    """``"finished"`` (marker matches and every listed file exists), ``"missing"`` (no folder),
+    """``"finished"`` (marker matches and every listed file exists), ``"new"`` (no folder),
     ``"unfinished"`` (folder without a valid marker or with missing files) or ``"changed"``
     (finished for another image/prompt/setting)."""
     if not folder.is_dir():
-        return "missing"
+        return "new"
     try:
         marker = json.loads((folder / DONE_MARKER).read_text(encoding="utf-8"))
         files = marker["files"]
@@ -267,10 +267,9 @@ _NOT_SETTINGS = {"command", "image", "images", "prompts", "prompt", "prompt_file
                  "attention", "parallel", "redo", "cache_dir", "offline"}
 
 
-def cmd_generate_distributed(args, job) -> int:
-    """``generate --images`` and/or ``--parallel`` (see the module docstring). ``job``: a ``SceneJob``."""
-    from ..cli import _read_prompt
-
+def cmd_generate_distributed(args, job, prompt: str | None) -> int:
+    """``generate --images`` and/or ``--parallel`` (see the module docstring). ``job``: the CLI's
+    ``SceneJob``; ``prompt``: the prompt of ``--image``, or the default prompt of a batch (None: none)."""
     spec = ParallelSpec.parse(args.parallel)
     if spec.cfg > 1 and not job.sampling.guidance_scale > 1:
         raise InputError(f"--parallel cfg=2 splits the two CFG passes, but --cfg {job.sampling.guidance_scale} "
@@ -281,11 +280,9 @@ def cmd_generate_distributed(args, job) -> int:
         raise InputError("--prompts goes with --images; for one image use --prompt or --prompt-file.")
     items = None
     if args.images:
-        default = _read_prompt(args) if (args.prompt or args.prompt_file) else None
-        items = plan_items(args.images, args.prompts, default)  # checked before the process group starts
+        items = plan_items(args.images, args.prompts, prompt)  # checked before the process group starts
     elif not args.image:
         raise InputError("Give --image FILE (one scene) or --images DIR (a batch).")
-    prompt = None if items is not None else _read_prompt(args)
     ctx = init_distributed(args.device, spec)
     try:
         if items is None and ctx.groups > 1:
