@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="image (+ prompt) -> videos, cameras, depth, point clouds")
-    g.add_argument("--image", help="input image (PNG, JPEG, WebP...)")
+    g.add_argument("--image", help="input image (PNG, JPEG, WebP...); or --images DIR")
     g.add_argument("--prompt", help="text prompt")
     g.add_argument("--prompt-file", help="read the prompt from this text file")
     g.add_argument("--out", required=True, help="output folder")
@@ -171,123 +171,80 @@ def cmd_generate(args) -> int:
     if args.images or args.parallel or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from .distributed.batch import cmd_generate_distributed
 
-        # one image: its prompt; a batch: the default prompt for images without their own (may be None)
+        # one image: its prompt; a batch: the default prompt of images without their own (may be None)
         prompt = _read_prompt(args) if (args.prompt or args.prompt_file or not args.images) else None
-        return cmd_generate_distributed(args, SceneJob(args), prompt)
+        return cmd_generate_distributed(args, prompt, _export_options(args, not args.no_geometry),
+                                        _geometry_config(args))
     if not args.image:
-        raise FourDError("Give --image FILE (one scene) or --images DIR (a batch).")
+        raise FourDError("Give --image FILE (one scene) or --images DIR (a batch of scenes).")
     prompt = _read_prompt(args)
     with writable_output_dir(args.out, "--out"):
         return _generate(args, prompt)
 
 
-class SceneJob:
-    """One ``generate`` configuration: everything checkable is checked in the constructor, before
-    models load (export options, sampling settings, flags); :meth:`load` loads the models once and
-    :meth:`make` turns one image into an exported scene (used once by ``generate --image`` and per
-    image by the batch mode)."""
-
-    def __init__(self, args):
-        from .models.loading import FOURDNEX_HUB_ID, ModelSpec
-        from .models.tiny import TINY_SAMPLING
-        from .pipelines.fourdnex import SamplingConfig
-
-        self.args = args
-        self.export_options = _export_options(args, not args.no_geometry)
-        for note in self.export_options.check():
-            print(f"[fourd] warning: {note}", file=sys.stderr)
-        if args.lora is not None and str(args.lora).lower() == "none" and args.domain_embeddings:
-            raise FourDError("--domain-embeddings is given but --lora none turns 4DNeX off; drop one of the two "
-                             "(the domain embeddings only exist together with the 4DNeX LoRA).")
-        self.tiny = tiny = args.preset == "tiny"
-        defaults = TINY_SAMPLING if tiny else {"height": 480, "width": 720, "num_frames": 49, "steps": 50}
-        self.sampling = SamplingConfig(num_frames=args.frames or defaults["num_frames"],
-                                       height=args.height or defaults["height"], width=args.width or defaults["width"],
-                                       steps=args.steps or defaults["steps"], guidance_scale=args.cfg, shift=args.shift,
-                                       scheduler=args.scheduler, seed=args.seed)
-        self.sampling.validate()
-        lora = args.lora if args.lora is not None else FOURDNEX_HUB_ID
-        self.spec = ModelSpec(base="tiny" if tiny else (args.base or ModelSpec.base), transformer_file=args.transformer_file,
-                              vae_file=args.vae_file, text_encoder_file=args.text_encoder_file,
-                              image_encoder_file=args.image_encoder_file, tokenizer=args.tokenizer,
-                              fourdnex=None if str(lora).lower() == "none" else lora,
-                              domain_embeddings_file=args.domain_embeddings, lora_strength=args.lora_strength,
-                              fuse_lora=not args.no_fuse_lora, dtype=args.dtype, cache_dir=args.cache_dir,
-                              local_files_only=args.offline)
-        if args.base is None and not tiny and all([args.transformer_file, args.vae_file, args.text_encoder_file,
-                                                   args.image_encoder_file]):
-            self.spec.base = None
-
-    def load(self, device: str | None = None, log=None):
-        """Load the models on ``device`` (default ``--device``, else CUDA if available). Returns ``(pipe, info)``."""
-        import torch
-
-        from .models.loading import load_pipeline
-        from .models.memory import MemoryConfig
-
-        args = self.args
-        say = log or (lambda m: print(f"[fourd] {m}", file=sys.stderr))
-        device = device or args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        offload = args.offload or ("group" if str(device).startswith("cuda") else "none")
-        memory = MemoryConfig(device=str(device), offload=offload, fp8_storage=args.fp8, vae_tiling=args.vae_tiling,
-                              attention_backend=args.attention, release_encoders=True)
-        if self.tiny:
-            say("TINY PRESET: random weights - the outputs are meaningless; this only exercises the pipeline.")
-        say(f"loading models ({'tiny preset' if self.tiny else self.spec.base}) on {device}, offload={offload}")
-        self.device = str(device)
-        return load_pipeline(self.spec, memory, progress=lambda m: say(f"  {m}"))
-
-    def prepare(self, image_path, seed: int | None = None):
-        """Read and size one input image (cheap; call it before :meth:`load` to fail early).
-        Returns ``(image [H, W, 3], SamplingConfig)``. Raises InputError for an unreadable image."""
-        from .io.images import load_image, prepare_image
-
-        sampling = self.sampling if seed is None else dataclasses.replace(self.sampling, seed=int(seed))
-        image = prepare_image(load_image(image_path), sampling.height, sampling.width, mode=self.args.resize)
-        if self.args.resize == "max_area":
-            sampling = dataclasses.replace(sampling, height=image.shape[0], width=image.shape[1])
-        return image, sampling
-
-    def make(self, pipe, info, prepared, prompt: str, out, *, write: bool = True, callback=None, log=None) -> dict:
-        """Prepared image (:meth:`prepare`) -> scene -> files in ``out``. With ``write=False`` only the
-        sampling runs (the other ranks of a context-/CFG-parallel group). Returns the scene's summary."""
-        from .api import image_to_4d, recover_geometry
-        from .io.export import export_scene
-        from .pipelines.fourdnex import generate_latents
-
-        args = self.args
-        say = log or (lambda m: print(f"[fourd] {m}", file=sys.stderr))
-        t_start = time.perf_counter()
-        image, sampling = prepared
-        if not write:
-            generate_latents(pipe, image, prompt, sampling, callback=callback)
-            return {"sampling_only": True}
-        scene = image_to_4d(pipe, image, prompt, sampling, callback=callback, model_info=info)
-        geometry = not args.no_geometry
-        if geometry:
-            say("recovering cameras and depth")
-            device = getattr(self, "device", "cpu")
-            scene = recover_geometry(scene, _geometry_config(args), device=None if device == "cpu" else device)
-        scene.metadata["tiny_preset"] = self.tiny
-        say(f"writing outputs to {out}")
-        written = export_scene(scene, out, self.export_options)
-        summary = {"frames": scene.num_frames, "size": list(scene.size), "total_s": round(time.perf_counter() - t_start, 2),
-                   **scene.metadata.get("timings", {}), "files": {k: len(v) for k, v in written.items()}}
-        if geometry:
-            summary["focal_px"] = round(float(scene.K[0, 0, 0]), 3)
-        return summary
-
-
 def _generate(args, prompt: str) -> int:
+    import torch
+
+    from .api import image_to_4d, recover_geometry
+    from .io.export import export_scene
+    from .io.images import load_image, prepare_image
+    from .models.loading import FOURDNEX_HUB_ID, ModelSpec, load_pipeline
+    from .models.memory import MemoryConfig
+    from .models.tiny import TINY_SAMPLING
+    from .pipelines.fourdnex import SamplingConfig
+
     t_start = time.perf_counter()
-    job = SceneJob(args)  # everything checkable is checked before models load (--out: by the caller)
-    prepared = job.prepare(args.image)
-    pipe, info = job.load()
+    # everything checkable is checked before models load: output folder (caller), export options, image
+    export_options = _export_options(args, not args.no_geometry)
+    for note in export_options.check():
+        print(f"[fourd] warning: {note}", file=sys.stderr)
+    if args.lora is not None and str(args.lora).lower() == "none" and args.domain_embeddings:
+        raise FourDError("--domain-embeddings is given but --lora none turns 4DNeX off; drop one of the two "
+                         "(the domain embeddings only exist together with the 4DNeX LoRA).")
+    tiny = args.preset == "tiny"
+    defaults = TINY_SAMPLING if tiny else {"height": 480, "width": 720, "num_frames": 49, "steps": 50}
+    sampling = SamplingConfig(num_frames=args.frames or defaults["num_frames"], height=args.height or defaults["height"],
+                              width=args.width or defaults["width"], steps=args.steps or defaults["steps"],
+                              guidance_scale=args.cfg, shift=args.shift, scheduler=args.scheduler, seed=args.seed)
+    sampling.validate()
+    image = prepare_image(load_image(args.image), sampling.height, sampling.width, mode=args.resize)
+    if args.resize == "max_area":
+        sampling = dataclasses.replace(sampling, height=image.shape[0], width=image.shape[1])
+    lora = args.lora if args.lora is not None else FOURDNEX_HUB_ID
+    spec = ModelSpec(base="tiny" if tiny else (args.base or ModelSpec.base), transformer_file=args.transformer_file,
+                     vae_file=args.vae_file, text_encoder_file=args.text_encoder_file,
+                     image_encoder_file=args.image_encoder_file, tokenizer=args.tokenizer,
+                     fourdnex=None if str(lora).lower() == "none" else lora, domain_embeddings_file=args.domain_embeddings,
+                     lora_strength=args.lora_strength, fuse_lora=not args.no_fuse_lora, dtype=args.dtype,
+                     cache_dir=args.cache_dir, local_files_only=args.offline)
+    if args.base is None and not tiny and all([args.transformer_file, args.vae_file, args.text_encoder_file,
+                                               args.image_encoder_file]):
+        spec.base = None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    offload = args.offload or ("group" if device.startswith("cuda") else "none")
+    memory = MemoryConfig(device=device, offload=offload, fp8_storage=args.fp8, vae_tiling=args.vae_tiling,
+                          attention_backend=args.attention, release_encoders=True)
+    if tiny:
+        print("[fourd] TINY PRESET: random weights - the outputs are meaningless; this only exercises the pipeline.",
+              file=sys.stderr)
+    print(f"[fourd] loading models ({'tiny preset' if tiny else spec.base}) on {device}, offload={offload}", file=sys.stderr)
+    pipe, info = load_pipeline(spec, memory, progress=lambda m: print(f"[fourd]   {m}", file=sys.stderr))
     t_loaded = time.perf_counter()
-    scene_summary = job.make(pipe, info, prepared, prompt, args.out, callback=_Progress())
+    scene = image_to_4d(pipe, image, prompt, sampling, callback=_Progress(), model_info=info)
+    geometry = not args.no_geometry
+    if geometry:
+        print("[fourd] recovering cameras and depth", file=sys.stderr)
+        scene = recover_geometry(scene, _geometry_config(args), device=None if device == "cpu" else device)
+    scene.metadata["tiny_preset"] = tiny
+    print(f"[fourd] writing outputs to {args.out}", file=sys.stderr)
+    written = export_scene(scene, args.out, export_options)
     t_end = time.perf_counter()
-    summary = {"out": str(Path(args.out).resolve()), "tiny_preset": job.tiny, **scene_summary,
-               "load_s": round(t_loaded - t_start, 2), "total_s": round(t_end - t_start, 2)}
+    summary = {"out": str(Path(args.out).resolve()), "tiny_preset": tiny, "frames": scene.num_frames,
+               "size": list(scene.size), "load_s": round(t_loaded - t_start, 2),
+               "total_s": round(t_end - t_start, 2), **scene.metadata.get("timings", {}),
+               "files": {k: len(v) for k, v in written.items()}}
+    if geometry:
+        summary["focal_px"] = round(float(scene.K[0, 0, 0]), 3)
     print(json.dumps(summary, indent=1))
     return 0
 

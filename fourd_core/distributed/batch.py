@@ -17,7 +17,7 @@ Work split: rank 0 decides what is to do and broadcasts the list; scene group ``
 (see :class:`~fourd_core.distributed.runtime.DistContext`) takes items ``g, g + G, ...``. Every
 rank loads the models once. A failing image is reported and the rank moves on; at the end the
 ranks exchange their reports (``all_gather_object``) and rank 0 prints and writes the summary.
-Exit code 0 when nothing failed, 2 otherwise.
+Exit code 0 when nothing failed, 2 otherwise (under torchrun: rank 0's, after every rank is done).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import FourDError, InputError
 from ..io.atomic import atomic_directory, remove_stale_temporaries, write_text_atomic, writable_output_dir
+from .job import SceneJob
 from .runtime import DistContext, ParallelSpec, enable_scene_parallel, init_distributed, sequence_length
 
 #: image file suffixes the batch mode picks up (case-insensitive)
@@ -173,7 +174,7 @@ def run_batch(job, items: list[BatchItem], out: Path, ctx: DistContext, settings
     """Make every unfinished scene of ``items`` under ``out``; returns this run's summary (on every rank).
 
     Args:
-        job: a :class:`fourd_core.cli.SceneJob` (``prepare``, ``load``, ``make``).
+        job: a :class:`~fourd_core.distributed.job.SceneJob` (``prepare``, ``load``, ``make``).
         settings: the settings that change the output (part of each scene's fingerprint).
     """
     t0 = time.perf_counter()
@@ -267,9 +268,19 @@ _NOT_SETTINGS = {"command", "image", "images", "prompts", "prompt", "prompt_file
                  "attention", "parallel", "redo", "cache_dir", "offline"}
 
 
-def cmd_generate_distributed(args, job, prompt: str | None) -> int:
-    """``generate --images`` and/or ``--parallel`` (see the module docstring). ``job``: the CLI's
-    ``SceneJob``; ``prompt``: the prompt of ``--image``, or the default prompt of a batch (None: none)."""
+def cmd_generate_distributed(args, prompt: str | None, export_options, geometry) -> int:
+    """``generate --images`` and/or ``--parallel`` (see the module docstring).
+
+    Args:
+        args: parsed ``generate`` arguments. prompt: the prompt of ``--image``, or the default prompt
+            of a batch (None: none). export_options / geometry: as the CLI builds them (see
+            :class:`~fourd_core.distributed.job.SceneJob`; geometry is ignored with ``--no-geometry``).
+    Returns:
+        the exit code: 0, or 2 when an image failed.
+    Raises:
+        InputError: bad arguments, prompts or process layout (before any model loads).
+    """
+    job = SceneJob(args, export_options, None if args.no_geometry else geometry)
     spec = ParallelSpec.parse(args.parallel)
     if spec.cfg > 1 and not job.sampling.guidance_scale > 1:
         raise InputError(f"--parallel cfg=2 splits the two CFG passes, but --cfg {job.sampling.guidance_scale} "
@@ -302,6 +313,9 @@ def cmd_generate_distributed(args, job, prompt: str | None) -> int:
             if summary["failed"]:
                 print(f"error: {len(summary['failed'])} of {len(items)} images failed: "
                       + ", ".join(f["name"] for f in summary["failed"]), file=sys.stderr)
-        return 2 if summary["failed"] else 0
+        # torchrun stops every rank as soon as one exits non-zero: all wait until rank 0 has written
+        # the summary, and only rank 0 reports the failure in its exit code
+        ctx.barrier()
+        return 2 if summary["failed"] and ctx.is_main else 0
     finally:
         ctx.close()

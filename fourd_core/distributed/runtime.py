@@ -129,6 +129,13 @@ class DistContext:
         dist.all_gather_object(out, obj, group=self._cpu_group())
         return out
 
+    def barrier(self) -> None:
+        """Wait for every rank (``torch.distributed.barrier`` on the gloo side)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._cpu_group())
+
     def _cpu_group(self):
         import torch.distributed as dist
 
