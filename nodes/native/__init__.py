@@ -1,0 +1,28 @@
+"""The native path: 4DNeX on ComfyUI's own Wan ``MODEL`` (core loaders, samplers, memory manager).
+
+Registered by ``nodes/__init__.py`` from :data:`NODE_CLASS_MAPPINGS` / :data:`NODE_DISPLAY_NAME_MAPPINGS`.
+"""
+
+from .apply import FourDApply4DNeXNative
+from .conditioning import FourD4DNeXConditioningNative, FourD4DNeXTextEncodeNative
+from .decode import FourDDecode6DNative
+from .tiny import FourDTinyEncodersNative, FourDTinyVAENative, register_tiny_model_folders
+
+NODE_CLASS_MAPPINGS = {
+    "FourDApply4DNeXNative": FourDApply4DNeXNative,
+    "FourD4DNeXTextEncodeNative": FourD4DNeXTextEncodeNative,
+    "FourD4DNeXConditioningNative": FourD4DNeXConditioningNative,
+    "FourDDecode6DNative": FourDDecode6DNative,
+    "FourDTinyEncodersNative": FourDTinyEncodersNative,
+    "FourDTinyVAENative": FourDTinyVAENative,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FourDApply4DNeXNative": "FourD Apply 4DNeX (native)",
+    "FourD4DNeXTextEncodeNative": "FourD 4DNeX Text Encode (native)",
+    "FourD4DNeXConditioningNative": "FourD 4DNeX Conditioning (native)",
+    "FourDDecode6DNative": "FourD Decode 6D (native)",
+    "FourDTinyEncodersNative": "FourD Tiny Encoders (native CPU demo)",
+    "FourDTinyVAENative": "FourD Tiny VAE (native CPU demo)",
+}
+
+register_tiny_model_folders()
