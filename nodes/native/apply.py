@@ -61,7 +61,7 @@ class FourDApply4DNeXNative:
         }}
 
     def apply(self, model, release, domain_embeddings, strength):
-        import comfy.lora
+        from comfy.lora import load_lora
 
         dm = wan_i2v_model(model)
         if patches.is_fourdnex_patched(model):
@@ -80,7 +80,7 @@ class FourDApply4DNeXNative:
             raise WeightsError(f"Domain embeddings {tuple(emb.shape)} do not fit this model (width {dm.dim}); use the "
                                "release made for this base model (Wan2.1-I2V-14B: [2, 5120]).")
         targets = lora_targets(lora)
-        loaded = comfy.lora.load_lora(lora, targets)
+        loaded = load_lora(lora, targets)
         if len(loaded) != len(targets):
             raise WeightsError(f"Only {len(loaded)} of {len(targets)} LoRA layers could be read from {lora_file}.")
         out = model.clone()
