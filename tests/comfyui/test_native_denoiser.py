@@ -89,6 +89,8 @@ def test_native_4dnex_matches_diffusers_4dnex(comfy, pack, native_stock, tiny_fi
 
         v_c, v_u = v(inputs["text"]), v(inputs["neg_text"])
     v_diffusers = v_u + 5.0 * (v_c - v_u)
+    print(f"native vs diffusers 4DNeX velocity: max abs diff {(v_native - v_diffusers).abs().max():.2e}, "
+          f"mean |v| {v_diffusers.abs().mean():.3f}")
     assert v_native.abs().mean() > 0.1  # a lively output, not zeros
     torch.testing.assert_close(v_native, v_diffusers, rtol=1e-4, atol=1e-4)
 
