@@ -345,3 +345,33 @@ def test_tiny_encoders_are_deterministic_and_shaped_like_wan_inputs(pack):  # no
     assert torch.equal(a[0][0][0], b[0][0][0]) and torch.equal(a[2].penultimate_hidden_states, b[2].penultimate_hidden_states)
     assert not torch.equal(a[0][0][0], node.encode(img, "zoo")[0][0][0])
     assert not torch.equal(a[2].penultimate_hidden_states, node.encode(1 - img, "park")[2].penultimate_hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed 3D outputs (item 5): File3D where the running ComfyUI has it, path strings otherwise
+def test_export_adds_file3d_outputs_only_where_comfyui_has_them(pack, fake, monkeypatch):  # noqa: F811
+    from test_io import _scene
+    from test_nodes import import_pack
+
+    assert pack.NODE_CLASS_MAPPINGS["FourDExport"].RETURN_TYPES == ("STRING", "STRING")   # this fake has no File3D
+
+    class File3D:
+        def __init__(self, source, file_format=""):
+            self.source, self.format = source, file_format
+
+    io_mod = types.SimpleNamespace(File3DGLB=types.SimpleNamespace(io_type="FILE_3D_GLB"),
+                                   File3DPointCloudAny=types.SimpleNamespace(io_type="FILE_3D_POINT_CLOUD_ANY"))
+    latest = types.ModuleType("comfy_api.latest")
+    latest.IO, latest.Types = io_mod, types.SimpleNamespace(File3D=File3D)
+    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
+    typed = import_pack("ComfyUI_FourD_file3d")
+    export = typed.NODE_CLASS_MAPPINGS["FourDExport"]
+    assert export.RETURN_TYPES == ("STRING", "STRING", "FILE_3D_GLB", "FILE_3D_POINT_CLOUD_ANY")
+    assert len(export.OUTPUT_TOOLTIPS) == len(export.RETURN_NAMES) == 4
+    out = export().export(_scene(), "fourd/typed", 24.0, True, True, 0.0, 0.0, 0, 0)["result"]
+    glb, ply = out[2], out[3]
+    folder = fake.root / "output" / out[1] / "pointclouds"
+    assert glb.format == "glb" and glb.source.getvalue() == (folder / "frame_00000.glb").read_bytes()
+    assert ply.format == "ply" and ply.source.getvalue() == (folder / "frame_00000.ply").read_bytes()
+    assert out[0].endswith("frame_00000.glb")
