@@ -6,7 +6,8 @@ Registered by ``nodes/__init__.py`` from :data:`NODE_CLASS_MAPPINGS` / :data:`NO
 from .apply import FourDApply4DNeXNative
 from .conditioning import FourD4DNeXConditioningNative, FourD4DNeXTextEncodeNative
 from .decode import FourDDecode6DNative
-from .tiny import FourDTinyEncodersNative, FourDTinyVAENative, register_tiny_model_folders
+from .folders import register_tiny_model_folders
+from .tiny import FourDTinyEncodersNative, FourDTinyVAENative
 
 NODE_CLASS_MAPPINGS = {
     "FourDApply4DNeXNative": FourDApply4DNeXNative,

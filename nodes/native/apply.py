@@ -8,6 +8,7 @@ from ...fourd_core.native.lora_keys import check_lora_shapes, lora_strength, lor
 from .. import comfy_bridge as cb
 from ..types import CATEGORY
 from . import patches
+from .folders import register_tiny_model_folders
 
 NATIVE_CATEGORY = f"{CATEGORY}/native"
 BESIDE = "(beside the LoRA)"
@@ -15,6 +16,7 @@ BESIDE = "(beside the LoRA)"
 
 def release_choices() -> list[str]:
     """4DNeX release folders (with a ``*lora*.safetensors``) and LoRA files in models/loras/."""
+    register_tiny_model_folders()   # idempotent; keeps the demo release listed if folder_paths was reset
     files = [f for f in cb.file_list("loras") if f.endswith(".safetensors") and "domain" not in f.lower()]
     return cb.subfolders_with("loras", pattern="*lora*.safetensors") + files
 

@@ -3,32 +3,11 @@ tiny Wan DiT + 4DNeX release registered as model folders so core Load Diffusion 
 
 from __future__ import annotations
 
-import logging
-
 from ...fourd_core.errors import InputError
 from ...fourd_core.io.images import to_rgb
-from ...fourd_core.native.tiny import TinyWanVAE, ensure_native_tiny, tiny_clip_features, tiny_text_embeddings
+from ...fourd_core.native.tiny import TinyWanVAE, tiny_clip_features, tiny_text_embeddings
 from ...fourd_core.pipelines.fourdnex import PROMPT_SUFFIX
-from .. import comfy_bridge as cb
 from .apply import NATIVE_CATEGORY
-
-log = logging.getLogger(__name__)
-
-
-def register_tiny_model_folders() -> bool:
-    """Inside ComfyUI: write the tiny native files once (``$FOURD_CACHE``, ~22 MB) and add their
-    folders to ``diffusion_models`` and ``loras`` so core loaders list them. False without ComfyUI."""
-    fp = cb._folder_paths()
-    if fp is None or not hasattr(fp, "add_model_folder_path"):
-        return False
-    try:
-        root = ensure_native_tiny()
-    except OSError as exc:  # read-only cache: the demo is then unavailable, the pack still loads
-        log.warning("FourD: could not write the tiny native demo weights (%s); set FOURD_CACHE to a writable folder.", exc)
-        return False
-    fp.add_model_folder_path("diffusion_models", str(root / "diffusion_models"))
-    fp.add_model_folder_path("loras", str(root / "loras"))
-    return True
 
 
 def clip_vision_output(features):
