@@ -79,7 +79,8 @@ def test_lora_shape_mismatch_names_expected_shape(tiny_base, tiny_release, tmp_p
     save_file(lora, str(tmp_path / "bad.safetensors"))
     with pytest.raises(WeightsError, match=r"expected \(4, 24\)"):
         read_fourdnex_lora(tmp_path / "bad.safetensors", pipe.transformer)
-    lora2 = {"transformer.blocks.7.attn1.to_q.lora_A.weight": torch.zeros(4, 24)}
+    lora2 = {"transformer.blocks.7.attn1.to_q.lora_A.weight": torch.zeros(4, 24),
+             "transformer.blocks.7.attn1.to_q.lora_B.weight": torch.zeros(24, 4)}
     save_file(lora2, str(tmp_path / "bad2.safetensors"))
     with pytest.raises(WeightsError, match="does not have"):
         read_fourdnex_lora(tmp_path / "bad2.safetensors", pipe.transformer)
