@@ -255,16 +255,12 @@ TINY_NATIVE_MODEL = "fourd_tiny_wan21_i2v_native.safetensors"   # written by the
 TINY_NATIVE_RELEASE = "fourd_tiny_4dnex_native"
 
 
-def native_image_to_4d(tiny: bool, mappings: dict) -> dict:
+def native_image_to_4d(tiny: bool) -> dict:
     """Core loaders -> FourD Apply 4DNeX (native) -> ModelSamplingSD3 -> conditioning -> core KSampler ->
     FourD Decode 6D (native) -> cameras -> export / 4D preview / videos."""
     base = image_to_4d(tiny)["nodes"]
-    text = base[6]["values"]["prompt"]
     h, w, frames, steps = (96, 144, 13, 8) if tiny else (480, 720, 49, 50)
-    example = "FourDExampleImage" in mappings
-    image = ({"type": "FourDExampleImage", "pos": [40, 60], "size": [300, 320]} if example else
-             {**base[1]})
-    nodes = {1: image}
+    nodes = {1: base[1]}                    # FourDExampleImage: the shipped photo and its prompt
     if tiny:
         nodes.update({
             2: {"type": "UNETLoader", "pos": [40, 420], "values": {"unet_name": TINY_NATIVE_MODEL, "weight_dtype": "default"},
@@ -291,16 +287,15 @@ def native_image_to_4d(tiny: bool, mappings: dict) -> dict:
         8: {"type": "FourDPrepareImage", "pos": [380, 380], "values": {"width": w, "height": h, "resize": "crop",
             "xyz_init": "sloped plane"}, "links": {"image": (1, 0)}},
     })
-    prompt_link = {"prompt": (1, 1)} if example else {}
+    prompt_link = {"prompt": (1, 1)}
     if tiny:
-        nodes[9] = {"type": "FourDTinyEncodersNative", "pos": [380, 620], "values": {} if example else {"prompt": text},
-                    "links": {"image": (8, 0), **prompt_link}}
+        nodes[9] = {"type": "FourDTinyEncodersNative", "pos": [380, 620], "links": {"image": (8, 0), **prompt_link}}
         pos, neg, cvo = (9, 0), (9, 1), (9, 2)
     else:
         nodes[9] = {"type": "CLIPVisionEncode", "pos": [380, 620], "values": {"crop": "center"},
                     "links": {"clip_vision": (5, 0), "image": (8, 0)}}
         nodes[10] = {"type": "FourD4DNeXTextEncodeNative", "pos": [380, 760], "size": [360, 200],
-                     "values": {"negative_prompt": ""} if example else {"prompt": text, "negative_prompt": ""},
+                     "values": {"negative_prompt": ""},
                      "links": {"clip": (4, 0), **prompt_link}}
         pos, neg, cvo = (10, 0), (10, 1), (9, 0)
     nodes.update({
@@ -334,15 +329,14 @@ GRAPHS = {"fourd_image_to_4d": lambda: image_to_4d(False), "fourd_tiny_demo_cpu"
           "fourd_image_to_grid": lambda: image_to_grid(False), "fourd_tiny_grid_cpu": lambda: image_to_grid(True)}
 
 
-NATIVE_GRAPHS = {"fourd_native_image_to_4d": lambda m: native_image_to_4d(False, m),
-                 "fourd_native_tiny_demo_cpu": lambda m: native_image_to_4d(True, m)}
+NATIVE_GRAPHS = {"fourd_native_image_to_4d": lambda: native_image_to_4d(False),
+                 "fourd_native_tiny_demo_cpu": lambda: native_image_to_4d(True)}
 
 
 def main() -> None:
     pack = load_pack()
     (HERE / "api").mkdir(exist_ok=True)
-    graphs = {**GRAPHS, **{k: (lambda f=f: f(pack.NODE_CLASS_MAPPINGS)) for k, f in NATIVE_GRAPHS.items()}}
-    for name, make in graphs.items():
+    for name, make in {**GRAPHS, **NATIVE_GRAPHS}.items():
         ui, api = build(make(), pack.NODE_CLASS_MAPPINGS)
         (HERE / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
         (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
