@@ -316,6 +316,15 @@ def native_image_to_4d(tiny: bool) -> dict:
         n["links"] = {name: ((13, slot) if src == 7 else (src + 10, slot)) for name, (src, slot) in n.get("links", {}).items()}
         nodes[k + 10] = n
     nodes[19]["values"] = {**nodes[19]["values"], "filename_prefix": "fourd/native_tiny_demo" if tiny else "fourd/native"}
+    layout = {1: [40, 60], 2: [40, 240], 3: [40, 380], 4: [40, 500], 5: [40, 660], 6: [380, 60], 7: [380, 260],
+              8: [380, 370], 9: [380, 660], 10: [380, 800], 11: [780, 60], 12: [780, 360], 13: [1160, 60],
+              18: [1160, 300], 25: [1160, 560], 19: [1540, 60], 20: [1540, 420], 26: [2060, 60], 21: [780, 720],
+              22: [780, 830], 23: [1160, 830], 24: [1160, 940]}
+    sizes = {1: [300, 140], 8: [320, 260], 22: [340, 300], 24: [340, 300]}
+    for k, n in nodes.items():
+        n["pos"] = layout.get(k, n["pos"])
+        if k in sizes:
+            n["size"] = sizes[k]
     info = ("Native path, CPU demo: tiny random weights the pack writes in the original Wan layout, loaded by core Load "
             "Diffusion Model and sampled by core KSampler; stand-in text/image encoders and VAE. Meaningless pictures; "
             "exercises the graph." if tiny else
