@@ -7,6 +7,7 @@ from .apply import FourDApply4DNeXNative
 from .conditioning import FourD4DNeXConditioningNative, FourD4DNeXTextEncodeNative
 from .decode import FourDDecode6DNative
 from .folders import register_tiny_model_folders
+from .grid import FourDGridConditioningNative, FourDGridModelNative
 from .tiny import FourDTinyEncodersNative, FourDTinyVAENative
 
 NODE_CLASS_MAPPINGS = {
@@ -16,6 +17,8 @@ NODE_CLASS_MAPPINGS = {
     "FourDDecode6DNative": FourDDecode6DNative,
     "FourDTinyEncodersNative": FourDTinyEncodersNative,
     "FourDTinyVAENative": FourDTinyVAENative,
+    "FourDGridModelNative": FourDGridModelNative,
+    "FourDGridConditioningNative": FourDGridConditioningNative,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDApply4DNeXNative": "FourD Apply 4DNeX (native)",
@@ -24,6 +27,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDDecode6DNative": "FourD Decode 6D (native)",
     "FourDTinyEncodersNative": "FourD Tiny Encoders (native CPU demo)",
     "FourDTinyVAENative": "FourD Tiny VAE (native CPU demo)",
+    "FourDGridModelNative": "FourD Grid Model (native, 4Real-Video sync)",
+    "FourDGridConditioningNative": "FourD Grid Conditioning (native)",
 }
 
 register_tiny_model_folders()

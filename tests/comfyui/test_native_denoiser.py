@@ -44,7 +44,7 @@ def native_velocity(comfy, model, positive, negative, x, cfg):
     captured = {}
 
     def one_eval(model_k, noise, sigmas, extra_args=None, callback=None, disable=None):
-        den = model_k(x, sigmas[0] * torch.ones(1), **(extra_args or {}))
+        den = model_k(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))   # as k-diffusion samplers call it
         captured["den"] = den
         return den
 
