@@ -375,3 +375,114 @@ def test_export_adds_file3d_outputs_only_where_comfyui_has_them(pack, fake, monk
     assert glb.format == "glb" and glb.source.getvalue() == (folder / "frame_00000.glb").read_bytes()
     assert ply.format == "ply" and ply.source.getvalue() == (folder / "frame_00000.ply").read_bytes()
     assert out[0].endswith("frame_00000.glb")
+
+
+# ----------------------------------------------------------------------------------------------
+# Grid on a native MODEL (item 4): block-replace logic with a fake block, conditioning layout
+def _fake_block(args):
+    """A stand-in for a Wan block: depends on tokens, context, modulation and RoPE table."""
+    x, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
+    return {"img": torch.tanh(x * 1.5 + txt.mean(1, keepdim=True) + vec.mean((1, 2)).unsqueeze(1) + pe.mean())}
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft_avg", "sequential", "rows"])
+def test_grid_block_patches_follow_the_two_stream_equations(native, mode):
+    from fourd_core.models.grid_streams import columns_to_rows, rows_to_columns
+    from fourd_core.models.sync import soft_average_weight
+
+    grid = import_module(native.__name__ + ".grid")
+    views, times, s, d, layers = 3, 2, 4, 8, 3
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2 * views, times * s, d, generator=g)        # cond rows + uncond rows
+    txt = torch.randn(2 * views, 5, d, generator=g)
+    vec = torch.randn(2 * views, 1, 6, d, generator=g)
+    pe_row, pe_col = torch.randn(1, times * s, 1, 2, generator=g), torch.randn(1, views * s, 1, 2, generator=g)
+    opts = {grid.GRID_STATE: {"views": views, "times": times, "col_freqs": pe_col, "x_t": {}}}
+    patches = [grid.GridBlockPatch(i, layers, mode) for i in range(layers)]
+    x = x0
+    for p in patches:
+        x = p({"img": x, "txt": txt, "vec": vec, "pe": pe_row, "transformer_options": opts},
+              {"original_block": _fake_block})["img"]
+
+    def col(tokens, grp):        # the same block on the column layout, row 0's context and modulation
+        r = slice(grp * views, grp * views + 1)
+        out = _fake_block({"img": rows_to_columns(tokens, views, times), "txt": txt[r].expand(times, -1, -1),
+                           "vec": vec[r].expand(times, -1, -1, -1), "pe": pe_col})["img"]
+        return columns_to_rows(out, views, times)
+
+    expect = []
+    for grp in range(2):
+        rows = slice(grp * views, (grp + 1) * views)
+        xv = xt = x0[rows]
+        for i in range(layers):
+            yv = _fake_block({"img": xv, "txt": txt[rows], "vec": vec[rows], "pe": pe_row})["img"]
+            if mode == "rows":
+                xv = yv
+            elif mode == "sequential":
+                xv = col(yv, grp)
+            elif mode == "hard":
+                xv = (yv + col(xv, grp)) / 2
+            else:
+                w = 0.1 + 0.4 * (i + 1) / layers
+                assert w == pytest.approx(soft_average_weight(i, layers))
+                yt = col(xt, grp)
+                xv, xt = (1 - w) * yv + w * yt, (1 - w) * yt + w * yv
+        expect.append(xv)
+    torch.testing.assert_close(x, torch.cat(expect), rtol=1e-5, atol=1e-6)
+
+
+def test_grid_model_node_installs_a_wrapper_and_one_patch_per_block(pack, fake, fake_core, native, perr):  # noqa: F811
+    stock = FakePatcher(FakeWan())
+    out = pack.NODE_CLASS_MAPPINGS["FourDGridModelNative"]().patch(stock, 4, "soft_avg")[0]
+    assert not stock.wrappers and list(out.wrappers["diffusion_model"]) == ["fourd_grid_native"]
+    reps = out.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert sorted(reps) == [("double_block", i) for i in range(NATIVE_TINY["num_layers"])]
+    patched = pack.NODE_CLASS_MAPPINGS["FourDApply4DNeXNative"]().apply(stock, TINY_RELEASE_NAME, "(beside the LoRA)", 1.0)[0]
+    with pytest.raises(perr.InputError, match="base Wan"):
+        pack.NODE_CLASS_MAPPINGS["FourDGridModelNative"]().patch(patched, 4, "hard")
+    wrapper = out.wrappers["diffusion_model"]["fourd_grid_native"][0]
+    seen = {}
+
+    def inner(executor, x, t, ctx, clip, tdc, opts, **kw):
+        seen.update(opts)
+        return x
+
+    FakeExecutor(None, FakeWan(), [wrapper, inner], 0).execute(torch.zeros(8, 36, 3, 4, 6), None, None, None, None, {})
+    st = seen["fourd_grid_state"]
+    assert st["views"] == 4 and st["times"] == 3 and st["col_freqs"].shape == (1, 4 * 2 * 3, 1, 3)
+    with pytest.raises(perr.InputError, match="batches of 4"):
+        FakeExecutor(None, FakeWan(), [wrapper, inner], 0).execute(torch.zeros(6, 36, 3, 4, 6), None, None, None, None, {})
+
+
+def test_grid_conditioning_node_known_rows_and_columns(pack, perr):  # noqa: F811
+    from fourd_core.pipelines.grid import latent_mask
+
+    vae = TinyWanVAE(0)
+    seen = {}
+
+    class FakeClipVision:
+        def encode_image(self, images):
+            seen["images"] = images
+            return types.SimpleNamespace(penultimate_hidden_states=torch.zeros(images.shape[0], 257, 1280))
+
+    fixed, freeze = torch.rand(5, 32, 48, 3), torch.rand(3, 32, 48, 3)
+    holes = torch.zeros(3, 32, 48)
+    holes[2, :8, :8] = 1
+    text = [[torch.zeros(1, 4, 4096), {}]]
+    pos, neg, latent, views = pack.NODE_CLASS_MAPPINGS["FourDGridConditioningNative"]().encode(
+        text, text, vae, FakeClipVision(), fixed, freeze, holes)
+    assert views == 3 and latent["samples"].shape == (3, 16, 2, 4, 6)
+    torch.testing.assert_close(seen["images"][0], fixed[0])          # row 0 starts with the video's first frame
+    torch.testing.assert_close(seen["images"][1:], freeze[1:])
+    known = torch.zeros(3, 5, 32, 48)
+    known[0], known[1:, 0] = 1, 1
+    known[2, 0, :8, :8] = 0
+    m = pos[0][1]["concat_mask"]
+    torch.testing.assert_close(m, 1 - latent_mask(known))
+    assert m[2, :, 0, 0, 0].eq(1).all() and m[2, :, 0, 1, 1].eq(0).all() and m[1, :, 1].eq(1).all() and m[0].eq(0).all()
+    row1 = freeze[1:2].expand(1, -1, -1, -1)
+    gray = torch.cat([row1, torch.full((4, 32, 48, 3), 0.5)])
+    torch.testing.assert_close(pos[0][1]["concat_latent_image"][1:2], vae.encode(gray))
+    assert neg[0][1]["concat_latent_image"] is pos[0][1]["concat_latent_image"]
+    with pytest.raises(perr.InputError, match="4k\\+1"):
+        pack.NODE_CLASS_MAPPINGS["FourDGridConditioningNative"]().encode(text, text, vae, FakeClipVision(), fixed[:4], freeze)
