@@ -33,6 +33,8 @@ CORE_NODES = {  # name -> (inputs {name: (type, widget options)}, outputs [types
                          ["CLIP_VISION_OUTPUT"]),
     "VAELoader": ({"vae_name": ("COMBO", None)}, ["VAE"]),
     "ModelSamplingSD3": ({"model": ("MODEL", None), "shift": ("FLOAT", {"min": 0.0, "max": 100.0})}, ["MODEL"]),
+    "VAEDecode": ({"samples": ("LATENT", None), "vae": ("VAE", None)}, ["IMAGE"]),
+    "CLIPTextEncode": ({"text": ("STRING", {}), "clip": ("CLIP", None)}, ["CONDITIONING"]),
     "KSampler": ({"model": ("MODEL", None), "seed": ("INT", {"min": 0, "max": 2**64 - 1}), "steps": ("INT", {"min": 1}),
                   "cfg": ("FLOAT", {"min": 0.0, "max": 100.0}), "sampler_name": ("COMBO", None), "scheduler": ("COMBO", None),
                   "positive": ("CONDITIONING", None), "negative": ("CONDITIONING", None), "latent_image": ("LATENT", None),

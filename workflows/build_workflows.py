@@ -245,6 +245,8 @@ NATIVE_CORE = {
                          [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")]),
     "VAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
     "ModelSamplingSD3": ([("model", "MODEL", False), ("shift", "FLOAT", True)], [("MODEL", "MODEL")]),
+    "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "CLIPTextEncode": ([("text", "STRING", True), ("clip", "CLIP", False)], [("CONDITIONING", "CONDITIONING")]),
     "KSampler": ([("model", "MODEL", False), ("seed", "INT", True), ("steps", "INT", True), ("cfg", "FLOAT", True),
                   ("sampler_name", "COMBO", True), ("scheduler", "COMBO", True), ("positive", "CONDITIONING", False),
                   ("negative", "CONDITIONING", False), ("latent_image", "LATENT", False), ("denoise", "FLOAT", True)],
@@ -338,8 +340,57 @@ GRAPHS = {"fourd_image_to_4d": lambda: image_to_4d(False), "fourd_tiny_demo_cpu"
           "fourd_image_to_grid": lambda: image_to_grid(False), "fourd_tiny_grid_cpu": lambda: image_to_grid(True)}
 
 
+def native_image_to_grid(tiny: bool) -> dict:
+    """The native 4DNeX graph, then cameras -> orbit render -> FourD Grid Conditioning (native) -> FourD Grid Model
+    (native) on the *stock* MODEL -> ModelSamplingSD3 -> core KSampler -> core VAE Decode (row-major grid)."""
+    nodes = native_image_to_4d(tiny)["nodes"]
+    keep = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 18}
+    nodes = {k: v for k, v in nodes.items() if k in keep}
+    views, grid_steps = (3, 4) if tiny else (8, 30)
+    if tiny:
+        nodes[30] = {"type": "FourDTinyCLIPVisionNative", "pos": [40, 520]}
+        cv = (30, 0)
+        pos, neg = (9, 0), (9, 1)
+    else:
+        nodes[31] = {"type": "CLIPTextEncode", "pos": [1540, 700], "size": [360, 160],
+                     "values": {}, "links": {"clip": (4, 0), "text": (1, 1)}, "title": "Grid prompt"}
+        nodes[32] = {"type": "CLIPTextEncode", "pos": [1540, 900], "values": {"text": ""}, "links": {"clip": (4, 0)},
+                     "title": "Grid negative (empty)"}
+        cv = (5, 0)
+        pos, neg = (31, 0), (32, 0)
+    nodes.update({
+        33: {"type": "FourDCameraPath", "pos": [1540, 60], "size": [320, 260],
+             "values": {"path": "orbit", "degrees": 30.0, "steps": views, "axis": "y", "distance": 0.3, "elevation": 0.0,
+                        "frame": 0}, "links": {"scene": (18, 0)}},
+        34: {"type": "FourDRenderViews", "pos": [1540, 360], "values": {"frame": 0, "point_size": 2},
+             "links": {"scene": (18, 0), "cameras": (33, 0)}},
+        35: {"type": "FourDGridConditioningNative", "pos": [1920, 60], "size": [340, 200],
+             "links": {"positive": pos, "negative": neg, "vae": (3, 0), "clip_vision": cv, "fixed_view": (13, 0),
+                       "freeze_time": (34, 0), "holes": (34, 1)}},
+        36: {"type": "FourDGridModelNative", "pos": [1920, 300], "values": {"mode": "soft_avg"},
+             "links": {"model": (2, 0), "views": (35, 3)}, "title": "FourD Grid Model (native, on the stock MODEL)"},
+        37: {"type": "ModelSamplingSD3", "pos": [1920, 440], "values": {"shift": 3.0}, "links": {"model": (36, 0)}},
+        38: {"type": "KSampler", "pos": [2300, 60], "size": [320, 300],
+             "values": {"seed": 42, "steps": grid_steps, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                        "denoise": 1.0},
+             "links": {"model": (37, 0), "positive": (35, 0), "negative": (35, 1), "latent_image": (35, 2)}},
+        39: {"type": "VAEDecode", "pos": [2300, 400], "links": {"samples": (38, 0), "vae": (3, 0)}},
+        40: {"type": "PreviewImage", "pos": [2660, 60], "size": [400, 400], "links": {"images": (39, 0)},
+             "title": "Grid (row-major: view v, time t at v * T + t)"},
+        41: {"type": "PreviewImage", "pos": [1540, 560], "links": {"images": (34, 0)}, "title": "Freeze-time input"},
+    })
+    info = ("Native grid, CPU demo: the native tiny 4DNeX scene, an orbit of 3 views, and the 3 x 13 grid sampled by core "
+            "KSampler on the stock tiny MODEL with FourD Grid Model (native). Meaningless pictures." if tiny else
+            "Native grid: 4DNeX scene on the native MODEL, frame 0 rendered along a 30 degree orbit, then the 8-view grid "
+            "sampled by core KSampler on the same loaded Wan model (stock clone + FourD Grid Model (native)). One window: "
+            "the whole 8 x 49 grid at once (the diffusers grid sampler has sliding windows).")
+    return {"nodes": nodes, "info": info}
+
+
 NATIVE_GRAPHS = {"fourd_native_image_to_4d": lambda: native_image_to_4d(False),
-                 "fourd_native_tiny_demo_cpu": lambda: native_image_to_4d(True)}
+                 "fourd_native_tiny_demo_cpu": lambda: native_image_to_4d(True),
+                 "fourd_native_image_to_grid": lambda: native_image_to_grid(False),
+                 "fourd_native_tiny_grid_cpu": lambda: native_image_to_grid(True)}
 
 
 def main() -> None:

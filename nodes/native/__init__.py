@@ -8,7 +8,7 @@ from .conditioning import FourD4DNeXConditioningNative, FourD4DNeXTextEncodeNati
 from .decode import FourDDecode6DNative
 from .folders import register_tiny_model_folders
 from .grid import FourDGridConditioningNative, FourDGridModelNative
-from .tiny import FourDTinyEncodersNative, FourDTinyVAENative
+from .tiny import FourDTinyCLIPVisionNative, FourDTinyEncodersNative, FourDTinyVAENative
 
 NODE_CLASS_MAPPINGS = {
     "FourDApply4DNeXNative": FourDApply4DNeXNative,
@@ -17,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "FourDDecode6DNative": FourDDecode6DNative,
     "FourDTinyEncodersNative": FourDTinyEncodersNative,
     "FourDTinyVAENative": FourDTinyVAENative,
+    "FourDTinyCLIPVisionNative": FourDTinyCLIPVisionNative,
     "FourDGridModelNative": FourDGridModelNative,
     "FourDGridConditioningNative": FourDGridConditioningNative,
 }
@@ -27,6 +28,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDDecode6DNative": "FourD Decode 6D (native)",
     "FourDTinyEncodersNative": "FourD Tiny Encoders (native CPU demo)",
     "FourDTinyVAENative": "FourD Tiny VAE (native CPU demo)",
+    "FourDTinyCLIPVisionNative": "FourD Tiny CLIP Vision (native CPU demo)",
     "FourDGridModelNative": "FourD Grid Model (native, 4Real-Video sync)",
     "FourDGridConditioningNative": "FourD Grid Conditioning (native)",
 }

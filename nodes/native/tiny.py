@@ -69,3 +69,30 @@ class FourDTinyVAENative:
 
     def load(self, seed):
         return (TinyWanVAE(seed),)
+
+
+class TinyCLIPVision:
+    """Stand-in for a core CLIP_VISION model: ``encode_image(images [B, H, W, 3])`` returns an output
+    with ``penultimate_hidden_states`` ``[B, 257, 1280]`` (:func:`tiny_clip_features` per image)."""
+
+    def encode_image(self, images, crop=True):
+        import torch
+
+        return clip_vision_output(torch.cat([tiny_clip_features(im) for im in to_rgb(images)], dim=0))
+
+
+class FourDTinyCLIPVisionNative:
+    DESCRIPTION = ("CPU demo only: a stand-in for Load CLIP Vision (clip_vision_h is only built at full size) for nodes "
+                   "that encode images themselves (FourD Grid Conditioning (native)). Deterministic, meaningless features.")
+    CATEGORY = f"{NATIVE_CATEGORY}/tiny demo"
+    RETURN_TYPES = ("CLIP_VISION",)
+    RETURN_NAMES = ("clip_vision",)
+    OUTPUT_TOOLTIPS = ("Stand-in CLIP vision model ([B, 257, 1280] features per image).",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        return (TinyCLIPVision(),)
