@@ -12,8 +12,8 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent
 EXAMPLE_IMAGE = ASSETS / "example_coffee.jpg"
-EXAMPLE_PROMPT = ("A white cup of coffee with latte art on a saucer stands on a wooden table in a cafe; the "
-                  "camera slowly circles the cup while the foam settles and soft daylight falls on the wood.")
+EXAMPLE_PROMPT_FILE = ASSETS / "example_coffee.txt"
+EXAMPLE_PROMPT = EXAMPLE_PROMPT_FILE.read_text(encoding="utf-8").strip()
 
 
 def example_image():
