@@ -486,3 +486,9 @@ def test_grid_conditioning_node_known_rows_and_columns(pack, perr):  # noqa: F81
     assert neg[0][1]["concat_latent_image"] is pos[0][1]["concat_latent_image"]
     with pytest.raises(perr.InputError, match="4k\\+1"):
         pack.NODE_CLASS_MAPPINGS["FourDGridConditioningNative"]().encode(text, text, vae, FakeClipVision(), fixed[:4], freeze)
+
+
+def test_conditioning_length_is_checked_at_queue_time(pack):  # noqa: F811
+    cls = pack.NODE_CLASS_MAPPINGS["FourD4DNeXConditioningNative"]
+    assert cls.VALIDATE_INPUTS(length=49, batch_size=1) is True and cls.VALIDATE_INPUTS(length=None) is True
+    assert "4k+1" in cls.VALIDATE_INPUTS(length=48) and "batch_size" in cls.VALIDATE_INPUTS(length=5, batch_size=0)

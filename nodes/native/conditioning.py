@@ -9,6 +9,7 @@ from ...fourd_core.geometry.xyz_init import sloped_plane
 from ...fourd_core.io.images import to_rgb
 from ...fourd_core.native.layout import SPATIAL_STRIDE, TEMPORAL_STRIDE, check_fused_size, condition_frames, native_concat_mask
 from ...fourd_core.pipelines.fourdnex import PROMPT_SUFFIX
+from .. import validation as v
 from ..types import XYZ
 from .apply import NATIVE_CATEGORY
 
@@ -52,6 +53,11 @@ class FourD4DNeXConditioningNative:
                 "xyz_init": (XYZ, {"tooltip": "First-frame XYZ condition (FourD Prepare Image); default the sloped plane."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, length=None, batch_size=None):
+        """Queue-time checks (ComfyUI then skips its own range checks for these inputs)."""
+        return v.check_all(v.frames_4k1("length", length, 1, 161), v.int_range("batch_size", batch_size, 1, 16))
 
     def encode(self, positive, negative, vae, clip_vision_output, image, length, batch_size, xyz_init=None):
         rgb = to_rgb(image[0])

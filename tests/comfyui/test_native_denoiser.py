@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from comfy_fixtures import comfy, pack  # noqa: F401  (fixtures)
+
 SIGMA = 0.7
 H, W, FRAMES = 32, 32, 5          # one modality: latent 4 x 4, fused 4 x 8, 2 latent frames
 

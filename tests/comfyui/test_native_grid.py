@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from comfy_fixtures import comfy, pack  # noqa: F401  (fixtures)
+
 from test_native_denoiser import SIGMA, native_velocity
 
 V, LAT_T, LAT_H, LAT_W = 3, 2, 4, 6

@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+from comfy_fixtures import comfy, pack  # noqa: F401  (fixtures)
+
 
 @pytest.fixture(scope="module")
 def vae_file(comfy, tmp_path_factory):

@@ -1,4 +1,5 @@
-"""Tests against a real ComfyUI checkout: ``COMFYUI_PATH=/path/to/ComfyUI python -m pytest -q tests/comfyui``
+"""Fixtures for the tests against a real ComfyUI checkout (imported by the test modules; not a conftest.py,
+so it never shadows ``tests/conftest.py`` in pytest's module namespace): ``COMFYUI_PATH=/path/to/ComfyUI python -m pytest -q tests/comfyui``
 (with a Python that has ComfyUI's requirements and this pack's). Skipped when COMFYUI_PATH is unset.
 
 ComfyUI is put on ``sys.path`` in CPU mode; the pack is imported as a package the way ComfyUI
@@ -16,15 +17,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMFYUI = os.environ.get("COMFYUI_PATH")
-
-
-def pytest_collection_modifyitems(config, items):
-    if COMFYUI:
-        return
-    skip = pytest.mark.skip(reason="COMFYUI_PATH is not set (path of a ComfyUI checkout)")
-    for item in items:
-        if "tests/comfyui" in str(item.fspath).replace("\\", "/"):
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
