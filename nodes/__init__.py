@@ -7,6 +7,7 @@ use relative imports; ``comfy`` / ``folder_paths`` are only touched lazily in ``
 from .examples import FourDExampleImage
 from .grid_nodes import FourDCameraPath, FourDGridSampler, FourDRenderViews
 from .loaders import FourDLoad4DNeX, FourDLoadWan, FourDMemorySettings
+from .native import NODE_CLASS_MAPPINGS as NATIVE_NODES, NODE_DISPLAY_NAME_MAPPINGS as NATIVE_NAMES
 from .sampling import FourDDecode, FourDPrepareImage, FourDSampler
 from .scene_nodes import FourDExport, FourDLoadScene, FourDPreview4D, FourDRecoverCameras, FourDSaveScene
 
@@ -45,3 +46,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDRenderViews": "FourD Render Views (freeze-time video)",
     "FourDGridSampler": "FourD 4D Grid Sampler (4Real-Video)",
 }
+
+NODE_CLASS_MAPPINGS.update(NATIVE_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update(NATIVE_NAMES)

@@ -13,6 +13,7 @@ from ..fourd_core.io.export import ExportOptions, export_scene
 from ..fourd_core.io.viewer_asset import write_viewer_asset
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
+from . import file3d
 from . import validation as v
 from .types import CATEGORY, SCENE
 
@@ -63,12 +64,13 @@ class FourDRecoverCameras:
 class FourDExport:
     DESCRIPTION = ("Write the scene into ComfyUI's output folder: rgb.mp4, xyz.mp4, per-frame PLY and GLB point "
                    "clouds, cameras.json, nerfstudio transforms.json, 16-bit depth PNGs + depth.npy, and the "
-                   "scene file. Outputs the frame-0 GLB path for the core Preview3D node.")
+                   "scene file. Outputs the frame-0 GLB path for the core Preview3D node (and, on ComfyUI builds "
+                   "with 3D file types, the frame-0 GLB and PLY as File3D for SaveGLB / PreviewPointCloud).")
     CATEGORY = f"{CATEGORY}/export"
-    RETURN_TYPES = ("STRING", "STRING")
-    RETURN_NAMES = ("glb_path", "folder")
+    RETURN_TYPES = ("STRING", "STRING") + file3d.extra_outputs()[0]
+    RETURN_NAMES = ("glb_path", "folder") + file3d.extra_outputs()[1]
     OUTPUT_TOOLTIPS = ("Frame-0 GLB, relative to the output folder (connect to Preview3D's model_file).",
-                       "The export folder, relative to the output folder.")
+                       "The export folder, relative to the output folder.") + file3d.extra_outputs()[2]
     OUTPUT_NODE = True
     FUNCTION = "export"
 
@@ -105,7 +107,11 @@ class FourDExport:
                              outlier_neighbors=outlier_neighbors, max_points=max_points or None)
         export_scene(scene, folder, opts)
         glb_rel = f"{rel}/pointclouds/frame_00000.glb" if glb else ""
-        return {"ui": {"text": [rel]}, "result": (glb_rel, rel)}
+        result = (glb_rel, rel)
+        if file3d.available():
+            result += (file3d.file3d(folder / "pointclouds" / "frame_00000.glb" if glb else None, "glb"),
+                       file3d.file3d(folder / "pointclouds" / "frame_00000.ply" if ply else None, "ply"))
+        return {"ui": {"text": [rel]}, "result": result}
 
 
 class FourDSaveScene:

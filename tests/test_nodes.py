@@ -25,6 +25,20 @@ CORE_NODES = {  # name -> (inputs {name: (type, widget options)}, outputs [types
     "SaveVideo": ({"video": ("VIDEO", None), "filename_prefix": ("STRING", {}), "format": ("COMBO", None),
                    "codec": ("COMBO", None)}, []),
     "Preview3D": ({"model_file": ("STRING", {})}, []),
+    # native path
+    "UNETLoader": ({"unet_name": ("COMBO", None), "weight_dtype": ("COMBO", None)}, ["MODEL"]),
+    "CLIPLoader": ({"clip_name": ("COMBO", None), "type": ("COMBO", None), "device": ("COMBO", None)}, ["CLIP"]),
+    "CLIPVisionLoader": ({"clip_name": ("COMBO", None)}, ["CLIP_VISION"]),
+    "CLIPVisionEncode": ({"clip_vision": ("CLIP_VISION", None), "image": ("IMAGE", None), "crop": ("COMBO", None)},
+                         ["CLIP_VISION_OUTPUT"]),
+    "VAELoader": ({"vae_name": ("COMBO", None)}, ["VAE"]),
+    "ModelSamplingSD3": ({"model": ("MODEL", None), "shift": ("FLOAT", {"min": 0.0, "max": 100.0})}, ["MODEL"]),
+    "VAEDecode": ({"samples": ("LATENT", None), "vae": ("VAE", None)}, ["IMAGE"]),
+    "CLIPTextEncode": ({"text": ("STRING", {}), "clip": ("CLIP", None)}, ["CONDITIONING"]),
+    "KSampler": ({"model": ("MODEL", None), "seed": ("INT", {"min": 0, "max": 2**64 - 1}), "steps": ("INT", {"min": 1}),
+                  "cfg": ("FLOAT", {"min": 0.0, "max": 100.0}), "sampler_name": ("COMBO", None), "scheduler": ("COMBO", None),
+                  "positive": ("CONDITIONING", None), "negative": ("CONDITIONING", None), "latent_image": ("LATENT", None),
+                  "denoise": ("FLOAT", {"min": 0.0, "max": 1.0})}, ["LATENT"]),
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 MODEL_FILES = {"diffusion_models": ["wan2.1_i2v_480p_14B_fp16.safetensors"], "text_encoders": ["umt5_xxl_fp16.safetensors"],
@@ -59,9 +73,23 @@ class FakeComfy:
         shutil.copy(EXAMPLE_IMAGE, root / "input" / "amusement_park.png")
 
         fp = types.ModuleType("folder_paths")
-        fp.get_filename_list = lambda kind: sorted(p.name for p in (root / "models" / kind).iterdir() if p.is_file())
-        fp.get_folder_paths = lambda kind: [str(root / "models" / kind)]
-        fp.get_full_path = lambda kind, name: str(root / "models" / kind / name) if (root / "models" / kind / name).exists() else None
+        extra: dict[str, list[Path]] = {}
+
+        def folders(kind):
+            return [root / "models" / kind] + extra.get(kind, [])
+
+        def full_path(kind, name):
+            return next((str(f / name) for f in folders(kind) if (f / name).exists()), None)
+
+        fp.get_filename_list = lambda kind: sorted(p.relative_to(f).as_posix() for f in folders(kind) if f.is_dir()
+                                                   for p in f.rglob("*") if p.is_file())
+        fp.get_folder_paths = lambda kind: [str(f) for f in folders(kind)]
+        fp.get_full_path = full_path
+        def add_folder(kind, path, is_default=False):
+            if Path(path) not in extra.setdefault(kind, []):
+                extra[kind].append(Path(path))
+
+        fp.add_model_folder_path = add_folder
         fp.get_output_directory = lambda: str(root / "output")
         fp.get_temp_directory = lambda: str(root / "temp")
         fp.get_input_directory = lambda: str(root / "input")
@@ -99,10 +127,18 @@ class FakeComfy:
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
+    import os
+
     f = FakeComfy(tmp_path_factory.mktemp("comfyui"))
     saved = {k: sys.modules.get(k) for k in f.modules}
     sys.modules.update(f.modules)
+    saved_cache = os.environ.get("FOURD_CACHE")
+    os.environ["FOURD_CACHE"] = str(f.root / "fourd_cache")   # the pack writes its tiny native weights here
     yield f
+    if saved_cache is None:
+        os.environ.pop("FOURD_CACHE", None)
+    else:
+        os.environ["FOURD_CACHE"] = saved_cache
     for k, v in saved.items():
         if v is None:
             sys.modules.pop(k, None)

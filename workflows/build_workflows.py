@@ -235,14 +235,168 @@ def image_to_grid(tiny: bool) -> dict:
     return {"nodes": nodes, "info": info}
 
 
+# ----------------------------------------------------------------------------------------------
+# Native path: core loaders / ModelSamplingSD3 / KSampler on ComfyUI's own Wan MODEL.
+NATIVE_CORE = {
+    "UNETLoader": ([("unet_name", "COMBO", True), ("weight_dtype", "COMBO", True)], [("MODEL", "MODEL")]),
+    "CLIPLoader": ([("clip_name", "COMBO", True), ("type", "COMBO", True), ("device", "COMBO", True)], [("CLIP", "CLIP")]),
+    "CLIPVisionLoader": ([("clip_name", "COMBO", True)], [("CLIP_VISION", "CLIP_VISION")]),
+    "CLIPVisionEncode": ([("clip_vision", "CLIP_VISION", False), ("image", "IMAGE", False), ("crop", "COMBO", True)],
+                         [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")]),
+    "VAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
+    "ModelSamplingSD3": ([("model", "MODEL", False), ("shift", "FLOAT", True)], [("MODEL", "MODEL")]),
+    "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "CLIPTextEncode": ([("text", "STRING", True), ("clip", "CLIP", False)], [("CONDITIONING", "CONDITIONING")]),
+    "KSampler": ([("model", "MODEL", False), ("seed", "INT", True), ("steps", "INT", True), ("cfg", "FLOAT", True),
+                  ("sampler_name", "COMBO", True), ("scheduler", "COMBO", True), ("positive", "CONDITIONING", False),
+                  ("negative", "CONDITIONING", False), ("latent_image", "LATENT", False), ("denoise", "FLOAT", True)],
+                 [("LATENT", "LATENT")]),
+}
+CORE.update(NATIVE_CORE)
+TINY_NATIVE_MODEL = "fourd_tiny_wan21_i2v_native.safetensors"   # written by the pack (fourd_core.native.tiny)
+TINY_NATIVE_RELEASE = "fourd_tiny_4dnex_native"
+
+
+def native_image_to_4d(tiny: bool) -> dict:
+    """Core loaders -> FourD Apply 4DNeX (native) -> ModelSamplingSD3 -> conditioning -> core KSampler ->
+    FourD Decode 6D (native) -> cameras -> export / 4D preview / videos."""
+    base = image_to_4d(tiny)["nodes"]
+    h, w, frames, steps = (96, 144, 13, 8) if tiny else (480, 720, 49, 50)
+    nodes = {1: base[1]}                    # FourDExampleImage: the shipped photo and its prompt
+    if tiny:
+        nodes.update({
+            2: {"type": "UNETLoader", "pos": [40, 420], "values": {"unet_name": TINY_NATIVE_MODEL, "weight_dtype": "default"},
+                "title": "Load Diffusion Model (tiny native demo weights, written by the pack)"},
+            3: {"type": "FourDTinyVAENative", "pos": [40, 560], "values": {"seed": 0}},
+        })
+        release, emb = TINY_NATIVE_RELEASE, "(beside the LoRA)"
+    else:
+        nodes.update({
+            2: {"type": "UNETLoader", "pos": [40, 420], "values": {"unet_name": WAN_FILES["transformer"][0],
+                "weight_dtype": "default"}, "models": [WAN_FILES["transformer"]]},
+            3: {"type": "VAELoader", "pos": [40, 560], "values": {"vae_name": WAN_FILES["vae"][0]}, "models": [WAN_FILES["vae"]]},
+            4: {"type": "CLIPLoader", "pos": [40, 680], "values": {"clip_name": WAN_FILES["text_encoder"][0], "type": "wan",
+                "device": "default"}, "models": [WAN_FILES["text_encoder"]]},
+            5: {"type": "CLIPVisionLoader", "pos": [40, 840], "values": {"clip_name": WAN_FILES["clip_vision"][0]},
+                "models": [WAN_FILES["clip_vision"]]},
+        })
+        release, emb = LORA_FILES["release"][0], "(beside the LoRA)"
+    nodes.update({
+        6: {"type": "FourDApply4DNeXNative", "pos": [380, 60], "size": [360, 160],
+            "values": {"release": release, "domain_embeddings": emb, "strength": 1.0}, "links": {"model": (2, 0)},
+            "models": [] if tiny else list(LORA_FILES.values())},
+        7: {"type": "ModelSamplingSD3", "pos": [380, 260], "values": {"shift": 3.0}, "links": {"model": (6, 0)}},
+        8: {"type": "FourDPrepareImage", "pos": [380, 380], "values": {"width": w, "height": h, "resize": "crop",
+            "xyz_init": "sloped plane"}, "links": {"image": (1, 0)}},
+    })
+    prompt_link = {"prompt": (1, 1)}
+    if tiny:
+        nodes[9] = {"type": "FourDTinyEncodersNative", "pos": [380, 620], "links": {"image": (8, 0), **prompt_link}}
+        pos, neg, cvo = (9, 0), (9, 1), (9, 2)
+    else:
+        nodes[9] = {"type": "CLIPVisionEncode", "pos": [380, 620], "values": {"crop": "center"},
+                    "links": {"clip_vision": (5, 0), "image": (8, 0)}}
+        nodes[10] = {"type": "FourD4DNeXTextEncodeNative", "pos": [380, 760], "size": [360, 200],
+                     "values": {"negative_prompt": ""},
+                     "links": {"clip": (4, 0), **prompt_link}}
+        pos, neg, cvo = (10, 0), (10, 1), (9, 0)
+    nodes.update({
+        11: {"type": "FourD4DNeXConditioningNative", "pos": [780, 60], "size": [360, 240],
+             "values": {"length": frames, "batch_size": 1},
+             "links": {"positive": pos, "negative": neg, "vae": (3, 0), "clip_vision_output": cvo, "image": (8, 0),
+                       "xyz_init": (8, 1)}},
+        12: {"type": "KSampler", "pos": [780, 340], "size": [320, 300],
+             "values": {"seed": 42, "steps": steps, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                        "denoise": 1.0},
+             "links": {"model": (7, 0), "positive": (11, 0), "negative": (11, 1), "latent_image": (11, 2)}},
+        13: {"type": "FourDDecode6DNative", "pos": [1140, 60], "values": {"tiled": False, "tile_size": 256, "overlap": 64,
+             "temporal_size": 64}, "links": {"vae": (3, 0), "samples": (12, 0)}},
+    })
+    for k in (8, 9, 10, 11, 12, 13, 14, 15, 16):   # cameras -> export / preview / videos, as in the diffusers graph
+        n = dict(base[k])
+        n["pos"] = [n["pos"][0] + 300, n["pos"][1] + (400 if k >= 11 else 0)]
+        n["links"] = {name: ((13, slot) if src == 7 else (src + 10, slot)) for name, (src, slot) in n.get("links", {}).items()}
+        nodes[k + 10] = n
+    nodes[19]["values"] = {**nodes[19]["values"], "filename_prefix": "fourd/native_tiny_demo" if tiny else "fourd/native"}
+    layout = {1: [40, 60], 2: [40, 240], 3: [40, 380], 4: [40, 500], 5: [40, 660], 6: [380, 60], 7: [380, 260],
+              8: [380, 370], 9: [380, 660], 10: [380, 800], 11: [780, 60], 12: [780, 360], 13: [1160, 60],
+              18: [1160, 300], 25: [1160, 560], 19: [1540, 60], 20: [1540, 420], 26: [2060, 60], 21: [780, 720],
+              22: [780, 830], 23: [1160, 830], 24: [1160, 940]}
+    sizes = {1: [300, 140], 8: [320, 260], 22: [340, 300], 24: [340, 300]}
+    for k, n in nodes.items():
+        n["pos"] = layout.get(k, n["pos"])
+        if k in sizes:
+            n["size"] = sizes[k]
+    info = ("Native path, CPU demo: tiny random weights the pack writes in the original Wan layout, loaded by core Load "
+            "Diffusion Model and sampled by core KSampler; stand-in text/image encoders and VAE. Meaningless pictures; "
+            "exercises the graph." if tiny else
+            "Native path: 4DNeX on ComfyUI's own Wan2.1-I2V MODEL (core loaders, memory manager, samplers). Models: "
+            "Comfy-Org repackaged Wan2.1 single files; the 4DNeX release (FrozenBurning/4DNex-Lora) in models/loras/ "
+            "(apply it with FourD Apply 4DNeX (native), not with the core LoRA loader).")
+    return {"nodes": nodes, "info": info}
+
+
 GRAPHS = {"fourd_image_to_4d": lambda: image_to_4d(False), "fourd_tiny_demo_cpu": lambda: image_to_4d(True),
           "fourd_image_to_grid": lambda: image_to_grid(False), "fourd_tiny_grid_cpu": lambda: image_to_grid(True)}
+
+
+def native_image_to_grid(tiny: bool) -> dict:
+    """The native 4DNeX graph, then cameras -> orbit render -> FourD Grid Conditioning (native) -> FourD Grid Model
+    (native) on the *stock* MODEL -> ModelSamplingSD3 -> core KSampler -> core VAE Decode (row-major grid)."""
+    nodes = native_image_to_4d(tiny)["nodes"]
+    keep = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 18}
+    nodes = {k: v for k, v in nodes.items() if k in keep}
+    views, grid_steps = (3, 4) if tiny else (8, 30)
+    if tiny:
+        nodes[30] = {"type": "FourDTinyCLIPVisionNative", "pos": [40, 520]}
+        cv = (30, 0)
+        pos, neg = (9, 0), (9, 1)
+    else:
+        nodes[31] = {"type": "CLIPTextEncode", "pos": [1540, 700], "size": [360, 160],
+                     "values": {}, "links": {"clip": (4, 0), "text": (1, 1)}, "title": "Grid prompt"}
+        nodes[32] = {"type": "CLIPTextEncode", "pos": [1540, 900], "values": {"text": ""}, "links": {"clip": (4, 0)},
+                     "title": "Grid negative (empty)"}
+        cv = (5, 0)
+        pos, neg = (31, 0), (32, 0)
+    nodes.update({
+        33: {"type": "FourDCameraPath", "pos": [1540, 60], "size": [320, 260],
+             "values": {"path": "orbit", "degrees": 30.0, "steps": views, "axis": "y", "distance": 0.3, "elevation": 0.0,
+                        "frame": 0}, "links": {"scene": (18, 0)}},
+        34: {"type": "FourDRenderViews", "pos": [1540, 360], "values": {"frame": 0, "point_size": 2},
+             "links": {"scene": (18, 0), "cameras": (33, 0)}},
+        35: {"type": "FourDGridConditioningNative", "pos": [1920, 60], "size": [340, 200],
+             "links": {"positive": pos, "negative": neg, "vae": (3, 0), "clip_vision": cv, "fixed_view": (13, 0),
+                       "freeze_time": (34, 0), "holes": (34, 1)}},
+        36: {"type": "FourDGridModelNative", "pos": [1920, 300], "values": {"mode": "soft_avg"},
+             "links": {"model": (2, 0), "views": (35, 3)}, "title": "FourD Grid Model (native, on the stock MODEL)"},
+        37: {"type": "ModelSamplingSD3", "pos": [1920, 440], "values": {"shift": 3.0}, "links": {"model": (36, 0)}},
+        38: {"type": "KSampler", "pos": [2300, 60], "size": [320, 300],
+             "values": {"seed": 42, "steps": grid_steps, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                        "denoise": 1.0},
+             "links": {"model": (37, 0), "positive": (35, 0), "negative": (35, 1), "latent_image": (35, 2)}},
+        39: {"type": "VAEDecode", "pos": [2300, 400], "links": {"samples": (38, 0), "vae": (3, 0)}},
+        40: {"type": "PreviewImage", "pos": [2660, 60], "size": [400, 400], "links": {"images": (39, 0)},
+             "title": "Grid (row-major: view v, time t at v * T + t)"},
+        41: {"type": "PreviewImage", "pos": [1540, 560], "links": {"images": (34, 0)}, "title": "Freeze-time input"},
+    })
+    info = ("Native grid, CPU demo: the native tiny 4DNeX scene, an orbit of 3 views, and the 3 x 13 grid sampled by core "
+            "KSampler on the stock tiny MODEL with FourD Grid Model (native). Meaningless pictures." if tiny else
+            "Native grid: 4DNeX scene on the native MODEL, frame 0 rendered along a 30 degree orbit, then the 8-view grid "
+            "sampled by core KSampler on the same loaded Wan model (stock clone + FourD Grid Model (native)). One window: "
+            "the whole 8 x 49 grid at once (the diffusers grid sampler has sliding windows).")
+    return {"nodes": nodes, "info": info}
+
+
+NATIVE_GRAPHS = {"fourd_native_image_to_4d": lambda: native_image_to_4d(False),
+                 "fourd_native_tiny_demo_cpu": lambda: native_image_to_4d(True),
+                 "fourd_native_image_to_grid": lambda: native_image_to_grid(False),
+                 "fourd_native_tiny_grid_cpu": lambda: native_image_to_grid(True)}
 
 
 def main() -> None:
     pack = load_pack()
     (HERE / "api").mkdir(exist_ok=True)
-    for name, make in GRAPHS.items():
+    for name, make in {**GRAPHS, **NATIVE_GRAPHS}.items():
         ui, api = build(make(), pack.NODE_CLASS_MAPPINGS)
         (HERE / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
         (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
