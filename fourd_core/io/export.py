@@ -12,6 +12,7 @@ Layout under the output folder::
     depth.npy                  [F, H, W] float32 depth
     confidence.npy             [F, H, W] float32 confidence
     pointclouds/frame_#####.ply / .glb   coloured world points per frame (GLB: POINTS + COLOR_0)
+    gaussians/frame_#####.ply  pixel-aligned Gaussian splats per frame (standard 3DGS PLY, SH degree 0)
 
 Everything is written into a hidden staging folder inside the output folder and moved into place
 only when all files are complete, so a failure leaves no half-written or partial outputs.
@@ -41,6 +42,7 @@ class ExportOptions:
     Attributes:
         fps: video frame rate. videos / scene_file / cameras / images / depth: toggles.
         ply, glb: per-frame point-cloud formats. frames: frame indices for point clouds (None: all).
+        gaussians, gaussian_stride: per-frame pixel-aligned splats (fourd_core.splats), every n-th pixel.
         min_confidence, voxel_size, outlier_neighbors, outlier_std, max_points: see
             :func:`fourd_core.io.pointcloud.clean_points`.
     """
@@ -53,6 +55,8 @@ class ExportOptions:
     depth: bool = True
     ply: bool = True
     glb: bool = True
+    gaussians: bool = True
+    gaussian_stride: int = 2
     frames: list[int] | None = None
     min_confidence: float = 0.0
     voxel_size: float = 0.0
@@ -91,7 +95,7 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
     frames = list(range(f)) if opt.frames is None else [int(i) for i in opt.frames]
     if any(i < 0 or i >= f for i in frames):
         raise InputError(f"Export frames must be in 0..{f - 1}, got {frames}.")
-    needs_geometry = opt.cameras or opt.depth or opt.ply or opt.glb
+    needs_geometry = opt.cameras or opt.depth or opt.ply or opt.glb or opt.gaussians
     if needs_geometry and not scene.has_cameras:
         raise InputError("The scene has no cameras/depth; run fit_cameras first or turn off the geometry exports.")
     say = progress or (lambda *a: None)
@@ -156,6 +160,15 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
                 if opt.glb:
                     write_glb(staging / f"pointclouds/frame_{i:05d}.glb", p, c)
                     add("glb", f"pointclouds/frame_{i:05d}.glb")
+        if opt.gaussians:
+            from ..splats import pixel_aligned_gaussians, write_gaussians_ply
+
+            splats = pixel_aligned_gaussians(scene, stride=opt.gaussian_stride, min_confidence=opt.min_confidence,
+                                             frames=frames)
+            for n, i in enumerate(frames):
+                say("gaussians", n, len(frames))
+                write_gaussians_ply(staging / f"gaussians/frame_{i:05d}.ply", splats.frame(n))
+                add("gaussians", f"gaussians/frame_{i:05d}.ply")
         _commit(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
