@@ -197,7 +197,8 @@ def _pixel_grid(h: int, w: int, stride: int, device) -> tuple[torch.Tensor, torc
 
 
 def pixel_aligned_gaussians(scene, stride: int = 1, footprint: float = 0.4, min_confidence: float = 0.0,
-                            frames: list[int] | None = None, default_opacity: float = 0.99) -> Gaussians4D:
+                            frames: list[int] | None = None, default_opacity: float = 0.99,
+                            min_opacity: float = 0.01) -> Gaussians4D:
     """One isotropic Gaussian per kept pixel at its world point (no optimisation).
 
     For pixel (i, j) of frame f with depth ``d`` and focal length ``fx, fy``: mean = the unprojected
@@ -211,7 +212,9 @@ def pixel_aligned_gaussians(scene, stride: int = 1, footprint: float = 0.4, min_
         scene: a :class:`~fourd_core.scene.Scene4D` with cameras and depth.
         stride: keep every ``stride``-th pixel in both directions (1 = all; the scale grows with it).
         footprint: standard deviation in pixels of one splat seen from its own camera.
-        min_confidence: drop pixels below this confidence.
+        min_confidence: drop pixels below this confidence (0 keeps every pixel with a positive finite depth,
+            including confidence-0 ones, e.g. a camera-frame fallback scene).
+        min_opacity: lower bound of the opacity (the fit starts from 0.1, as the 3DGS reference does).
         frames: frame indices (default: all).
 
     Returns:
@@ -242,10 +245,10 @@ def pixel_aligned_gaussians(scene, stride: int = 1, footprint: float = 0.4, min_
             conf = scene.confidence[i][rows][:, cols].reshape(-1).float()
         else:
             conf = torch.full_like(d, default_opacity)
-        keep = torch.isfinite(pts).all(-1) & torch.isfinite(d) & (d > 0) & (conf >= min_confidence) & (conf > 0)
+        keep = torch.isfinite(pts).all(-1) & torch.isfinite(d) & (d > 0) & (conf >= min_confidence)
         focal = (scene.K[i, 0, 0].float() * scene.K[i, 1, 1].float()).abs().sqrt()
         sigma = footprint * stride * d[keep] / focal
-        out.append(Gaussians.from_values(pts[keep], rgb[keep], sigma, conf[keep].clamp(0.01, 0.99)))
+        out.append(Gaussians.from_values(pts[keep], rgb[keep], sigma, conf[keep].clamp(min_opacity, 0.99)))
     return Gaussians4D(per_frame=out, K=scene.K[frames].float(), cam_to_world=scene.cam_to_world[frames].float(),
                        height=h, width=w, fps=float(scene.metadata.get("fps", 24.0) or 24.0),
                        metadata={"kind": "pixel_aligned", "stride": stride, "footprint": footprint,

@@ -13,6 +13,15 @@ from fourd_core.scene import Scene4D
 plyfile = pytest.importorskip("plyfile")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (and stall on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def small_scene(frames=2, h=12, w=16):
     from fourd_core.geometry.synthetic import make_synthetic_scene
 
