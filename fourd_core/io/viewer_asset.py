@@ -66,9 +66,9 @@ def gaussians_viewer_asset_bytes(gaussians, splats_per_frame: int = 60000, min_o
                                  seed: int = 0) -> bytes:
     """Encode :class:`~fourd_core.splats.gaussians.Gaussians4D` for the web viewer (round splats).
 
-    Per frame, splats with opacity below ``min_opacity`` are dropped and at most ``splats_per_frame``
-    are kept (the most opaque-and-largest first would bias; a seeded random subset is used, the same
-    indices in every frame of a deformable set so splats do not flicker).
+    Per frame, at most ``splats_per_frame`` splats are kept (a seeded random subset; the same indices in
+    every frame of a deformable set, so splats do not flicker), then those with opacity below
+    ``min_opacity`` are dropped. Scales are the largest standard deviation of each splat.
     """
     header = {"frames": gaussians.num_frames, "width": int(gaussians.width), "height": int(gaussians.height),
               "fps": float(gaussians.fps), "space": "world", "splats": True, "K": None, "cam_to_world": None}
