@@ -210,8 +210,9 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, K, cam_to_world, h
                      near: float = 0.01) -> dict:
     """The same forward model through ``gsplat.rasterization`` (CUDA only; classic mode, eps2d 0.3).
 
-    Same arguments and outputs as :func:`rasterize_torch` (``means2d`` is gsplat's, shifted back by -0.5 px
-    to this module's pixel-centre convention; its ``.grad`` is what densification reads).
+    Same arguments and outputs as :func:`rasterize_torch`; ``means2d`` is gsplat's ``[1, N, 2]`` (pixel-corner
+    convention, +0.5 px; its ``.grad`` is what densification reads), ``depth`` gsplat's accumulated depth
+    (``RGB+D``), background composited here as ``(1 - alpha) * background``.
 
     Raises:
         InputError: gsplat or CUDA missing.
@@ -227,21 +228,21 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, K, cam_to_world, h
     Kg[0, 2] += 0.5
     Kg[1, 2] += 0.5
     C = colors.shape[-1]
-    bg = None if background is None else torch.as_tensor(background, device=dev, dtype=torch.float32).expand(C)[None]
-    colors_d = torch.cat([colors.float(), torch.zeros_like(colors[:, :1]).float()], -1)  # + a depth channel
     render, alphas, meta = gsplat.rasterization(
-        means.float(), quats.float(), scales.float(), opacities.float(), colors_d, torch.linalg.inv(c2w)[None],
-        Kg[None], W, H, near_plane=near, render_mode="RGB+ED", packed=False, eps2d=EPS2D,
-        backgrounds=None if bg is None else torch.cat([bg, bg[:, :1] * 0], -1), rasterize_mode="classic")
+        means.float(), quats.float(), scales.float(), opacities.float(), colors.float(), torch.linalg.inv(c2w)[None],
+        Kg[None], W, H, near_plane=near, render_mode="RGB+D", packed=False, eps2d=EPS2D, rasterize_mode="classic")
     m2d = meta["means2d"]
     if m2d.requires_grad:
         m2d.retain_grad()
     radii = meta["radii"][0]
-    if radii.ndim == 2:
+    if radii.ndim == 2:  # gsplat >= 1.5: per-axis radii
         radii = radii.max(-1).values
     alpha = alphas[0, ..., 0]
-    return {"image": render[0, ..., :C], "alpha": alpha, "depth": render[0, ..., C] * alpha, "means2d": m2d,
-            "radii": radii.float(), "_means2d_gsplat": True}
+    image = render[0, ..., :C]
+    if background is not None:
+        bg = torch.as_tensor(background, device=dev, dtype=image.dtype).expand(C)
+        image = image + (1 - alpha[..., None]) * bg
+    return {"image": image, "alpha": alpha, "depth": render[0, ..., C], "means2d": m2d, "radii": radii.float()}
 
 
 def render_gaussians(g: Gaussians, K, cam_to_world, height: int, width: int, background=None,
