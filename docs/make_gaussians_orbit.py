@@ -1,7 +1,8 @@
 """Render docs/gaussians_orbit.png: an orbit of 4D Gaussians fitted to the synthetic 4D scene of
 fourd_core.splats.synthetic (walls + a moving ball; 4 grid views on a 12 degree arc x 3 frames), above the
 same orbit of the instant pixel-aligned splats. Views sweep the 12 degree arc of the grid while time
-runs, rendered at the training resolution (64 x 48) and shown enlarged 2x (nearest).
+runs (the same arc about the ball's rest position, so views 1-4 are held out), rendered at the training
+resolution (64 x 48) and shown enlarged 2x (nearest).
 
     python docs/make_gaussians_orbit.py
 """
@@ -39,7 +40,7 @@ def main():
     print(f"fit {time.perf_counter() - t0:.1f} s, {fitted.metadata['fit']}")
     rows = []
     for g in (fitted, pixel_aligned_gaussians(scene)):
-        imgs = render_orbit(g, degrees=-12.0, steps=6, background=(0.08, 0.08, 0.09))
+        imgs = render_orbit(g, degrees=-12.0, steps=6, background=(0.08, 0.08, 0.09), distance=3.0)
         imgs = imgs.repeat_interleave(2, 1).repeat_interleave(2, 2)
         rows.append(torch.cat(list(imgs), 1))
     pic = (torch.cat(rows, 0).numpy() * 255 + 0.5).astype(np.uint8)

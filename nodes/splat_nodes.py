@@ -7,8 +7,8 @@ import posixpath
 import torch
 
 from ..fourd_core.errors import InputError
-from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
 from ..fourd_core.io.atomic import write_bytes_atomic
+from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
 from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import pixel_aligned_gaussians
 from ..fourd_core.splats.orbit import render_orbit

@@ -13,5 +13,12 @@ from .gaussians import Gaussians, Gaussians4D, pixel_aligned_gaussians
 from .ply import read_gaussians_ply, write_gaussians_ply, write_gaussians_sequence
 from .rasterize import render_gaussians
 
-__all__ = ["Gaussians", "Gaussians4D", "pixel_aligned_gaussians", "read_gaussians_ply", "write_gaussians_ply",
-           "write_gaussians_sequence", "render_gaussians"]
+__all__ = [
+           "Gaussians",
+           "Gaussians4D",
+           "pixel_aligned_gaussians",
+           "read_gaussians_ply",
+           "render_gaussians",
+           "write_gaussians_ply",
+           "write_gaussians_sequence",
+]

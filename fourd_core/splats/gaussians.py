@@ -81,7 +81,7 @@ class Gaussians:
 
     @classmethod
     def from_values(cls, means: torch.Tensor, colors: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
-                    quats: torch.Tensor | None = None) -> "Gaussians":
+                    quats: torch.Tensor | None = None) -> Gaussians:
         """Build from linear values: colours in [0, 1] ``[N, 3]``, scales ``[N]`` (isotropic) or ``[N, 3]``
         (> 0), opacities ``[N]`` in (0, 1) (clamped to [1e-4, 1 - 1e-4]), quats ``[N, 4]`` (default identity)."""
         n = means.shape[0]
@@ -95,21 +95,21 @@ class Gaussians:
         return cls(means.float().contiguous(), scales.clamp_min(1e-12).log().contiguous(), quats.float().contiguous(),
                    torch.logit(op).contiguous(), rgb_to_sh0(colors.float()).contiguous())
 
-    def subset(self, index: torch.Tensor) -> "Gaussians":
+    def subset(self, index: torch.Tensor) -> Gaussians:
         """The splats selected by a bool mask or an index tensor."""
         return Gaussians(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
 
-    def to(self, device=None, dtype=None) -> "Gaussians":
+    def to(self, device=None, dtype=None) -> Gaussians:
         return Gaussians(*(getattr(self, f.name).to(device=device, dtype=dtype) for f in dataclasses.fields(self)))
 
-    def detach(self) -> "Gaussians":
+    def detach(self) -> Gaussians:
         return Gaussians(*(getattr(self, f.name).detach() for f in dataclasses.fields(self)))
 
     @staticmethod
-    def cat(items: list["Gaussians"]) -> "Gaussians":
+    def cat(items: list[Gaussians]) -> Gaussians:
         return Gaussians(*(torch.cat([getattr(g, f.name) for g in items]) for f in dataclasses.fields(Gaussians)))
 
-    def translated(self, offsets: torch.Tensor) -> "Gaussians":
+    def translated(self, offsets: torch.Tensor) -> Gaussians:
         """The same splats with ``means + offsets`` (``[N, 3]``)."""
         return dataclasses.replace(self, means=self.means + offsets)
 

@@ -7,7 +7,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ssim", "psnr", "photometric_loss"]
+__all__ = ["photometric_loss", "psnr", "ssim"]
 
 
 @functools.lru_cache(maxsize=8)

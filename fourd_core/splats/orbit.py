@@ -15,9 +15,11 @@ __all__ = ["render_orbit"]
 @torch.no_grad()
 def render_orbit(g4d: Gaussians4D, degrees: float = 30.0, steps: int = 8, frame: int | None = None,
                  height: int | None = None, width: int | None = None, background=(0.0, 0.0, 0.0),
-                 backend: str = "auto", device: str | torch.device = "cpu") -> torch.Tensor:
-    """Render ``steps`` views on an orbit about the scene centre (median depth along frame 0's optical axis),
-    starting at frame 0's camera; the time runs with the views (``frame=None``) or is fixed.
+                 backend: str = "auto", device: str | torch.device = "cpu", distance: float | None = None) -> torch.Tensor:
+    """Render ``steps`` views on an orbit about the scene centre, starting at frame 0's camera (a horizontal
+    orbit about its down axis, :func:`fourd_core.geometry.camera_paths.orbit`); the time runs with the views
+    (``frame=None``) or is fixed. The centre lies ``distance`` along frame 0's optical axis (default: the
+    median depth of the splats in front of it).
 
     Returns:
         ``[steps, H, W, 3]`` float32 in [0, 1] (ComfyUI IMAGE batch).
@@ -36,7 +38,7 @@ def render_orbit(g4d: Gaussians4D, degrees: float = 30.0, steps: int = 8, frame:
     c2w0 = g4d.cam_to_world[0].double()
     g0 = g4d.frame(0 if frame is None else frame)
     z = ((g0.means.double() - c2w0[:3, 3]) @ c2w0[:3, 2])
-    depth = float(z[z > 0].median()) if (z > 0).any() else 1.0
+    depth = float(distance) if distance else (float(z[z > 0].median()) if (z > 0).any() else 1.0)
     center = c2w0[:3, 3] + depth * c2w0[:3, 2]
     poses = orbit(center, c2w0, degrees=degrees, steps=steps)
     out = []

@@ -21,8 +21,13 @@ from ..errors import InputError
 from ..io.atomic import write_bytes_atomic
 from .gaussians import Gaussians, Gaussians4D
 
-__all__ = ["PLY_PROPERTIES", "gaussians_ply_bytes", "write_gaussians_ply", "read_gaussians_ply",
-           "write_gaussians_sequence"]
+__all__ = [
+    "PLY_PROPERTIES",
+    "gaussians_ply_bytes",
+    "read_gaussians_ply",
+    "write_gaussians_ply",
+    "write_gaussians_sequence",
+]
 
 PLY_PROPERTIES = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                   "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")

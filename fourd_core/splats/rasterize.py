@@ -30,7 +30,7 @@ import torch
 from ..errors import InputError
 from .gaussians import Gaussians
 
-__all__ = ["render_gaussians", "rasterize_torch", "rasterize_gsplat", "gsplat_available", "quat_to_rotmat"]
+__all__ = ["gsplat_available", "quat_to_rotmat", "rasterize_gsplat", "rasterize_torch", "render_gaussians"]
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99

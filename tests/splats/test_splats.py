@@ -12,8 +12,16 @@ import torch
 from fourd_core.errors import InputError
 from fourd_core.scene import Scene4D
 from fourd_core.splats.gaussians import Gaussians, Gaussians4D, pixel_aligned_gaussians
-from fourd_core.splats.ply import read_gaussians_ply, write_gaussians_ply, write_gaussians_sequence
-from fourd_core.splats.rasterize import gsplat_available, rasterize_gsplat, rasterize_torch
+from fourd_core.splats.ply import (
+    read_gaussians_ply,
+    write_gaussians_ply,
+    write_gaussians_sequence,
+)
+from fourd_core.splats.rasterize import (
+    gsplat_available,
+    rasterize_gsplat,
+    rasterize_torch,
+)
 
 plyfile = pytest.importorskip("plyfile")
 
@@ -48,7 +56,7 @@ def test_ply_matches_the_3dgs_layout_and_round_trips(tmp_path):
     assert [p.name for p in v.properties] == EXPECTED_PROPS
     assert all(v.data.dtype[p].str == "<f4" for p in EXPECTED_PROPS)
     assert not ply.text and ply.byte_order == "<"
-    col = lambda *k: np.stack([v[x] for x in k], 1)  # noqa: E731
+    col = lambda *k: np.stack([v[x] for x in k], 1)
     np.testing.assert_allclose(col("x", "y", "z"), means.numpy(), rtol=1e-6)
     np.testing.assert_allclose(col("scale_0", "scale_1", "scale_2"), np.log(scales.numpy()), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v["opacity"], np.log(opac.numpy() / (1 - opac.numpy())), rtol=1e-4, atol=1e-5)
@@ -195,7 +203,11 @@ def test_pixel_aligned_needs_cameras_and_sane_settings():
 
 
 def test_sequence_export_and_viewer_asset(tmp_path):
-    from fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes, read_splat_extras, read_viewer_asset
+    from fourd_core.io.viewer_asset import (
+        gaussians_viewer_asset_bytes,
+        read_splat_extras,
+        read_viewer_asset,
+    )
 
     scene, _ = textured_scene(frames=2, h=8, w=10)
     g4d = pixel_aligned_gaussians(scene, stride=2)

@@ -9,7 +9,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
 from test_web_viewer import CHROMIUM, PAGE, canvas_pixels, moving_scene
 

@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-
 from test_nodes import WORKFLOWS, fake, node_id, pack  # noqa: F401 - fixtures
 
 plyfile = pytest.importorskip("plyfile")
