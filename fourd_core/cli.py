@@ -239,7 +239,8 @@ def _add_gaussians_parser(sub) -> None:
     p.add_argument("--iterations", type=int, default=2000, help="--fit: optimisation steps")
     p.add_argument("--resolution", type=int, default=256, help="--fit: longest training image side (0 = full)")
     p.add_argument("--isotropic", action="store_true", help="--fit: spherical splats")
-    p.add_argument("--stride", type=int, default=1, help="pixel stride of the pixel-aligned splats (--fit: 2)")
+    p.add_argument("--stride", type=int, default=1,
+                   help="pixel stride of the pixel-aligned splats (with --fit: of the start set; 1 means 2 there)")
     p.add_argument("--footprint", type=float, default=0.4, help="pixel-aligned splat size in pixels")
     p.add_argument("--min-confidence", type=float, default=0.0, help="drop pixels below this confidence")
     p.add_argument("--orbit", action="store_true", help="also render gaussians_orbit.mp4 (8 views, 30 degrees)")
@@ -265,7 +266,7 @@ def cmd_gaussians(args) -> int:
     t0 = time.perf_counter()
     if args.fit:
         cfg = FitConfig(iterations=args.iterations, resolution=args.resolution, isotropic=args.isotropic,
-                        init_stride=max(args.stride, 2) if args.stride == 1 else args.stride, footprint=args.footprint,
+                        init_stride=2 if args.stride == 1 else args.stride, footprint=args.footprint,
                         backend=args.backend)
         cfg.validate()
         from tqdm import tqdm
