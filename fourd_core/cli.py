@@ -158,6 +158,15 @@ class _Progress:
 
 
 def cmd_generate(args) -> int:
+    """``generate``: checks the prompt and ``--out`` first; a failed run leaves ``--out`` as it was."""
+    from .io.atomic import writable_output_dir
+
+    prompt = _read_prompt(args)
+    with writable_output_dir(args.out, "--out"):
+        return _generate(args, prompt)
+
+
+def _generate(args, prompt: str) -> int:
     import torch
 
     from .api import image_to_4d, recover_geometry
@@ -169,7 +178,13 @@ def cmd_generate(args) -> int:
     from .pipelines.fourdnex import SamplingConfig
 
     t_start = time.perf_counter()
-    prompt = _read_prompt(args)
+    # everything checkable is checked before models load: output folder (caller), export options, image
+    export_options = _export_options(args, not args.no_geometry)
+    for note in export_options.check():
+        print(f"[fourd] warning: {note}", file=sys.stderr)
+    if args.lora is not None and str(args.lora).lower() == "none" and args.domain_embeddings:
+        raise FourDError("--domain-embeddings is given but --lora none turns 4DNeX off; drop one of the two "
+                         "(the domain embeddings only exist together with the 4DNeX LoRA).")
     tiny = args.preset == "tiny"
     defaults = TINY_SAMPLING if tiny else {"height": 480, "width": 720, "num_frames": 49, "steps": 50}
     sampling = SamplingConfig(num_frames=args.frames or defaults["num_frames"], height=args.height or defaults["height"],
@@ -206,7 +221,7 @@ def cmd_generate(args) -> int:
         scene = recover_geometry(scene, _geometry_config(args), device=None if device == "cpu" else device)
     scene.metadata["tiny_preset"] = tiny
     print(f"[fourd] writing outputs to {args.out}", file=sys.stderr)
-    written = export_scene(scene, args.out, _export_options(args, geometry))
+    written = export_scene(scene, args.out, export_options)
     t_end = time.perf_counter()
     summary = {"out": str(Path(args.out).resolve()), "tiny_preset": tiny, "frames": scene.num_frames,
                "size": list(scene.size), "load_s": round(t_loaded - t_start, 2),
@@ -221,11 +236,15 @@ def cmd_generate(args) -> int:
 def cmd_geometry(args) -> int:
     from .api import recover_geometry
     from .io.export import export_scene
+    from .io.atomic import ensure_writable_dir
     from .scene import Scene4D
 
+    options = _export_options(args, True)
+    options.check()
     scene = Scene4D.load(args.scene)
+    ensure_writable_dir(args.out, "--out")
     scene = recover_geometry(scene, _geometry_config(args), device=args.device)
-    written = export_scene(scene, args.out, _export_options(args, True))
+    written = export_scene(scene, args.out, options)
     print(json.dumps({"out": str(Path(args.out).resolve()), "files": {k: len(v) for k, v in written.items()},
                       "geometry": scene.metadata.get("geometry")}, indent=1))
     return 0
@@ -313,9 +332,24 @@ def cmd_info(args) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so ``finally`` blocks remove staging folders and
+    temporary files exactly as they do for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point. Returns the exit code: 0 ok, 2 a FourDError (message on stderr), 130 interrupted."""
+    """CLI entry point. Returns the exit code: 0 ok, 2 a FourDError (message on stderr), 130
+    interrupted (Ctrl-C), 143 terminated (SIGTERM); in both interrupt cases nothing partial is left."""
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
         return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
                 "info": cmd_info}[args.command](args)
@@ -325,3 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no partial outputs were written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated: no partial outputs were written", file=sys.stderr)
+        return 143
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

@@ -7,7 +7,8 @@ key ``"fourd"`` (format name, version, conventions, prompt, seed, models...). Te
 name              shape            dtype      meaning
 ================  ===============  =========  ==========================================
 ``rgb``           [F, H, W, 3]     uint8      colours (0..255)
-``xyz``           [F, H, W, 3]     float16    raw generated point map (4DNeX: [0, 1])
+``xyz``           [F, H, W, 3]     float32    raw generated point map (4DNeX: [0, 1]; files of
+                                              version 1 stored float16, still read)
 ``K``             [F, 3, 3]        float32    intrinsics in pixels (optional)
 ``cam_to_world``  [F, 4, 4]        float32    OpenCV camera-to-world (optional)
 ``depth``         [F, H, W]        float32    z-depth in scene units (optional)
@@ -29,7 +30,9 @@ from .errors import InputError
 from .io.atomic import atomic_path
 
 FORMAT = "fourd.scene4d"
-VERSION = 1
+VERSION = 2
+#: tensors every scene file holds
+REQUIRED = ("rgb", "xyz")
 
 
 @dataclasses.dataclass
@@ -106,7 +109,8 @@ class Scene4D:
         self.validate()
         tensors = {
             "rgb": (self.rgb.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8),
-            "xyz": self.xyz.to(torch.float16),
+            # float32: generated or user point maps can exceed float16's range (65504) or need its precision
+            "xyz": self.xyz.to(torch.float32),
         }
         for name in ("K", "cam_to_world", "depth"):
             if getattr(self, name) is not None:
@@ -124,7 +128,8 @@ class Scene4D:
         """Read a scene written by :meth:`save` (safetensors, no pickle).
 
         Raises:
-            InputError: missing file, not a fourd scene, or a newer format version.
+            InputError: missing file, not a fourd scene, a newer format version, missing or
+                malformed tensors (the message names them).
         """
         from safetensors import safe_open
 
@@ -141,6 +146,10 @@ class Scene4D:
             raise InputError(f"{path} is not a fourd Scene4D file (format {meta.get('format')!r}).")
         if int(meta.get("version", 0)) > VERSION:
             raise InputError(f"{path} has scene format version {meta['version']}; update ComfyUI-FourD to read it.")
+        missing = [k for k in REQUIRED if k not in tensors]
+        if missing:
+            raise InputError(f"{path} is damaged: the scene file has no {' or '.join(missing)} tensor. "
+                             "Re-export the scene (Save Scene / the CLI's generate).")
         meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
         conf = tensors.get("confidence")
         return cls(rgb=tensors["rgb"].float() / 255.0, xyz=tensors["xyz"].float(), K=tensors.get("K"),

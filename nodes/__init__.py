@@ -4,6 +4,7 @@ Imported by the pack's top-level ``__init__.py`` (ComfyUI loads it as a package)
 use relative imports; ``comfy`` / ``folder_paths`` are only touched lazily in ``comfy_bridge``.
 """
 
+from .examples import FourDExampleImage
 from .grid_nodes import FourDCameraPath, FourDGridSampler, FourDRenderViews
 from .loaders import FourDLoad4DNeX, FourDLoadWan, FourDMemorySettings
 from .sampling import FourDDecode, FourDPrepareImage, FourDSampler
@@ -11,6 +12,7 @@ from .splat_nodes import FourDFit4DGaussians, FourDGaussiansFromScene, FourDPrev
 from .scene_nodes import FourDExport, FourDLoadScene, FourDPreview4D, FourDRecoverCameras, FourDSaveScene
 
 NODE_CLASS_MAPPINGS = {
+    "FourDExampleImage": FourDExampleImage,
     "FourDLoadWan": FourDLoadWan,
     "FourDLoad4DNeX": FourDLoad4DNeX,
     "FourDMemorySettings": FourDMemorySettings,
@@ -32,6 +34,7 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "FourDExampleImage": "FourD Example Image (shipped photo + prompt)",
     "FourDLoadWan": "FourD Load Wan2.1-I2V",
     "FourDLoad4DNeX": "FourD Load 4DNeX LoRA",
     "FourDMemorySettings": "FourD Memory Settings",

@@ -99,6 +99,27 @@ def temp_directory() -> Path:
     return output_directory().parent / "temp"
 
 
+#: Longest file/folder name made from a prefix; the rest of the file system's 255 bytes is left for
+#: the number (``_00001``), suffixes and hidden temporary names (``.fourd-tmp-<pid>-...``).
+MAX_NAME_BYTES = 160
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot name an output (None when it can): it must be relative, stay inside the
+    output folder, and each part must fit in :data:`MAX_NAME_BYTES` bytes."""
+    p = (prefix or "").strip().replace("\\", "/")
+    if not p or p.startswith("/") or re.match(r"^[A-Za-z]:", p) or any(
+            part in ("..", "") for part in p.split("/")[:-1]) or p.split("/")[-1] in ("", "..", "."):
+        return (f"filename_prefix '{prefix}' must be a relative name inside the output folder, "
+                "e.g. 'fourd/my_scene' (no '..', no absolute paths).")
+    long = [part for part in p.split("/") if len(part.encode("utf-8")) > MAX_NAME_BYTES]
+    if long:
+        return (f"filename_prefix has a part of {len(long[0].encode('utf-8'))} bytes ('{long[0][:24]}...'); "
+                f"file systems allow 255 and the pack needs room for numbers and suffixes: keep each part of "
+                f"the prefix under {MAX_NAME_BYTES} characters.")
+    return None
+
+
 def safe_output_folder(prefix: str, base: Path | None = None) -> tuple[Path, str]:
     """A new numbered name ``<prefix>_NNNNN`` inside the output directory (callers use it as a folder,
     or add a suffix for a single file); the number is one past any folder or file already using it.
@@ -106,23 +127,26 @@ def safe_output_folder(prefix: str, base: Path | None = None) -> tuple[Path, str
     The prefix may contain sub-folders (``fourd/park``) but can never leave the output directory:
     absolute paths, ``..`` and drive letters are refused with a clear error.
 
+    Nothing is created here: writers create the folder (and its parents) when they write, so a
+    rejected or failed node leaves the output directory unchanged.
+
     Returns:
         ``(absolute folder, path relative to the output directory with forward slashes)``.
+    Raises:
+        InputError: see :func:`prefix_problem`.
     """
     base = (base or output_directory()).resolve()
     prefix = (prefix or "fourd").strip().replace("\\", "/")
-    if not prefix or prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix) or any(
-            part in ("..", "") for part in prefix.split("/")[:-1]) or prefix.split("/")[-1] in ("", "..", "."):
-        raise InputError(f"filename_prefix '{prefix}' must be a relative name inside the output folder, "
-                         "e.g. 'fourd/my_scene' (no '..', no absolute paths).")
+    problem = prefix_problem(prefix)
+    if problem:
+        raise InputError(problem)
     stem = re.sub(r"[^\w.\-/ ]", "_", prefix)
     target_dir = (base / stem).parent.resolve()
     if os.path.commonpath([str(base), str(target_dir)]) != str(base):
         raise InputError(f"filename_prefix '{prefix}' points outside the output folder.")
-    target_dir.mkdir(parents=True, exist_ok=True)
     name = Path(stem).name
     # numbers already used by folders or files (``name_00003``, ``name_00003.safetensors``...)
-    taken = [int(m.group(1)) for d in target_dir.iterdir()
+    taken = [int(m.group(1)) for d in (target_dir.iterdir() if target_dir.is_dir() else ())
              if (m := re.fullmatch(re.escape(name) + r"_(\d{5})(\..*)?", d.name))]
     folder = target_dir / f"{name}_{(max(taken) + 1 if taken else 1):05d}"
     return folder, folder.relative_to(base).as_posix()

@@ -17,6 +17,7 @@ from ..fourd_core.models.sync import load_sync_weights
 from ..fourd_core.pipelines.fourdnex import to_pil
 from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview, plan_windows
 from . import comfy_bridge as cb
+from . import validation as v
 from .types import CAMERAS, CATEGORY, MODEL, SCENE, FourDCameras, FourDModel
 
 GRID_CATEGORY = f"{CATEGORY}/grid"
@@ -161,6 +162,11 @@ class FourDGridSampler:
                                   "dense mask (reference), or gathered keys (no flex); auto: flex on CUDA, else gather."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, window_frames=None, overlap_frames=None):
+        return v.check_all(v.frames_4k1("window_frames", window_frames),
+                           v.int_range("overlap_frames", overlap_frames, 1, 80))
 
     def sample(self, model, fixed_view, freeze_time, prompt, mode, window_views, window_frames, overlap_views,
                overlap_frames, steps, cfg, shift, seed, view, holes=None, sync_weights=cb.NONE, scheduler="unipc",

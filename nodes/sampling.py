@@ -12,6 +12,7 @@ from ..fourd_core.models.cache import PIPELINES
 from ..fourd_core.pipelines.fourdnex import SamplingConfig, decode_6d, generate_latents, latent_preview
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
+from . import validation as v
 from .types import CATEGORY, LATENT, MODEL, SCENE, XYZ, FourDLatent, FourDModel
 
 
@@ -55,6 +56,10 @@ class FourDPrepareImage:
                                           "tooltip": "Assumed horizontal field of view for the depth back-projection."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None):
+        return v.check_all(v.size_16("width", width), v.size_16("height", height))
 
     def prepare(self, image, width, height, resize, xyz_init, depth=None, depth_is="disparity (bright = near)",
                 fov_degrees=60.0):
@@ -104,11 +109,15 @@ class FourDSampler:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, frames=None):
+        return v.frames_4k1("frames", frames)
+
     def sample(self, model, image, prompt, seed, steps, cfg, shift, scheduler, frames, xyz_init=None, negative_prompt=""):
         img = to_rgb(image[0])
         h, w = img.shape[:2]
         if h % 16 or w % 16:
-            raise InputError(f"Image is {w}x{h}; use FourD Prepare Image (sizes must be multiples of 16).")
+            raise InputError(f"Image is {w}x{h} (width x height); use FourD Prepare Image (sizes must be multiples of 16).")
         if not prompt.strip():
             raise InputError("The prompt is empty: 4DNeX needs a text description of the scene.")
         cfgs = SamplingConfig(num_frames=frames, height=h, width=w, steps=steps, guidance_scale=cfg, shift=shift,
@@ -149,7 +158,8 @@ class FourDDecode:
 
     def decode(self, model, latent, joint_decode):
         pipe, _ = get_pipeline(model)
-        rgb, xyz = decode_6d(pipe, latent.latents, joint=joint_decode)
+        progress = cb.Progress(1)  # checks Stop before every latent frame of the VAE decode
+        rgb, xyz = decode_6d(pipe, latent.latents, joint=joint_decode, callback=lambda d, t: progress(d, t))
         cb.soft_empty_cache()
         meta = {"prompt": latent.prompt, "seed": latent.sampling.get("seed"), "sampling": latent.sampling,
                 "models": latent.model_info}

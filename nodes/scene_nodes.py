@@ -13,6 +13,7 @@ from ..fourd_core.io.export import ExportOptions, export_scene
 from ..fourd_core.io.viewer_asset import write_viewer_asset
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
+from . import validation as v
 from .types import CATEGORY, SCENE
 
 
@@ -78,17 +79,23 @@ class FourDExport:
             "filename_prefix": ("STRING", {"default": "fourd/scene", "tooltip": "Folder name inside the output folder; "
                                 "a number is appended. Cannot leave the output folder."}),
             "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "tooltip": "Frame rate of the MP4 files."}),
-            "ply": ("BOOLEAN", {"default": True, "tooltip": "Per-frame PLY point clouds (open3d)."}),
-            "glb": ("BOOLEAN", {"default": True, "tooltip": "Per-frame GLB point clouds (Preview3D, Blender, three.js)."}),
+            "ply": ("BOOLEAN", {"default": True, "tooltip": "Per-frame PLY point clouds (binary, float32 x y z, "
+                    "uchar colours; OpenCV world axes)."}),
+            "glb": ("BOOLEAN", {"default": True, "tooltip": "Per-frame GLB point clouds, glTF y-up (Preview3D, "
+                    "Blender, three.js)."}),
             "min_confidence": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                          "tooltip": "Drop points below this confidence."}),
             "voxel_size": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                     "tooltip": "Voxel down-sampling in scene units (0 = off)."}),
+                                     "tooltip": "Voxel down-sampling in scene units (0 = off; needs open3d)."}),
             "outlier_neighbors": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip": "Statistical outlier removal "
-                                  "neighbours (0 = off)."}),
+                                  "neighbours (0 = off; needs open3d, skipped with a warning without it)."}),
             "max_points": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": "At most this many points "
                            "per frame file (0 = all)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return v.filename_prefix(filename_prefix)
 
     def export(self, scene, filename_prefix, fps, ply, glb, min_confidence, voxel_size, outlier_neighbors, max_points):
         if not scene.has_cameras:
@@ -117,9 +124,14 @@ class FourDSaveScene:
             "filename_prefix": ("STRING", {"default": "fourd/scene", "tooltip": "Name inside the output folder."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return v.filename_prefix(filename_prefix)
+
     def save(self, scene, filename_prefix):
         folder, rel = cb.safe_output_folder(filename_prefix)
-        scene.save(folder.with_suffix(".safetensors"))
+        # name + ".safetensors" (not with_suffix: a prefix like "run.v2" has a dot of its own)
+        scene.save(folder.parent / (folder.name + ".safetensors"))
         return {"ui": {"text": [rel + ".safetensors"]}, "result": (rel + ".safetensors",)}
 
 

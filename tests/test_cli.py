@@ -1,4 +1,6 @@
-"""The README's generate command, end to end, in a fresh process with the tiny preset."""
+"""The README's generate command, end to end, in a fresh process with the tiny preset, on a machine
+where open3d cannot load (as on a fresh Debian without libusb: the README's two commands must
+still write every output)."""
 
 from __future__ import annotations
 
@@ -6,27 +8,36 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import EXAMPLE_IMAGE, EXAMPLE_PROMPT, ROOT
 
 
-def _run(args, tmp_path, **kw):
-    env = {**os.environ, "FOURD_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+def _run(args, tmp_path, *, env_extra=None, **kw):
+    env = {**os.environ, "FOURD_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "fourd_core", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600, **kw)
 
 
-def test_generate_tiny_preset_writes_every_output(tmp_path):
+def broken_open3d(tmp_path) -> dict:
+    """An ``open3d`` that fails to import exactly as the real wheel does without libusb, first on the path."""
+    shadow = tmp_path / "shadow"
+    (shadow / "open3d").mkdir(parents=True)
+    (shadow / "open3d" / "__init__.py").write_text(
+        "raise ImportError('libusb-1.0.so.0: cannot open shared object file: No such file or directory')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def test_generate_tiny_preset_writes_every_output_without_open3d(tmp_path):
     out = tmp_path / "out"
-    t0 = time.perf_counter()
     r = _run(["generate", "--preset", "tiny", "--image", str(EXAMPLE_IMAGE), "--prompt-file", str(EXAMPLE_PROMPT),
-              "--out", str(out)], tmp_path)
-    elapsed = time.perf_counter() - t0
+              "--out", str(out), "--voxel-size", "0.01"], tmp_path, env_extra=broken_open3d(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
+    # the optional open3d step says so, up front, and names the fix
+    assert "libusb-1.0-0" in r.stderr and "skipped" in r.stderr
     assert "TINY PRESET" in r.stderr
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["tiny_preset"] is True and summary["frames"] == 49
@@ -46,7 +57,10 @@ def test_generate_tiny_preset_writes_every_output(tmp_path):
     scene = Scene4D.load(out / "scene.safetensors")
     assert scene.has_cameras and scene.metadata["prompt"].startswith("The video showcases")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
-    assert elapsed < 120, f"tiny preset took {elapsed:.0f} s (must stay under 2 min on 2 cores)"
+    from fourd_core.io.pointcloud import read_ply
+
+    pts, cols = read_ply(out / "pointclouds" / "frame_00000.ply")
+    assert len(pts) == 96 * 144 and torch.isfinite(pts).all()  # every pixel (voxel step skipped, not failed)
 
 
 def test_geometry_subcommand_reexports_a_scene(tmp_path):

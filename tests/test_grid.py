@@ -614,3 +614,33 @@ def test_render_scene_views_of_a_frame_along_an_orbit():
     torch.testing.assert_close(dposes[2, :3, 3], torch.tensor([0.0, 0.0, 1.0]))
     with pytest.raises(InputError):
         scene_camera_path(scene, "spiral")
+
+
+def test_fused_cross_attention_keeps_the_chosen_attention_backend(stock_tr, monkeypatch):
+    """The backend chosen for the model (Memory Settings -> set_attention_backend, stored on each
+    processor) must reach every dispatch of the fused cross-attention, and survive the swap back."""
+    import diffusers.models.attention_dispatch as dispatch
+
+    real = dispatch.dispatch_attention_fn
+    seen = []
+
+    def recording(*a, backend=None, **k):
+        seen.append(backend)
+        return real(*a, **k)
+
+    monkeypatch.setattr(dispatch, "dispatch_attention_fn", recording)
+    sentinel = "native"  # a registered backend name; what matters is that it is passed on
+    old = [b.attn2.processor._attention_backend for b in stock_tr.blocks]
+    for b in stock_tr.blocks:
+        b.attn2.processor._attention_backend = sentinel
+    try:
+        inp = _inputs(14)
+        with torch.no_grad():
+            eng = make_engine(stock_tr, "fused", fused_backend="gather")
+            with eng.installed():
+                eng.predict(inp["x"], inp["t"], inp["text"], inp["clip"])
+        assert seen and all(s == sentinel for s in seen), seen
+        assert all(b.attn2.processor._attention_backend == sentinel for b in stock_tr.blocks)
+    finally:
+        for b, o in zip(stock_tr.blocks, old):
+            b.attn2.processor._attention_backend = o

@@ -42,7 +42,7 @@ def read_accessor(doc, binary, index):
     return np.array(out)
 
 
-def test_glb_is_points_with_color0():
+def test_glb_is_points_with_color0_in_gltf_y_up_axes():
     g = torch.Generator().manual_seed(0)
     p = torch.randn(50, 3, generator=g)
     c = torch.rand(50, 3, generator=g)
@@ -51,7 +51,18 @@ def test_glb_is_points_with_color0():
     assert prim["mode"] == 0  # POINTS
     pos = read_accessor(doc, binary, prim["attributes"]["POSITION"])
     col = read_accessor(doc, binary, prim["attributes"]["COLOR_0"])
-    assert np.allclose(pos, p.numpy(), atol=1e-6)
+    # OpenCV (x right, y down, z forward) -> glTF (x right, y up, z toward the viewer); a node
+    # transform would do the same, so apply any node matrix before comparing
+    node = next((n for n in doc.get("nodes", []) if "mesh" in n), {})
+    if "matrix" in node:
+        m = np.array(node["matrix"]).reshape(4, 4).T
+        pos = pos @ m[:3, :3].T + m[:3, 3]
+    assert np.allclose(pos, p.numpy() * np.array([1, -1, -1]), atol=1e-6)
+    # "up" in the image (smaller OpenCV y) is larger glTF y: the scene shows upright
+    top, bottom = torch.tensor([[0.0, -1.0, 2.0]]), torch.tensor([[0.0, 1.0, 2.0]])
+    d2, b2 = parse_glb(glb_bytes(torch.cat([top, bottom]), torch.ones(2, 3)))
+    ys = read_accessor(d2, b2, d2["meshes"][0]["primitives"][0]["attributes"]["POSITION"])[:, 1]
+    assert ys[0] > ys[1]
     col = col[:, :3] / (255.0 if col.max() > 1 else 1.0)
     assert np.allclose(col, c.numpy(), atol=1 / 255 + 1e-6)
 
@@ -63,6 +74,27 @@ def test_ply_roundtrip(tmp_path):
     p2, c2 = read_ply(tmp_path / "a.ply")
     assert torch.allclose(p2, p, atol=1e-6)
     assert torch.allclose(c2, c, atol=1 / 255 + 1e-6)
+
+
+def test_ply_is_float32_binary_with_uchar_colors(tmp_path):
+    """Parsed here from the PLY format description (header lines, then packed little-endian
+    records), independent of the writer's library: three.js' loader needs float32 x y z."""
+    p = torch.tensor([[1.5, -2.25, 3.0], [0.0, 1e5, -7.125]])
+    c = torch.tensor([[1.0, 0.0, 0.5], [0.2, 0.4, 0.6]])
+    write_ply(tmp_path / "b.ply", p, c)
+    data = (tmp_path / "b.ply").read_bytes()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    header = data[:end].decode("ascii").splitlines()
+    assert header[0] == "ply" and "format binary_little_endian 1.0" in header
+    assert "element vertex 2" in header
+    props = [ln.split()[1:] for ln in header if ln.startswith("property")]
+    assert props == [["float", "x"], ["float", "y"], ["float", "z"],
+                     ["uchar", "red"], ["uchar", "green"], ["uchar", "blue"]]
+    recs = [struct.unpack_from("<fffBBB", data, end + i * 15) for i in range(2)]
+    assert len(data) == end + 2 * 15
+    assert np.allclose([r[:3] for r in recs], p.numpy())
+    assert [r[3:] for r in recs] == [(255, 0, 128), (51, 102, 153)]
+    assert oct((tmp_path / "b.ply").stat().st_mode & 0o777) != oct(0o600)  # not the private mkstemp mode
 
 
 def test_point_writers_reject_nan(tmp_path):

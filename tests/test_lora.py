@@ -79,7 +79,8 @@ def test_lora_shape_mismatch_names_expected_shape(tiny_base, tiny_release, tmp_p
     save_file(lora, str(tmp_path / "bad.safetensors"))
     with pytest.raises(WeightsError, match=r"expected \(4, 24\)"):
         read_fourdnex_lora(tmp_path / "bad.safetensors", pipe.transformer)
-    lora2 = {"transformer.blocks.7.attn1.to_q.lora_A.weight": torch.zeros(4, 24)}
+    lora2 = {"transformer.blocks.7.attn1.to_q.lora_A.weight": torch.zeros(4, 24),
+             "transformer.blocks.7.attn1.to_q.lora_B.weight": torch.zeros(24, 4)}
     save_file(lora2, str(tmp_path / "bad2.safetensors"))
     with pytest.raises(WeightsError, match="does not have"):
         read_fourdnex_lora(tmp_path / "bad2.safetensors", pipe.transformer)
@@ -123,3 +124,30 @@ def test_domain_embedding_shape_mismatch(tiny_base, tiny_release, tmp_path):
 def test_missing_release_folder(tiny_base, tmp_path):
     with pytest.raises(WeightsError, match="pytorch_lora_weights"):
         load_fourdnex_release(_plain(tiny_base), tmp_path)
+
+
+def test_unfused_strength_changes_in_place_without_a_reload(tiny_root, tiny_release):
+    """The pipeline cache applies a new strength to an unfused adapter with set_adapters: no reload,
+    and every targeted layer then computes (W + 0.5 * s * B A) x (formula from the release files)."""
+    from fourd_core.models.cache import PipelineCache
+
+    cache = PipelineCache()
+    spec = ModelSpec(base=str(tiny_root / "base"), fourdnex=str(tiny_release), fuse_lora=False, dtype="float32")
+    pipe, info = cache.get(spec, CPU)
+    base = load_file(next(str(p) for p in (tiny_root / "base" / "transformer").glob("*.safetensors")))
+    lora = load_file(str(tiny_release / "pytorch_lora_weights.safetensors"))
+    x = torch.randn(3, 24)
+    for strength in (0.3, 1.7):
+        again, info = cache.get(ModelSpec(**{**spec.__dict__, "lora_strength": strength}), CPU)
+        assert again is pipe and cache.loads == 1 and info["lora"]["scale"] == 0.5 * strength
+        for layer in ("blocks.0.attn1.to_q", "blocks.1.attn2.to_out.0"):
+            a, b = lora[f"transformer.{layer}.lora_A.weight"], lora[f"transformer.{layer}.lora_B.weight"]
+            w = base[f"{layer}.weight"] + 0.5 * strength * (b @ a)
+            with torch.no_grad():
+                got = pipe.transformer.get_submodule(layer)(x)
+            torch.testing.assert_close(got, x @ w.T + base[f"{layer}.bias"], atol=1e-5, rtol=1e-5)
+    # a fused LoRA cannot change in place: a new strength reloads
+    fused = ModelSpec(**{**spec.__dict__, "fuse_lora": True})
+    cache.get(fused, CPU)
+    cache.get(ModelSpec(**{**fused.__dict__, "lora_strength": 0.5}), CPU)
+    assert cache.loads == 3

@@ -327,7 +327,7 @@ def test_tiny_demo_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, 
     image = results[node_id(prompt, "FourDPrepareImage")][0]
     cls = pack.NODE_CLASS_MAPPINGS["FourDSampler"]
     kw = {k: v for k, v in prompt[samp_id]["inputs"].items() if not isinstance(v, list)}
-    kw.update(steps=2, frames=5)
+    kw.update(steps=2, frames=5, prompt=results[node_id(prompt, "FourDExampleImage")][1])
     cls().sample(model=model, image=image, **kw)
     assert cache.loads == loads
 
@@ -410,7 +410,7 @@ def test_tiny_grid_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, 
     kw = {k: v for k, v in prompt[gid]["inputs"].items() if not isinstance(v, list)}
     with pytest.raises(errors.InputError, match="fuse"):
         pack.NODE_CLASS_MAPPINGS["FourDGridSampler"]().sample(model=fused, fixed_view=grid[:5], freeze_time=renders,
-                                                              **{**kw, "steps": 1})
+                                                              **{**kw, "steps": 1, "prompt": "a scene"})
 
 
 def test_numbered_outputs_never_overwrite_earlier_ones(pack, fake):

@@ -268,3 +268,41 @@ def test_bad_sampling_config():
     for bad in (dict(num_frames=48), dict(height=100), dict(scheduler="ddim"), dict(shift=0.0), dict(steps=0)):
         with pytest.raises(InputError):
             SamplingConfig(**bad).validate()
+
+
+@pytest.mark.parametrize("batch_halves", [True, False])
+def test_decode_paths_equal_the_stock_decoder_and_stop_between_latent_frames(tiny_pipe, batch_halves):
+    """Batched halves and the CPU norm path are an implementation detail: the result must equal the
+    stock diffusers decode of each half (second implementation), and a cancel raised from the
+    callback must stop the decode before the next latent frame."""
+    from fourd_core.errors import CancelledError
+
+    torch.manual_seed(5)
+    lat = torch.randn(1, 16, 4, 4, 12)
+    vae = tiny_pipe.vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        ref = [(vae.decode(z * std + mean).sample.clamp(-1, 1)[0].permute(1, 2, 3, 0) + 1) / 2
+               for z in (lat[..., :6], lat[..., 6:] * 1.70 - 0.13)]
+    seen = []
+    rgb, xyz = decode_6d(tiny_pipe, lat, batch_halves=batch_halves, callback=lambda d, t: seen.append((d, t)))
+    torch.testing.assert_close(rgb, ref[0], atol=2e-5, rtol=0)
+    torch.testing.assert_close(xyz, ref[1], atol=2e-5, rtol=0)
+    total = 4 if batch_halves else 8  # one decoder call per latent frame (per half when not batched)
+    assert seen[-1] == (total, total) and [d for d, _ in seen[:-1]] == list(range(total))
+
+    calls = []
+    hook = vae.decoder.register_forward_hook(lambda *a: calls.append(1))
+
+    def cancel(done, total):
+        if done == 2:
+            raise CancelledError("stop")
+
+    try:
+        with pytest.raises(CancelledError):
+            decode_6d(tiny_pipe, lat, batch_halves=batch_halves, callback=cancel)
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # frames 0 and 1 decoded, frame 2 never started
+    assert not any(type(m).__name__ == "WanRMS_norm" and "forward" in vars(m) for m in vae.modules())  # restored

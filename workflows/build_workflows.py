@@ -147,9 +147,10 @@ def build(graph: dict, mappings: dict) -> tuple[dict, dict]:
 
 
 def image_to_4d(tiny: bool) -> dict:
-    """LoadImage -> loaders -> prepare -> sample -> decode -> cameras -> export / preview / videos."""
-    prompt = (ROOT.parent / "shared" / "data" / "amusement_park.txt")
-    text = prompt.read_text().strip() if prompt.exists() else "An amusement park ride with a snowman at the entrance."
+    """Example photo -> loaders -> prepare -> sample -> decode -> cameras -> export / preview / videos.
+
+    The photo and its prompt come from FourDExampleImage (shipped with the pack), so every demo runs
+    on a fresh install; users swap in a core LoadImage for their own photo."""
     h, w, steps = (96, 144, 8) if tiny else (480, 720, 50)
     loader_values = ({"base": "tiny (random weights, no download)", "transformer": "(from base model)",
                       "text_encoder": "(from base model)", "clip_vision": "(from base model)", "vae": "(from base model)",
@@ -158,7 +159,8 @@ def image_to_4d(tiny: bool) -> dict:
                       "text_encoder": WAN_FILES["text_encoder"][0], "clip_vision": WAN_FILES["clip_vision"][0],
                       "vae": WAN_FILES["vae"][0], "dtype": "bfloat16"})
     nodes = {
-        1: {"type": "LoadImage", "pos": [40, 60], "size": [300, 320], "values": {"image": "amusement_park.png", "upload": "image"}},
+        1: {"type": "FourDExampleImage", "pos": [40, 60], "size": [300, 120], "values": {"example": "example_coffee.jpg"},
+            "title": "FourD Example Image (swap for Load Image)"},
         2: {"type": "FourDMemorySettings", "pos": [40, 420], "values": {"device": "cpu" if tiny else "auto",
             "offload": "none" if tiny else "group", "fp8_storage": False, "vae_tiling": False, "attention_backend": "default"}},
         3: {"type": "FourDLoadWan", "pos": [380, 60], "size": [380, 200], "values": loader_values, "links": {"memory": (2, 0)},
@@ -171,13 +173,13 @@ def image_to_4d(tiny: bool) -> dict:
         5: {"type": "FourDPrepareImage", "pos": [380, 500], "values": {"width": w, "height": h, "resize": "crop",
             "xyz_init": "sloped plane"}, "links": {"image": (1, 0)}},
         6: {"type": "FourDSampler", "pos": [800, 60], "size": [400, 420],
-            "values": {"prompt": text, "seed": 42, "steps": steps, "cfg": 5.0, "shift": 3.0, "scheduler": "unipc", "frames": 49},
-            "links": {"model": (4, 0), "image": (5, 0), "xyz_init": (5, 1)}},
+            "values": {"seed": 42, "steps": steps, "cfg": 5.0, "shift": 3.0, "scheduler": "unipc", "frames": 49},
+            "links": {"model": (4, 0), "image": (5, 0), "xyz_init": (5, 1), "prompt": (1, 1)}},
         7: {"type": "FourDDecode", "pos": [1240, 60], "values": {"joint_decode": False}, "links": {"model": (4, 0), "latent": (6, 0)}},
         8: {"type": "FourDRecoverCameras", "pos": [1240, 260], "values": {"shared_intrinsics": True, "square_pixels": True,
             "centered_principal_point": True, "robust_loss": "huber", "temporal_smoothness": 0.0}, "links": {"scene": (7, 2)}},
         9: {"type": "FourDExport", "pos": [1640, 60], "size": [340, 300],
-            "values": {"filename_prefix": "fourd/tiny_demo" if tiny else "fourd/amusement_park", "fps": 24.0, "ply": True,
+            "values": {"filename_prefix": "fourd/tiny_demo" if tiny else "fourd/scene", "fps": 24.0, "ply": True,
                        "glb": True, "min_confidence": 0.0, "voxel_size": 0.0, "outlier_neighbors": 0, "max_points": 0},
             "links": {"scene": (8, 0)}},
         10: {"type": "FourDPreview4D", "pos": [1640, 400], "size": [480, 440],
@@ -198,7 +200,7 @@ def image_to_4d(tiny: bool) -> dict:
 
 
 def image_to_grid(tiny: bool) -> dict:
-    """LoadImage -> 4DNeX scene (LoRA unfused, shared with the grid) -> cameras -> orbit render -> 4D grid."""
+    """Example photo -> 4DNeX scene (LoRA unfused, shared with the grid) -> cameras -> orbit render -> 4D grid."""
     base = image_to_4d(tiny)["nodes"]
     h, w, frames, steps4d, views, grid_steps = (64, 96, 9, 4, 3, 4) if tiny else (480, 720, 49, 50, 8, 30)
     nodes = {k: base[k] for k in (1, 2, 3, 4, 5, 6, 7, 8)}
@@ -206,7 +208,6 @@ def image_to_grid(tiny: bool) -> dict:
                 "title": "FourD Load 4DNeX LoRA (fuse off: the grid shares the model)"}
     nodes[5] = {**base[5], "values": {**base[5]["values"], "width": w, "height": h}}
     nodes[6] = {**base[6], "values": {**base[6]["values"], "steps": steps4d, "frames": frames}}
-    prompt = base[6]["values"]["prompt"]
     nodes.update({
         9: {"type": "FourDCameraPath", "pos": [1640, 60], "size": [320, 260],
             "values": {"path": "orbit", "degrees": 30.0, "steps": views, "axis": "y", "distance": 0.3, "elevation": 0.0,
@@ -214,11 +215,12 @@ def image_to_grid(tiny: bool) -> dict:
         10: {"type": "FourDRenderViews", "pos": [1640, 360], "values": {"frame": 0, "point_size": 2},
              "links": {"scene": (8, 0), "cameras": (9, 0)}},
         11: {"type": "FourDGridSampler", "pos": [2000, 60], "size": [400, 560],
-             "values": {"prompt": prompt, "mode": "soft_avg", "window_views": 8, "window_frames": 49,
+             "values": {"mode": "soft_avg", "window_views": 8, "window_frames": 49,
                         "overlap_views": 2, "overlap_frames": 5, "steps": grid_steps, "cfg": 5.0, "shift": 3.0,
                         "seed": 42, "view": -1, "sync_weights": "(none)", "scheduler": "unipc", "negative_prompt": "",
                         "fused_backend": "auto"},
-             "links": {"model": (4, 0), "fixed_view": (7, 0), "freeze_time": (10, 0), "holes": (10, 1)}},
+             "links": {"model": (4, 0), "fixed_view": (7, 0), "freeze_time": (10, 0), "holes": (10, 1),
+                       "prompt": (1, 1)}},
         12: {"type": "PreviewImage", "pos": [1640, 560], "links": {"images": (10, 0)}, "title": "Freeze-time input"},
         13: {"type": "CreateVideo", "pos": [2440, 60], "values": {"fps": 24.0}, "links": {"images": (11, 1)}},
         14: {"type": "SaveVideo", "pos": [2440, 200], "values": {"filename_prefix": "fourd/novel_view", "format": "auto",

@@ -1,17 +1,49 @@
 """Atomic file and directory writes: a failure never leaves a half-written output behind.
 
 Writers produce a temporary sibling (same directory, so ``os.replace`` is atomic on POSIX and
-Windows) and rename it into place only after they finished without error.
+Windows) and rename it into place only after they finished without error. Temporary names carry
+the writing process' id (``.fourd-<kind>-<pid>-...``), so a later run can tell leftovers of a
+killed process (SIGKILL, power loss) from another run's work in progress and remove them
+(:func:`remove_stale_temporaries`). Finished files and folders get the usual permissions
+(``0666`` / ``0777`` minus the umask), not the private ``0600`` of :func:`tempfile.mkstemp`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
+
+#: Leftovers older than this (seconds) are removed even when their process id is in use again.
+STALE_AFTER_S = 24 * 3600
+_TEMP_NAME = re.compile(r"^\.fourd-(tmp|export|old|dir)-(\d+)-")
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than two system calls)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _publish(path: Path, directory: bool = False) -> None:
+    """Give a finished temporary file/folder the permissions a plain ``open``/``mkdir`` would."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def temp_prefix(kind: str) -> str:
+    """``.fourd-<kind>-<pid>-``: the prefix of this process' temporaries (kind: tmp, export, old, dir)."""
+    return f".fourd-{kind}-{os.getpid()}-"
 
 
 @contextlib.contextmanager
@@ -19,15 +51,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``.
 
     The temporary name keeps the suffix of ``path`` (writers such as imageio pick the format from
-    it). On any exception the temporary file is removed and ``path`` is left untouched.
+    it). On any exception (KeyboardInterrupt and SystemExit included) the temporary file is removed
+    and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("tmp") + path.stem[:40] + ".", suffix=f".tmp{path.suffix}",
+                               dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        _publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -49,6 +84,25 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def make_temp_dir(parent: str | Path, kind: str = "dir") -> Path:
+    """A new private temporary folder ``parent/.fourd-<kind>-<pid>-XXXX`` (see :func:`remove_stale_temporaries`)."""
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(kind), dir=parent))
+
+
+def replace_path(src: Path, target: Path) -> None:
+    """Move ``src`` onto ``target``, replacing an existing file or folder (a folder is swapped out
+    first, then deleted). Gives ``src`` the usual permissions if it is one of our temporary folders."""
+    if src.is_dir() and _TEMP_NAME.match(src.name):
+        _publish(src, directory=True)
+    if target.is_dir() and not target.is_symlink():
+        old = make_temp_dir(target.parent, "old")
+        os.replace(target, old / "x")
+        os.replace(src, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, target)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` (an existing one is removed).
@@ -57,16 +111,101 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = make_temp_dir(path.parent)
     try:
         yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_path(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill would terminate it; rely on the age rule instead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Delete leftovers of killed runs in ``folder``: entries named ``.fourd-<kind>-<pid>-...`` whose
+    process no longer exists, or that are older than ``max_age_s``. Another live run's temporaries
+    are kept. Returns the removed paths; errors are ignored (best effort)."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if not m:
+            continue
+        try:
+            old = now - entry.lstat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if old or not _process_alive(int(m.group(2))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def ensure_writable_dir(path: str | Path, what: str = "Output folder") -> Path:
+    """Create ``path`` if needed and prove it is writable by creating and deleting a probe file.
+
+    Call it before expensive work so a bad ``--out`` fails in a second, not after sampling.
+
+    Raises:
+        fourd_core.errors.InputError: ``path`` (or a parent) is a file, or the folder cannot be
+        created or written (read-only, no permission, name too long); the message names the fix.
+    """
+    from ..errors import InputError
+
+    path = Path(path).expanduser()
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{what} {path} cannot be created: {parent} is a file. Choose another folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix("tmp") + "probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                  errno.EROFS: "read-only file system", errno.ENAMETOOLONG: "a name is too long",
+                  errno.ENOSPC: "no space left on the device"}.get(exc.errno, exc.strerror or str(exc))
+        raise InputError(f"{what} {path} is not writable ({reason}). Choose a folder you can write to.") from exc
+    return path
+
+
+@contextlib.contextmanager
+def writable_output_dir(path: str | Path, what: str = "Output folder") -> Iterator[Path]:
+    """:func:`ensure_writable_dir` for the duration of a job: folders it had to create are removed
+    again (when still empty) if the job fails, so a failed run leaves the file system as it was.
+
+    Raises:
+        fourd_core.errors.InputError: see :func:`ensure_writable_dir`.
+    """
+    path = Path(path).expanduser()
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    out = ensure_writable_dir(path, what)
+    try:
+        yield out
+    except BaseException:
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise

@@ -15,23 +15,24 @@ Layout under the output folder::
     gaussians/frame_#####.ply  pixel-aligned Gaussian splats per frame (standard 3DGS PLY, SH degree 0)
 
 Everything is written into a hidden staging folder inside the output folder and moved into place
-only when all files are complete, so a failure leaves no half-written or partial outputs.
+only when all files are complete, so a failure leaves no half-written or partial outputs. The
+staging folder is removed on every exit path (errors, Ctrl-C, SIGTERM through the CLI's handler);
+leftovers of a killed process are removed by the next export into the same folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
-
 from ..errors import InputError
 from ..scene import Scene4D
+from .atomic import make_temp_dir, remove_stale_temporaries, replace_path, writable_output_dir
 from .cameras import depth_png_scale, write_cameras_json, write_depth_png, write_npy, write_transforms_json
-from .pointcloud import clean_points, write_glb, write_ply
+from .pointcloud import clean_points, needs_open3d, open3d_status, write_glb, write_ply
 from .video import to_uint8, write_video
 
 
@@ -64,17 +65,47 @@ class ExportOptions:
     outlier_std: float = 2.0
     max_points: int | None = None
 
+    def check(self, num_frames: int | None = None) -> list[str]:
+        """Validate the options before any work.
+
+        Returns:
+            warnings for steps that will be skipped (open3d unusable for voxel/outlier clean-up).
+        Raises:
+            InputError: negative sizes, fps <= 0, bad frame indices.
+        """
+        if not self.fps > 0:
+            raise InputError(f"fps must be > 0, got {self.fps}.")
+        if self.voxel_size < 0 or self.outlier_neighbors < 0 or self.outlier_std <= 0:
+            raise InputError("voxel_size and outlier_neighbors must be >= 0 and outlier_std > 0.")
+        if self.max_points is not None and self.max_points < 1:
+            raise InputError(f"max_points must be >= 1 (or None for all), got {self.max_points}.")
+        if self.gaussian_stride < 1:
+            raise InputError(f"gaussian_stride must be >= 1, got {self.gaussian_stride}.")
+        if not 0 <= self.min_confidence <= 1:
+            raise InputError(f"min_confidence must be in [0, 1], got {self.min_confidence}.")
+        if num_frames is not None and self.frames is not None and any(
+                not 0 <= int(i) < num_frames for i in self.frames):
+            raise InputError(f"Export frames must be in 0..{num_frames - 1}, got {self.frames}.")
+        notes = []
+        if (self.ply or self.glb) and needs_open3d(self.voxel_size, self.outlier_neighbors):
+            o3d, why = open3d_status()
+            if o3d is None:
+                notes.append(f"Voxel down-sampling / outlier removal will be skipped: {why}")
+        return notes
+
+
+def _import_writers() -> None:
+    """Import every lazily imported writer library now, before the staging folder exists: an
+    interrupt inside a first import would otherwise surface as an unrelated error later."""
+    import imageio.v2  # noqa: F401
+    import plyfile  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import trimesh  # noqa: F401
+
 
 def _commit(staging: Path, out: Path) -> None:
     for entry in sorted(staging.iterdir()):
-        target = out / entry.name
-        if target.is_dir() and not target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=".old-", dir=out))
-            os.replace(target, old / entry.name)
-            os.replace(entry, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(entry, target)
+        replace_path(entry, out / entry.name)
 
 
 def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | None = None,
@@ -84,27 +115,35 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
     Args:
         progress: optional ``progress(stage, done, total)``.
     Returns:
-        ``{kind: [paths]}`` of the written files (kinds: video, scene, cameras, images, depth, ply, glb).
+        ``{kind: [paths]}`` of the written files (kinds: video, scene, cameras, images, depth, ply, glb, gaussians).
     Raises:
-        InputError: a geometry export was requested for a scene without cameras, or bad options.
+        InputError: a geometry export was requested for a scene without cameras, bad options, or
+            an output folder that cannot be written (checked before anything is written).
     """
     opt = options or ExportOptions()
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    f, h, w = scene.num_frames, *scene.size
+    f = scene.num_frames
+    for note in opt.check(f):
+        warnings.warn(note, stacklevel=2)
     frames = list(range(f)) if opt.frames is None else [int(i) for i in opt.frames]
-    if any(i < 0 or i >= f for i in frames):
-        raise InputError(f"Export frames must be in 0..{f - 1}, got {frames}.")
     needs_geometry = opt.cameras or opt.depth or opt.ply or opt.glb or opt.gaussians
     if needs_geometry and not scene.has_cameras:
         raise InputError("The scene has no cameras/depth; run fit_cameras first or turn off the geometry exports.")
     say = progress or (lambda *a: None)
     written: dict[str, list[str]] = {}
+    _import_writers()
+    with writable_output_dir(out_dir) as out:
+        remove_stale_temporaries(out)
+        _export_into(scene, out, opt, frames, written, say)
+    return written
+
+
+def _export_into(scene: Scene4D, out: Path, opt: ExportOptions, frames: list[int], written: dict, say) -> None:
+    f, h, w = scene.num_frames, *scene.size
 
     def add(kind: str, rel: str) -> None:
         written.setdefault(kind, []).append(str(out / rel))
 
-    staging = Path(tempfile.mkdtemp(prefix=".fourd-export-", dir=out))
+    staging = make_temp_dir(out, "export")
     try:
         if opt.videos:
             say("videos", 0, 2)
@@ -172,4 +211,3 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
         _commit(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return written

@@ -7,6 +7,7 @@ Images inside fourd_core are float tensors in [0, 1], channels last (``[H, W, 3]
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,24 @@ def load_image(path: str | Path) -> torch.Tensor:
     grayscale; maps 16-bit and float images to [0, 1] by their own range (not by clipping).
 
     Raises:
-        InputError: missing or unreadable file (the message names the path).
+        InputError: missing file, a folder, an image over PIL's decompression-bomb limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``), or an unreadable file (the message names the path and the fix).
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give the path of one image file (PNG, JPEG or WebP).")
     if not path.is_file():
         raise InputError(f"Input image not found: {path}.")
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            return image_to_tensor(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im)
+                im.load()
+                return image_to_tensor(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{path} is too large to open safely ({exc}). Downscale it first, e.g. to at most "
+                         f"4096 px on the long side; 4DNeX samples at 720x480 anyway.") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"Could not read {path} as an image ({exc}). Use a PNG, JPEG or WebP file.") from exc
 
@@ -121,7 +130,7 @@ def prepare_image(image: torch.Tensor, height: int = 480, width: int = 720, mode
     if min(h0, w0) < MIN_SIDE:
         raise InputError(f"The image is {w0}x{h0} px; at least {MIN_SIDE} px per side are needed (480x720 is ideal).")
     if height % 16 or width % 16 or height < 32 or width < 32:
-        raise InputError(f"Target size must be multiples of 16 and >= 32, got {height}x{width}.")
+        raise InputError(f"Target size (width x height) must be multiples of 16 and >= 32, got {width}x{height}.")
     if mode == "max_area":
         th, tw = max_area_size(h0, w0, height * width)
         return _resize(x, th, tw)

@@ -61,6 +61,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 
 from ..errors import InputError
 from .sync import GridSync, sigma_features, soft_average_weight
@@ -79,8 +80,7 @@ def rows_to_columns(x: torch.Tensor, views: int, times: int) -> torch.Tensor:
     v, n, d = x.shape
     if v != views or n % times:
         raise ValueError(f"row tokens {tuple(x.shape)} do not match a grid of {views} views x {times} times")
-    s = n // times
-    return x.view(views, times, s, d).transpose(0, 1).reshape(times, views * s, d)
+    return rearrange(x, "v (t s) d -> t (v s) d", v=views, t=times)
 
 
 def columns_to_rows(x: torch.Tensor, views: int, times: int) -> torch.Tensor:
@@ -88,8 +88,7 @@ def columns_to_rows(x: torch.Tensor, views: int, times: int) -> torch.Tensor:
     t, n, d = x.shape
     if t != times or n % views:
         raise ValueError(f"column tokens {tuple(x.shape)} do not match a grid of {views} views x {times} times")
-    s = n // views
-    return x.view(times, views, s, d).transpose(0, 1).reshape(views, times * s, d)
+    return rearrange(x, "t (v s) d -> v (t s) d", v=views, t=times)
 
 
 def stock_rope(transformer, frames: int, height: int, width: int):
@@ -439,15 +438,15 @@ def _gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Fuse
     ``(T + V - 1) * S`` keys. Exact (each allowed key once); cost ``L * (T + V - 1) * S``."""
     views, times, s = g.views, g.times, g.tokens_per_frame
     b, n, heads, d = q.shape
-    qf, kf, vf = (t.reshape(views, times, s, heads, d) for t in (q, k, v))
+    qf, kf, vf = (rearrange(t, "1 (v t s) h d -> v t s h d", v=views, t=times, s=s) for t in (q, k, v))
     outs = []
     for r in range(views):
         others = [u for u in range(views) if u != r]
 
         def keys(t):
-            row = t[r].reshape(1, times * s, heads, d).expand(times, -1, -1, -1)     # row r, same for every tau
-            col = t[others].permute(1, 0, 2, 3, 4).reshape(times, (views - 1) * s, heads, d)  # column tau
-            return torch.cat([row, col], dim=1).transpose(1, 2)                        # [T, H, (T+V-1)S, d]
+            row = repeat(t[r], "t s h d -> tau (t s) h d", tau=times)   # row r: the same keys for every tau
+            col = rearrange(t[others], "v t s h d -> t (v s) h d")       # column tau: the other views
+            return rearrange(torch.cat([row, col], dim=1), "t n h d -> t h n d")  # [T, H, (T+V-1)S, d]
 
         o = F.scaled_dot_product_attention(qf[r].transpose(1, 2), keys(kf), keys(vf))  # [T, H, S, d]
         outs.append(o.transpose(1, 2))
@@ -456,10 +455,19 @@ def _gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Fuse
 
 class FusedCrossAttnProcessor:
     """``attn2`` processor for the fused layout: text cross-attention for all tokens; CLIP image
-    cross-attention per view (queries of view v see the image tokens of view v only)."""
+    cross-attention per view (queries of view v see the image tokens of view v only).
 
-    def __init__(self, engine: "FusedEngine"):
+    Both attentions go through diffusers' ``dispatch_attention_fn`` with the attention backend of
+    the processor it replaces (``_attention_backend``, set by ``set_attention_backend`` / Memory
+    Settings), so flash/sage/cuDNN choices hold in fused grid mode too.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, engine: "FusedEngine", backend=None):
         self.engine = engine
+        self._attention_backend = backend
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
         from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -470,7 +478,8 @@ class FusedCrossAttnProcessor:
         q, k, v = _projections(attn, hidden_states, text)
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
-        out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False).flatten(2, 3).type_as(q)
+        out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                    backend=self._attention_backend).flatten(2, 3).type_as(q)
         if n_img:
             if getattr(attn, "fused_projections", False):
                 k_img, v_img = attn.to_added_kv(img).chunk(2, dim=-1)
@@ -481,7 +490,8 @@ class FusedCrossAttnProcessor:
             qv = q.reshape(g.views, -1, q.shape[2], q.shape[3])
             k_img = k_img.unflatten(2, (attn.heads, -1)).reshape(g.views, per, attn.heads, -1)
             v_img = v_img.unflatten(2, (attn.heads, -1)).reshape(g.views, per, attn.heads, -1)
-            o_img = dispatch_attention_fn(qv, k_img, v_img, attn_mask=None, dropout_p=0.0, is_causal=False)
+            o_img = dispatch_attention_fn(qv, k_img, v_img, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                          backend=self._attention_backend)
             out = out + o_img.reshape(1, -1, attn.heads * o_img.shape[-1]).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -525,7 +535,8 @@ class FusedEngine:
                 self._saved.append((block.attn1, block.attn1.processor))
                 self._saved.append((block.attn2, block.attn2.processor))
                 block.attn1.set_processor(FusedSelfAttnProcessor(self))
-                block.attn2.set_processor(FusedCrossAttnProcessor(self))
+                block.attn2.set_processor(FusedCrossAttnProcessor(
+                    self, backend=getattr(block.attn2.processor, "_attention_backend", None)))
             yield self
         finally:
             for attn, proc in reversed(self._saved):
@@ -541,14 +552,14 @@ class FusedEngine:
         if self.geometry is None or self.geometry.key != key:
             self.geometry = FusedGeometry(self.transformer, views, times, h, w,
                                           self.backend_for(latent_input.device), latent_input.device)
-        x = latent_input.permute(1, 0, 2, 3, 4).reshape(1, c, views * times, h, w)
+        x = rearrange(latent_input, "v c t h w -> 1 c (v t) h w")  # the whole grid as one video
         clip = None if row_clip is None else row_clip.reshape(1, -1, row_clip.shape[-1])
         tr = self.transformer
         ctx = tr.cache_context(cache_name) if hasattr(tr, "cache_context") else contextlib.nullcontext()
         with ctx:
             out = tr(hidden_states=x, timestep=timestep.reshape(-1)[:1], encoder_hidden_states=text[:1],
                      encoder_hidden_states_image=clip, return_dict=False)[0]
-        return out.reshape(out.shape[1], views, times, h, w).permute(1, 0, 2, 3, 4)
+        return rearrange(out, "1 c (v t) h w -> v c t h w", v=views, t=times)
 
 
 def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_readout: str = "row",

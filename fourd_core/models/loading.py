@@ -20,6 +20,7 @@ The 4DNeX release (``ModelSpec.fourdnex``): a folder, a LoRA file, or a hub id; 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..errors import WeightsError
 from .lora import load_fourdnex_release
 from .memory import MemoryConfig, apply_memory_config, enable_fp8_storage
 from .patches import DOMAIN_EMBEDDING_KEY, apply_fourdnex_patches
-from .weights import load_safetensors
+from .weights import check_safetensors_complete, load_safetensors
 
 BASE_HUB_ID = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 FOURDNEX_HUB_ID = "FrozenBurning/4DNex-Lora"
@@ -75,6 +76,36 @@ class ModelSpec:
         if self.dtype not in DTYPES:
             raise WeightsError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
         return DTYPES[self.dtype]
+
+
+@contextlib.contextmanager
+def _loading(what: str, where):
+    """Turn a library's raw error while loading ``what`` from ``where`` into a WeightsError naming the fix."""
+    try:
+        yield
+    except (WeightsError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise WeightsError(f"Could not load the {what} from {where} ({type(exc).__name__}: {str(exc)[:300]}). "
+                           "The files may be incomplete or from another model: download them again "
+                           f"(Wan2.1-I2V-14B-480P-Diffusers layout).") from exc
+
+
+def check_weight_files(folder: Path | None, spec: ModelSpec) -> None:
+    """Check every safetensors file that will be loaded (folder components and single files) from
+    its header, before any model is built (:func:`fourd_core.models.weights.check_safetensors_complete`).
+
+    Raises:
+        WeightsError: a truncated or corrupt file, named with the fix.
+    """
+    files = [Path(p).expanduser() for p in (spec.transformer_file, spec.vae_file, spec.text_encoder_file,
+                                            spec.image_encoder_file) if p]
+    if folder is not None:
+        for sub in ("transformer", "vae", "text_encoder", "image_encoder"):
+            files += sorted((folder / sub).glob("*.safetensors"))
+    for f in files:
+        if f.suffix == ".safetensors":
+            check_safetensors_complete(f)
 
 
 def is_hub_id(s: str) -> bool:
@@ -299,6 +330,10 @@ def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=
         raise WeightsError("Without a base model folder or hub id, all four single files are needed: transformer, "
                            "VAE, UMT5 text encoder and CLIP vision encoder.")
     info: dict = {"base": str(folder) if folder else None, "dtype": spec.dtype, "tiny": spec.base == "tiny"}
+    if not spec.fourdnex and spec.domain_embeddings_file:
+        raise WeightsError("Domain embeddings were given without the 4DNeX LoRA; they only exist together with it. "
+                           "Give the LoRA too, or drop the embeddings for plain Wan2.1.")
+    check_weight_files(folder, spec)
 
     def sub_ok(name):
         return folder is not None and (folder / name).exists()
@@ -311,7 +346,8 @@ def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=
                                                         dtype, keep_fp8=keep_fp8)
         info["transformer"] = str(spec.transformer_file)
     elif sub_ok("transformer"):
-        transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
+        with _loading("transformer", folder / "transformer"):
+            transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
         shards = folder / "transformer"
         for index in shards.glob("*.index.json"):
             shard = json.loads(index.read_text()).get("weight_map", {}).get(DOMAIN_EMBEDDING_KEY)
@@ -324,13 +360,15 @@ def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=
     if spec.vae_file:
         vae = load_vae_file(spec.vae_file, _config(folder, "vae", "vae.json"))
     else:
-        vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+        with _loading("VAE", folder / "vae"):
+            vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
 
     say("loading text encoder")
     if spec.text_encoder_file:
         text_encoder = load_text_encoder_file(spec.text_encoder_file, _config(folder, "text_encoder", "text_encoder.json"), dtype)
     else:
-        text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype)
+        with _loading("text encoder", folder / "text_encoder"):
+            text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype)
     if spec.tokenizer:
         tok_src = spec.tokenizer
     elif sub_ok("tokenizer"):
@@ -344,7 +382,8 @@ def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=
     if spec.image_encoder_file:
         image_encoder = load_image_encoder_file(spec.image_encoder_file, _config(folder, "image_encoder", "image_encoder.json"))
     else:
-        image_encoder = CLIPVisionModel.from_pretrained(folder / "image_encoder", torch_dtype=torch.float32)
+        with _loading("image encoder", folder / "image_encoder"):
+            image_encoder = CLIPVisionModel.from_pretrained(folder / "image_encoder", torch_dtype=torch.float32)
     if sub_ok("image_processor"):
         image_processor = CLIPImageProcessor.from_pretrained(folder / "image_processor")
     else:
@@ -374,16 +413,14 @@ def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=
             # unfused LoRA on fp8 weights: cast the base weights first so the adapter stays in `dtype`
             enable_fp8_storage(transformer, dtype)
         info["lora"] = load_fourdnex_release(pipe, rel_path, strength=spec.lora_strength, fuse=fuse,
-                                             domain_embeddings=spec.domain_embeddings_file)
+                                             domain_embeddings=spec.domain_embeddings_file,
+                                             embeddings_tensor=domain_emb)
         if not fuse:  # PEFT creates adapters in the base layer's dtype; keep them in the compute dtype
             for name, p in transformer.named_parameters():
                 if ".lora_" in name and p.dtype != dtype:
                     p.data = p.data.to(dtype)
             if memory.fp8_storage:
                 enable_fp8_storage(transformer, dtype)
-        if info["lora"]["domain_embeddings"] is None and domain_emb is not None:
-            apply_fourdnex_patches(transformer, domain_emb)
-            info["lora"]["domain_embeddings"] = "from transformer checkpoint"
     else:
         apply_fourdnex_patches(transformer, domain_emb)
         info["lora"] = None

@@ -78,15 +78,38 @@ def read_fourdnex_lora(path: str | Path, transformer=None) -> dict[str, torch.Te
     sd = load_safetensors(path) if path.suffix == ".safetensors" else load_tensor_file(path)
     if not sd:
         raise WeightsError(f"{path} contains no tensors.")
+    family = _foreign_lora_family(sd)
+    if family:
+        raise WeightsError(f"{path} is a LoRA for {family}, not for Wan2.1 (keys such as {next(iter(sd))!r}). "
+                           "4DNeX needs its own Wan2.1-I2V LoRA: pytorch_lora_weights.safetensors from "
+                           "FrozenBurning/4DNex-Lora.")
     if any(k.startswith("diffusion_model.") for k in sd) or any(k.startswith("lora_unet_") for k in sd):
         from diffusers import WanImageToVideoPipeline
 
-        sd = WanImageToVideoPipeline.lora_state_dict(sd)
+        try:
+            sd = WanImageToVideoPipeline.lora_state_dict(sd)
+        except Exception as exc:
+            raise WeightsError(f"{path} could not be read as a Wan LoRA ({type(exc).__name__}: {exc}). "
+                               "Use the 4DNeX release file pytorch_lora_weights.safetensors.") from exc
+        if isinstance(sd, tuple):
+            sd = sd[0]
     sd = {k: v for k, v in sd.items() if "dora_scale" not in k}
     bad = [k for k in sd if not _KEY_RE.match(k)]
     if bad:
         raise WeightsError(f"{path} is not a 4DNeX/Wan LoRA: unexpected keys such as {bad[:3]}. Expected keys like "
                            "'transformer.blocks.0.attn1.to_q.lora_A.weight'.")
+    for k, a in sd.items():
+        if not k.endswith("lora_A.weight"):
+            continue
+        b = sd.get(k[: -len("lora_A.weight")] + "lora_B.weight")
+        if b is None:
+            raise WeightsError(f"{path} has {k} but no matching lora_B tensor: the file is incomplete. Download it again.")
+        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+            raise WeightsError(f"{path}: {k} has rank {a.shape[0] if a.ndim else '?'} (shape {tuple(a.shape)}) but its "
+                               f"lora_B has shape {tuple(b.shape)}; A is [rank, in] and B [out, rank] with the same "
+                               "rank. The file is corrupt or was converted wrongly: download the release again.")
+    if any(k.endswith("lora_B.weight") and k[: -len("lora_B.weight")] + "lora_A.weight" not in sd for k in sd):
+        raise WeightsError(f"{path} has lora_B tensors without their lora_A: the file is incomplete. Download it again.")
     ranks = {v.shape[0] for k, v in sd.items() if k.endswith("lora_A.weight")}
     if len(ranks) != 1:
         raise WeightsError(f"{path} mixes LoRA ranks {sorted(ranks)}; the 4DNeX LoRA has rank 64 everywhere.")
@@ -109,6 +132,25 @@ def read_fourdnex_lora(path: str | Path, transformer=None) -> dict[str, torch.Te
     return sd
 
 
+_FOREIGN_MARKERS = (
+    (("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "lora_te_", "lora_te1_"),
+     "Stable Diffusion / SDXL (kohya or diffusers UNet keys)"),
+    (("double_blocks", "single_blocks", "transformer_blocks"), "Flux / SD3 / another DiT"),
+)
+
+
+def _foreign_lora_family(sd: dict) -> str | None:
+    """Name the model family of a LoRA whose keys clearly belong to another architecture."""
+    keys = list(sd)
+    if any("blocks." in k and ("attn1" in k or "self_attn" in k) and "transformer_blocks" not in k for k in keys) or \
+            any(re.search(r"lora_unet_blocks_\d+_(self|cross)_attn", k) for k in keys):
+        return None  # Wan-style names
+    for markers, family in _FOREIGN_MARKERS:
+        if any(m in k for k in keys for m in markers):
+            return family
+    return None
+
+
 def read_domain_embeddings(path: str | Path) -> torch.Tensor:
     """Read the ``[2, inner_dim]`` domain embeddings from ``.pt`` (weights_only) or ``.safetensors``.
 
@@ -129,7 +171,8 @@ def read_domain_embeddings(path: str | Path) -> torch.Tensor:
 
 
 def load_fourdnex_release(pipe, path: str | Path, *, strength: float = 1.0, fuse: bool = True,
-                          domain_embeddings: str | Path | None = None) -> dict:
+                          domain_embeddings: str | Path | None = None,
+                          embeddings_tensor: torch.Tensor | None = None) -> dict:
     """Apply the 4DNeX LoRA and domain embeddings to a Wan I2V pipeline (in place).
 
     The transformer gets the 4DNeX patches (:func:`apply_fourdnex_patches`), the domain embeddings,
@@ -140,18 +183,28 @@ def load_fourdnex_release(pipe, path: str | Path, *, strength: float = 1.0, fuse
     Args:
         pipe: a diffusers Wan I2V pipeline (``WanLoraLoaderMixin``).
         path: release folder or LoRA file. domain_embeddings: explicit embeddings file (else found
-            beside the LoRA; missing -> zeros, with ``info['domain_embeddings'] = None``).
+            beside the LoRA). embeddings_tensor: ``[2, inner_dim]`` embeddings from elsewhere (a
+            merged transformer checkpoint), used when no file is given or found.
     Returns:
-        info dict: lora file, rank, effective scale, fused flag, domain-embedding file.
+        info dict: lora file, rank, effective scale, fused flag, domain-embedding source.
     Raises:
-        WeightsError: see :func:`read_fourdnex_lora` and :func:`read_domain_embeddings`.
+        WeightsError: see :func:`read_fourdnex_lora` and :func:`read_domain_embeddings`; also when
+            no domain embeddings exist at all: the release was trained with them, and zeros would
+            silently give a different model (4dnex.md sec. 6).
     """
     lora_file, emb_file = find_release_files(path)
     emb_file = Path(domain_embeddings) if domain_embeddings is not None else emb_file
     transformer = pipe.transformer
     sd = read_fourdnex_lora(lora_file, transformer)
     rank = next(v.shape[0] for k, v in sd.items() if k.endswith("lora_A.weight"))
-    emb = read_domain_embeddings(emb_file) if emb_file is not None else None
+    if emb_file is not None:
+        emb = read_domain_embeddings(emb_file)
+    elif embeddings_tensor is not None:
+        emb = embeddings_tensor
+    else:
+        raise WeightsError(f"No domain embeddings for the 4DNeX LoRA {lora_file}: put "
+                           f"{DOMAIN_EMBEDDING_NAMES[0]} (from FrozenBurning/4DNex-Lora) beside it, or give the "
+                           "file explicitly (--domain-embeddings / the node's domain_embeddings input).")
     apply_fourdnex_patches(transformer, emb)
 
     scale = FOURDNEX_LORA_SCALE * float(strength)
@@ -166,4 +219,23 @@ def load_fourdnex_release(pipe, path: str | Path, *, strength: float = 1.0, fuse
     # A fused LoRA cannot be taken out again: the grid sampler (base model) checks this flag.
     transformer._fourdnex_lora_fused = bool(fuse)
     return {"lora_file": str(lora_file), "rank": int(rank), "scale": scale, "fused": bool(fuse),
-            "domain_embeddings": None if emb_file is None else str(emb_file)}
+            "domain_embeddings": str(emb_file) if emb_file is not None else "from transformer checkpoint"}
+
+
+def set_fourdnex_strength(pipe, strength: float) -> float:
+    """Change the strength of an unfused 4DNeX adapter in place (PEFT ``set_adapters``; no reload).
+
+    Args:
+        strength: multiplies the trained scale 0.5 (alpha 32 / rank 64).
+    Returns:
+        the new effective scale ``0.5 * strength``.
+    Raises:
+        WeightsError: the LoRA was fused into the weights (a fused LoRA cannot be re-scaled; reload).
+    """
+    transformer = pipe.transformer
+    if ADAPTER_NAME not in getattr(transformer, "peft_config", {}):
+        raise WeightsError("The 4DNeX LoRA is fused into the weights (or not loaded); its strength can only change "
+                           "by reloading. Load it with fuse off to change the strength in place.")
+    scale = FOURDNEX_LORA_SCALE * float(strength)
+    pipe.set_adapters([ADAPTER_NAME], [scale])
+    return scale

@@ -20,6 +20,44 @@ def _check_exists(path: Path, what: str) -> Path:
     return path
 
 
+def check_safetensors_complete(path: str | Path) -> None:
+    """Check a ``.safetensors`` file's structure from its header alone, without reading tensors.
+
+    The format (safetensors specification, huggingface/safetensors ``README.md``): an 8-byte
+    little-endian header length N, N bytes of JSON ``{name: {dtype, shape, data_offsets: [b, e]}}``,
+    then the data; every ``e`` must lie within the file. A truncated download fails here in
+    microseconds instead of minutes into loading (or with a raw traceback).
+
+    Raises:
+        WeightsError: missing, truncated or malformed file (the message says to download it again).
+    """
+    import json
+    import struct
+
+    path = _check_exists(Path(path), "Weights file")
+    fix = "The file is truncated or corrupt (an interrupted download?): download it again."
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise WeightsError(f"{path} is {size} bytes, too short for a .safetensors file. {fix}")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100 * 2**20):
+                raise WeightsError(f"{path} has a header of {n} bytes but only {size} bytes in all. {fix}")
+            header = json.loads(f.read(n))
+    except WeightsError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path} is not a readable .safetensors file ({exc}). {fix}") from exc
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path} has a malformed header. {fix}")
+    end = max((int(v["data_offsets"][1]) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        raise WeightsError(f"{path} is {size:,} bytes but its header describes {8 + n + end:,} bytes. {fix}")
+
+
 def safetensors_keys(path: str | Path) -> list[str]:
     """Tensor names in a ``.safetensors`` file, read from its header only.
 

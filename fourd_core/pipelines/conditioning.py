@@ -7,6 +7,7 @@ All functions are pure so the spec tests can check them against formulas.
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 #: Soft mask value on the XYZ half of the first latent frame ("partially known" plane).
 XYZ_MASK_VALUE = 0.5
@@ -36,7 +37,8 @@ def split_width(fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w2 = fused.shape[-1]
     if w2 % 2:
         raise ValueError(f"A width-fused tensor must have an even width, got {w2}.")
-    return fused[..., : w2 // 2], fused[..., w2 // 2 :]
+    rgb, xyz = rearrange(fused, "... (m w) -> m ... w", m=2)
+    return rgb, xyz
 
 
 def condition_video(rgb0: torch.Tensor, xyz0: torch.Tensor, num_frames: int) -> torch.Tensor:

@@ -34,9 +34,10 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from PIL import Image
 
 from ..errors import CancelledError, InputError
-from ..geometry.xyz_init import denormalize_xyz_latents, sloped_plane
+from ..geometry.xyz_init import sloped_plane
 from ..models.patches import apply_fourdnex_patches, is_fourdnex_patched, set_fourdnex_enabled
-from .conditioning import condition_mask, condition_video, split_width
+from .conditioning import condition_mask, condition_video
+from .decode import decode_6d, vae_latent_stats  # noqa: F401 - re-exported (public API)
 
 PROMPT_SUFFIX = " POINTMAP_STYLE."
 
@@ -202,14 +203,6 @@ def latent_preview(pipe, latents: torch.Tensor, frame: int = 0, scale: int = 8) 
     return to_pil(rgb.permute(1, 2, 0).cpu())
 
 
-def vae_latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE's per-channel ``latents_mean`` and ``1 / latents_std`` shaped ``[1, C, 1, 1, 1]``."""
-    c = vae.config.z_dim
-    mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1).to(like.device, like.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(like.device, like.dtype)
-    return mean, inv_std
-
-
 def make_scheduler(pipe: WanImageToVideoPipeline, name: str, shift: float):
     """A flow-matching scheduler for the pipeline: UniPC (the model repo's config, ``flow_shift``
     overridden) or Euler (``FlowMatchEulerDiscreteScheduler`` with the same shift).
@@ -335,54 +328,6 @@ def generate_latents(
     finally:
         pipe._xyz_condition = None
     return out.float()
-
-
-@torch.no_grad()
-def decode_6d(pipe: FourDNeXPipeline, latents: torch.Tensor, *, vae_dtype: torch.dtype = torch.float32,
-              joint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode width-fused latents into an RGB video and an XYZ point-map video.
-
-    Chain for the XYZ half (4dnex.md sec. 4): ``z_v = 1.70 * z - 0.13`` (modality de-normalisation),
-    then the VAE's ``z = z_v * std_c + mean_c``, then the VAE decoder, clamp to [-1, 1], ``x / 2 + 0.5``.
-    The RGB half skips the first step. Each half is decoded on its own (``joint=True`` reproduces
-    the official joint decode, which leaks across the seam).
-
-    Args:
-        latents: ``[1, 16, T, h, 2w]`` as returned by :func:`generate_latents`.
-        vae_dtype: decoder dtype (float32 recommended for Wan).
-    Returns:
-        ``rgb`` ``[F, H, W, 3]`` and ``xyz`` ``[F, H, W, 3]``, float32 in [0, 1] on CPU. The XYZ
-        channels are the 4DNeX point map (x, y, z) mapped from [-1, 1] to [0, 1]: first-camera OpenCV
-        axes, per-frame bounding-box centred, one global scale (4dnex.md sections 7 and 9);
-        ``fourd_core.geometry`` turns it into cameras and depth.
-    """
-    if latents.ndim != 5 or latents.shape[-1] % 2:
-        raise InputError(f"latents must be [B, C, T, h, 2w] with an even width, got {tuple(latents.shape)}.")
-    vae = pipe.vae
-    orig_dtype = vae.dtype
-    device = get_module_execution_device(vae)
-    if orig_dtype != vae_dtype:
-        vae.to(dtype=vae_dtype)
-    try:
-        z = latents.to(device=device, dtype=torch.float32)
-        z_rgb, z_xyz = split_width(z)
-        z_xyz = denormalize_xyz_latents(z_xyz)
-        mean, inv_std = vae_latent_stats(vae, z)
-
-        def run(zz: torch.Tensor) -> torch.Tensor:
-            zz = (zz / inv_std + mean).to(vae_dtype)
-            x = vae.decode(zz, return_dict=False)[0].float().clamp(-1, 1)
-            return (x[0].permute(1, 2, 3, 0) / 2 + 0.5).cpu()  # [F, H, W, 3]
-
-        if joint:
-            both = run(torch.cat([z_rgb, z_xyz], dim=-1))
-            rgb, xyz = split_width(both.permute(0, 3, 1, 2))
-            return rgb.permute(0, 2, 3, 1).contiguous(), xyz.permute(0, 2, 3, 1).contiguous()
-        return run(z_rgb), run(z_xyz)
-    finally:
-        if orig_dtype != vae_dtype:
-            vae.to(dtype=orig_dtype)
-        pipe.maybe_free_model_hooks()
 
 
 class encoders_on_device:

@@ -58,6 +58,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from ..errors import InputError
 from ..models.grid_streams import FUSED_BACKENDS, MODES, make_engine
@@ -134,7 +135,7 @@ def grid_to_batch(frames: torch.Tensor) -> torch.Tensor:
     """``[V, T, H, W, C]`` -> ``[V*T, H, W, C]`` row-major (index ``v * T + t``)."""
     if frames.ndim != 5:
         raise InputError(f"grid frames must be [V, T, H, W, C], got {list(frames.shape)}.")
-    return frames.reshape(-1, *frames.shape[2:])
+    return rearrange(frames, "v t h w c -> (v t) h w c")
 
 
 def batch_to_grid(batch: torch.Tensor, num_views: int, num_times: int) -> torch.Tensor:
@@ -145,7 +146,7 @@ def batch_to_grid(batch: torch.Tensor, num_views: int, num_times: int) -> torch.
     """
     if batch.shape[0] != num_views * num_times:
         raise InputError(f"a batch of {batch.shape[0]} frames is not a {num_views} x {num_times} grid.")
-    return batch.reshape(num_views, num_times, *batch.shape[1:])
+    return rearrange(batch, "(v t) ... -> v t ...", v=num_views, t=num_times)
 
 
 @dataclasses.dataclass
