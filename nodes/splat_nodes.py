@@ -7,7 +7,7 @@ import posixpath
 import torch
 
 from ..fourd_core.errors import InputError
-from ..fourd_core.io.atomic import write_bytes_atomic
+from ..fourd_core.io.atomic import make_temp_dir, replace_path, write_bytes_atomic, writable_output_dir
 from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
 from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import pixel_aligned_gaussians
@@ -15,6 +15,7 @@ from ..fourd_core.splats.orbit import render_orbit
 from ..fourd_core.splats.ply import write_gaussians_sequence
 from ..fourd_core.splats.rasterize import gsplat_available
 from . import comfy_bridge as cb
+from . import validation as v
 from .types import CAMERAS, CATEGORY, GAUSSIANS, SCENE
 
 SPLAT_CATEGORY = f"{CATEGORY}/gaussians"
@@ -84,6 +85,12 @@ class FourDFit4DGaussians:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, iterations=None, resolution=None):
+        res = True if resolution in (None, 0) else v.int_range("resolution", resolution, 8, 4096,
+                                                                        form="0 (full size) or an integer")
+        return v.check_all(v.int_range("iterations", iterations, 1, 100000), res)
+
     def fit(self, scene, iterations, resolution, isotropic, seed, grid=None, cameras=None, init_stride=2,
             backend="auto"):
         if (grid is None) != (cameras is None):
@@ -131,19 +138,22 @@ class FourDSaveGaussians:
                                            "folder; a number is appended."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return v.filename_prefix(filename_prefix)
+
     def save(self, gaussians, filename_prefix):
         import shutil
-        import tempfile
-        from pathlib import Path
 
         folder, rel = cb.safe_output_folder(filename_prefix)
         progress = cb.Progress(gaussians.num_frames)
-        staging = Path(tempfile.mkdtemp(prefix=".fourd-gs-", dir=folder.parent))
-        try:
-            write_gaussians_sequence(gaussians, staging, progress=lambda d, t: progress(d, t))
-            staging.rename(folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with writable_output_dir(folder.parent) as parent:  # removes folders it made if writing fails
+            staging = make_temp_dir(parent, "gaussians")
+            try:
+                write_gaussians_sequence(gaussians, staging, progress=lambda d, t: progress(d, t))
+                replace_path(staging, folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         first = f"{rel}/frame_00000.ply"
         return {"ui": {"text": [rel]}, "result": (first, rel)}
 

@@ -97,3 +97,27 @@ def test_nodes_make_fit_save_and_preview(tmp_path, monkeypatch):
     assert ui["filename"].endswith(".fourd4d") and ui["type"] == "temp"
     with pytest.raises(Exception, match="both"):
         N["FourDFit4DGaussians"]().fit(scene, 2, 0, False, 0, grid=grid)
+
+
+def test_splat_nodes_validate_at_queue_time_and_leave_nothing_on_failure(tmp_path, monkeypatch):
+    from test_nodes import import_pack
+
+    pack = import_pack("fourd_pack_splats_validate")
+    N = pack.NODE_CLASS_MAPPINGS
+    monkeypatch.setenv("FOURD_OUTPUT_DIR", str(tmp_path / "output"))
+    fit = N["FourDFit4DGaussians"]
+    assert fit.VALIDATE_INPUTS(iterations=0, resolution=0) != True  # noqa: E712 - ComfyUI wants True or text
+    assert "resolution" in fit.VALIDATE_INPUTS(iterations=10, resolution=4)
+    assert fit.VALIDATE_INPUTS(iterations=10, resolution=0) is True
+    assert fit.VALIDATE_INPUTS(iterations=None, resolution=None) is True
+    save = N["FourDSaveGaussians"]
+    assert save.VALIDATE_INPUTS(filename_prefix="../x") is not True
+    (g,) = N["FourDGaussiansFromScene"]().make(small_scene(), 1, 0.4, 0.0)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pack.nodes.splat_nodes, "write_gaussians_sequence", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save().save(g, "fourd/gs")
+    assert not (tmp_path / "output").exists() or not any((tmp_path / "output").rglob("*"))
