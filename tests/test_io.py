@@ -245,5 +245,5 @@ def test_export_without_cameras_is_refused(tmp_path):
     bare = Scene4D(rgb=s.rgb, xyz=s.xyz)
     with pytest.raises(InputError, match="fit_cameras"):
         export_scene(bare, tmp_path)
-    w = export_scene(bare, tmp_path, ExportOptions(cameras=False, depth=False, ply=False, glb=False, gaussians=False))
+    w = export_scene(bare, tmp_path, ExportOptions(cameras=False, depth=False, ply=False, glb=False))
     assert set(w) == {"video", "scene", "images"}

@@ -43,7 +43,8 @@ class ExportOptions:
     Attributes:
         fps: video frame rate. videos / scene_file / cameras / images / depth: toggles.
         ply, glb: per-frame point-cloud formats. frames: frame indices for point clouds (None: all).
-        gaussians, gaussian_stride: per-frame pixel-aligned splats (fourd_core.splats), every n-th pixel.
+        gaussians, gaussian_stride: per-frame pixel-aligned splats (fourd_core.splats), every n-th pixel;
+            ``gaussians=None`` (default) writes them whenever a point-cloud format (ply or glb) is written.
         min_confidence, voxel_size, outlier_neighbors, outlier_std, max_points: see
             :func:`fourd_core.io.pointcloud.clean_points`.
     """
@@ -56,7 +57,7 @@ class ExportOptions:
     depth: bool = True
     ply: bool = True
     glb: bool = True
-    gaussians: bool = True
+    gaussians: bool | None = None
     gaussian_stride: int = 2
     frames: list[int] | None = None
     min_confidence: float = 0.0
@@ -125,6 +126,8 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
     for note in opt.check(f):
         warnings.warn(note, stacklevel=2)
     frames = list(range(f)) if opt.frames is None else [int(i) for i in opt.frames]
+    if opt.gaussians is None:
+        opt = dataclasses.replace(opt, gaussians=opt.ply or opt.glb)
     needs_geometry = opt.cameras or opt.depth or opt.ply or opt.glb or opt.gaussians
     if needs_geometry and not scene.has_cameras:
         raise InputError("The scene has no cameras/depth; run fit_cameras first or turn off the geometry exports.")
