@@ -1,4 +1,4 @@
-"""Command line: ``python -m fourd_core {generate,geometry,export,info}``.
+"""Command line: ``python -m fourd_core {generate,geometry,gaussians,info}``.
 
 Examples::
 
@@ -10,6 +10,9 @@ Examples::
 
     # re-run camera/depth recovery and the exports on a saved scene
     python -m fourd_core geometry --scene out/scene.safetensors --out out2/
+
+    # Gaussian splats of a saved scene: pixel-aligned (instant) or fitted 4D Gaussians
+    python -m fourd_core gaussians --scene out/scene.safetensors --out out/ --fit --iterations 2000
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def _add_geometry_export_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--max-points", type=int, default=None, help="at most this many points per frame file")
     e.add_argument("--no-ply", action="store_true")
     e.add_argument("--no-glb", action="store_true")
+    e.add_argument("--no-gaussians", action="store_true", help="skip gaussians/frame_#####.ply (pixel-aligned splats)")
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
@@ -112,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device")
     _add_geometry_export_args(r)
 
+    _add_gaussians_parser(sub)
+
     sub.add_parser("info", help="print versions and devices")
     return parser
 
@@ -141,7 +147,8 @@ def _export_options(args, geometry: bool):
     from .io.export import ExportOptions
 
     return ExportOptions(fps=args.fps, cameras=geometry, depth=geometry, ply=geometry and not args.no_ply,
-                         glb=geometry and not args.no_glb, min_confidence=args.min_confidence,
+                         glb=geometry and not args.no_glb, gaussians=geometry and not args.no_gaussians,
+                         min_confidence=args.min_confidence,
                          voxel_size=args.voxel_size, outlier_neighbors=args.outlier_neighbors, max_points=args.max_points)
 
 
@@ -266,6 +273,75 @@ def cmd_geometry(args) -> int:
     return 0
 
 
+def _add_gaussians_parser(sub) -> None:
+    p = sub.add_parser("gaussians", help="Gaussian splats of a saved scene (pixel-aligned, or fitted 4D with --fit)")
+    p.add_argument("--scene", required=True, help="scene.safetensors with cameras (written by generate/geometry)")
+    p.add_argument("--out", required=True, help="output folder: gaussians/frame_#####.ply (+ gaussians_orbit.mp4)")
+    p.add_argument("--fit", action="store_true", help="optimise deformable 4D Gaussians (else pixel-aligned, instant)")
+    p.add_argument("--iterations", type=int, default=2000, help="--fit: optimisation steps")
+    p.add_argument("--resolution", type=int, default=256, help="--fit: longest training image side (0 = full)")
+    p.add_argument("--isotropic", action="store_true", help="--fit: spherical splats")
+    p.add_argument("--stride", type=int, default=1,
+                   help="pixel stride of the pixel-aligned splats (with --fit: of the start set; 1 means 2 there)")
+    p.add_argument("--footprint", type=float, default=0.4, help="pixel-aligned splat size in pixels")
+    p.add_argument("--min-confidence", type=float, default=0.0, help="drop pixels below this confidence")
+    p.add_argument("--orbit", action="store_true", help="also render gaussians_orbit.mp4 (8 views, 30 degrees)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"], help="rasteriser")
+
+
+def cmd_gaussians(args) -> int:
+    import shutil
+    import tempfile
+
+    import torch
+
+    from .scene import Scene4D
+    from .splats.fit import FitConfig, fit_gaussians
+    from .splats.gaussians import pixel_aligned_gaussians
+    from .splats.ply import write_gaussians_sequence
+
+    scene = Scene4D.load(args.scene)
+    if not scene.has_cameras:
+        raise FourDError(f"{args.scene} has no cameras; run `python -m fourd_core geometry` on it first.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    if args.fit:
+        cfg = FitConfig(iterations=args.iterations, resolution=args.resolution, isotropic=args.isotropic,
+                        init_stride=2 if args.stride == 1 else args.stride, footprint=args.footprint,
+                        backend=args.backend)
+        cfg.validate()
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.iterations, desc="fitting", unit="it", file=sys.stderr)
+        g4d = fit_gaussians(scene, cfg, device=device, callback=lambda s, t, p: bar.update(s - bar.n))
+        bar.close()
+    else:
+        g4d = pixel_aligned_gaussians(scene, stride=args.stride, footprint=args.footprint,
+                                      min_confidence=args.min_confidence)
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fourd-gaussians-", dir=out))
+    try:
+        write_gaussians_sequence(g4d, staging / "gaussians")
+        if args.orbit:
+            from .io.video import write_video
+            from .splats.orbit import render_orbit
+
+            write_video(staging / "gaussians_orbit.mp4", render_orbit(g4d, backend=args.backend, device=device), 8.0)
+        for entry in staging.iterdir():
+            target = out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            entry.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(json.dumps({"out": str(out.resolve()), "kind": g4d.metadata.get("kind"), "frames": g4d.num_frames,
+                      "splats_per_frame": g4d.counts()[0], "seconds": round(time.perf_counter() - t0, 2),
+                      **({"fit": g4d.metadata["fit"]} if args.fit else {})}, indent=1))
+    return 0
+
+
 def cmd_info(args) -> int:
     import diffusers
     import torch
@@ -298,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
-        return {"generate": cmd_generate, "geometry": cmd_geometry, "info": cmd_info}[args.command](args)
+        return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
+                "info": cmd_info}[args.command](args)
     except FourDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

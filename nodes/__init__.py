@@ -9,6 +9,7 @@ from .grid_nodes import FourDCameraPath, FourDGridSampler, FourDRenderViews
 from .loaders import FourDLoad4DNeX, FourDLoadWan, FourDMemorySettings
 from .native import NODE_CLASS_MAPPINGS as NATIVE_NODES, NODE_DISPLAY_NAME_MAPPINGS as NATIVE_NAMES
 from .sampling import FourDDecode, FourDPrepareImage, FourDSampler
+from .splat_nodes import FourDFit4DGaussians, FourDGaussiansFromScene, FourDPreviewGaussians, FourDSaveGaussians
 from .scene_nodes import FourDExport, FourDLoadScene, FourDPreview4D, FourDRecoverCameras, FourDSaveScene
 
 NODE_CLASS_MAPPINGS = {
@@ -27,6 +28,10 @@ NODE_CLASS_MAPPINGS = {
     "FourDCameraPath": FourDCameraPath,
     "FourDRenderViews": FourDRenderViews,
     "FourDGridSampler": FourDGridSampler,
+    "FourDGaussiansFromScene": FourDGaussiansFromScene,
+    "FourDFit4DGaussians": FourDFit4DGaussians,
+    "FourDSaveGaussians": FourDSaveGaussians,
+    "FourDPreviewGaussians": FourDPreviewGaussians,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -45,6 +50,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDCameraPath": "FourD Camera Path (orbit, arc, dolly)",
     "FourDRenderViews": "FourD Render Views (freeze-time video)",
     "FourDGridSampler": "FourD 4D Grid Sampler (4Real-Video)",
+    "FourDGaussiansFromScene": "FourD Gaussians from Scene",
+    "FourDFit4DGaussians": "FourD Fit 4D Gaussians",
+    "FourDSaveGaussians": "FourD Save Gaussians (PLY sequence)",
+    "FourDPreviewGaussians": "FourD 4D Preview (Gaussians)",
 }
 
 NODE_CLASS_MAPPINGS.update(NATIVE_NODES)

@@ -63,9 +63,10 @@ class FourDRecoverCameras:
 
 class FourDExport:
     DESCRIPTION = ("Write the scene into ComfyUI's output folder: rgb.mp4, xyz.mp4, per-frame PLY and GLB point "
-                   "clouds, cameras.json, nerfstudio transforms.json, 16-bit depth PNGs + depth.npy, and the "
-                   "scene file. Outputs the frame-0 GLB path for the core Preview3D node (and, on ComfyUI builds "
-                   "with 3D file types, the frame-0 GLB and PLY as File3D for SaveGLB / PreviewPointCloud).")
+                   "clouds, pixel-aligned Gaussian splats (gaussians/frame_#####.ply, every 2nd pixel), cameras.json, "
+                   "nerfstudio transforms.json, 16-bit depth PNGs + depth.npy, and the scene file. Outputs the frame-0 "
+                   "GLB path for the core Preview3D node (and, on ComfyUI builds with 3D file types, the frame-0 GLB "
+                   "and PLY as File3D for SaveGLB / PreviewPointCloud).")
     CATEGORY = f"{CATEGORY}/export"
     RETURN_TYPES = ("STRING", "STRING") + file3d.extra_outputs()[0]
     RETURN_NAMES = ("glb_path", "folder") + file3d.extra_outputs()[1]

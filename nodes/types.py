@@ -13,6 +13,7 @@ XYZ = "FOURD_XYZ"            # torch.Tensor [H, W, 3] in [-1, 1]: first-frame XY
 LATENT = "FOURD_LATENT"      # FourDLatent
 SCENE = "FOURD_SCENE"        # fourd_core.scene.Scene4D
 CAMERAS = "FOURD_CAMERAS"    # FourDCameras: a camera path (K + cam-to-world per view)
+GAUSSIANS = "FOURD_GAUSSIANS"  # fourd_core.splats.Gaussians4D: splats per frame or a deformable 4D set
 CATEGORY = "FourD"
 
 

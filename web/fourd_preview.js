@@ -1,5 +1,5 @@
 // ComfyUI frontend extension: mounts the FourD 4D viewer as a DOM widget on "FourD 4D Preview" nodes
-// and loads the scene asset the node writes (ui.fourd_scene -> /view?...).
+// and "FourD 4D Preview (Gaussians)" nodes, and loads the asset the node writes (ui.fourd_scene -> /view?...).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { FourDViewer } from "./fourd/viewer.js";
@@ -12,7 +12,7 @@ function assetUrl(entry) {
 app.registerExtension({
   name: "ComfyUI-FourD.Preview4D",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== "FourDPreview4D") return;
+    if (!["FourDPreview4D", "FourDPreviewGaussians"].includes(nodeData.name)) return;
 
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {

@@ -336,8 +336,43 @@ def native_image_to_4d(tiny: bool) -> dict:
     return {"nodes": nodes, "info": info}
 
 
+# --- Gaussian splats (issue 11) --------------------------------------------------------------
+def image_to_4d_gaussians(tiny: bool) -> dict:
+    """The grid graph, then: pixel-aligned splats of the scene, and 4D Gaussians fitted to the scene frames +
+    the grid's views -> PLY sequences, core Preview 3D, the splat 4D preview and an orbit video."""
+    nodes = {k: v for k, v in image_to_grid(tiny)["nodes"].items() if k not in (13, 14)}
+    iterations, resolution = (30, 0) if tiny else (3000, 256)
+    nodes.update({
+        16: {"type": "FourDGaussiansFromScene", "pos": [1240, 1080], "values": {"stride": 1, "footprint": 0.4,
+             "min_confidence": 0.0}, "links": {"scene": (8, 0)}},
+        17: {"type": "FourDSaveGaussians", "pos": [1640, 1080], "values": {"filename_prefix": "fourd/pixel_aligned"},
+             "links": {"gaussians": (16, 0)}, "title": "Save pixel-aligned splats"},
+        18: {"type": "FourDFit4DGaussians", "pos": [2440, 60], "size": [360, 300],
+             "values": {"iterations": iterations, "resolution": resolution, "isotropic": False, "seed": 0,
+                        "init_stride": 2, "backend": "auto"},
+             "links": {"scene": (8, 0), "grid": (11, 0), "cameras": (9, 0)}},
+        19: {"type": "FourDSaveGaussians", "pos": [2840, 60], "values": {"filename_prefix": "fourd/gaussians"},
+             "links": {"gaussians": (18, 0)}, "title": "Save fitted 4D Gaussians"},
+        20: {"type": "Preview3D", "pos": [3200, 60], "size": [400, 440], "values": {}, "links": {"model_file": (19, 0)},
+             "title": "Preview 3D (frame 0 splats)"},
+        21: {"type": "FourDPreviewGaussians", "pos": [2840, 300], "size": [480, 440],
+             "values": {"splats_per_frame": 60000, "min_opacity": 0.05}, "links": {"gaussians": (18, 0)}},
+        22: {"type": "CreateVideo", "pos": [2440, 420], "values": {"fps": 8.0}, "links": {"images": (18, 1)}},
+        23: {"type": "SaveVideo", "pos": [2440, 540], "values": {"filename_prefix": "fourd/gaussians_orbit",
+             "format": "auto", "codec": "auto"}, "links": {"video": (22, 0)}},
+    })
+    info = ("Tiny random-weight preset on a CPU: image -> 4DNeX scene -> 3 x 9 grid -> pixel-aligned splats and a "
+            "30-step 4D Gaussian fit (meaningless pictures; exercises the graph)." if tiny else
+            "Image -> 4DNeX 4D scene -> 4Real-Video grid (8 views x 49 frames) -> pixel-aligned splats (instant) and "
+            "deformable 4D Gaussians fitted to the scene frames + grid views (4Real-Video supp. Sec. 6), saved as "
+            "PLY sequences (output/fourd/gaussians_#####/frame_#####.ply), shown in Preview 3D and the 4D preview.")
+    return {"nodes": nodes, "info": info}
+
+
 GRAPHS = {"fourd_image_to_4d": lambda: image_to_4d(False), "fourd_tiny_demo_cpu": lambda: image_to_4d(True),
           "fourd_image_to_grid": lambda: image_to_grid(False), "fourd_tiny_grid_cpu": lambda: image_to_grid(True)}
+GRAPHS.update({"fourd_image_to_4d_gaussians": lambda: image_to_4d_gaussians(False),
+               "fourd_tiny_gaussians_cpu": lambda: image_to_4d_gaussians(True)})
 
 
 def native_image_to_grid(tiny: bool) -> dict:

@@ -12,6 +12,7 @@ Layout under the output folder::
     depth.npy                  [F, H, W] float32 depth
     confidence.npy             [F, H, W] float32 confidence
     pointclouds/frame_#####.ply / .glb   coloured world points per frame (GLB: POINTS + COLOR_0)
+    gaussians/frame_#####.ply  pixel-aligned Gaussian splats per frame (standard 3DGS PLY, SH degree 0)
 
 Everything is written into a hidden staging folder inside the output folder and moved into place
 only when all files are complete, so a failure leaves no half-written or partial outputs. The
@@ -42,6 +43,8 @@ class ExportOptions:
     Attributes:
         fps: video frame rate. videos / scene_file / cameras / images / depth: toggles.
         ply, glb: per-frame point-cloud formats. frames: frame indices for point clouds (None: all).
+        gaussians, gaussian_stride: per-frame pixel-aligned splats (fourd_core.splats), every n-th pixel;
+            ``gaussians=None`` (default) writes them whenever a point-cloud format (ply or glb) is written.
         min_confidence, voxel_size, outlier_neighbors, outlier_std, max_points: see
             :func:`fourd_core.io.pointcloud.clean_points`.
     """
@@ -54,6 +57,8 @@ class ExportOptions:
     depth: bool = True
     ply: bool = True
     glb: bool = True
+    gaussians: bool | None = None
+    gaussian_stride: int = 2
     frames: list[int] | None = None
     min_confidence: float = 0.0
     voxel_size: float = 0.0
@@ -75,6 +80,8 @@ class ExportOptions:
             raise InputError("voxel_size and outlier_neighbors must be >= 0 and outlier_std > 0.")
         if self.max_points is not None and self.max_points < 1:
             raise InputError(f"max_points must be >= 1 (or None for all), got {self.max_points}.")
+        if self.gaussian_stride < 1:
+            raise InputError(f"gaussian_stride must be >= 1, got {self.gaussian_stride}.")
         if not 0 <= self.min_confidence <= 1:
             raise InputError(f"min_confidence must be in [0, 1], got {self.min_confidence}.")
         if num_frames is not None and self.frames is not None and any(
@@ -109,7 +116,7 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
     Args:
         progress: optional ``progress(stage, done, total)``.
     Returns:
-        ``{kind: [paths]}`` of the written files (kinds: video, scene, cameras, images, depth, ply, glb).
+        ``{kind: [paths]}`` of the written files (kinds: video, scene, cameras, images, depth, ply, glb, gaussians).
     Raises:
         InputError: a geometry export was requested for a scene without cameras, bad options, or
             an output folder that cannot be written (checked before anything is written).
@@ -119,7 +126,9 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
     for note in opt.check(f):
         warnings.warn(note, stacklevel=2)
     frames = list(range(f)) if opt.frames is None else [int(i) for i in opt.frames]
-    needs_geometry = opt.cameras or opt.depth or opt.ply or opt.glb
+    if opt.gaussians is None:
+        opt = dataclasses.replace(opt, gaussians=opt.ply or opt.glb)
+    needs_geometry = opt.cameras or opt.depth or opt.ply or opt.glb or opt.gaussians
     if needs_geometry and not scene.has_cameras:
         raise InputError("The scene has no cameras/depth; run fit_cameras first or turn off the geometry exports.")
     say = progress or (lambda *a: None)
@@ -193,6 +202,15 @@ def _export_into(scene: Scene4D, out: Path, opt: ExportOptions, frames: list[int
                 if opt.glb:
                     write_glb(staging / f"pointclouds/frame_{i:05d}.glb", p, c)
                     add("glb", f"pointclouds/frame_{i:05d}.glb")
+        if opt.gaussians:
+            from ..splats import pixel_aligned_gaussians, write_gaussians_ply
+
+            splats = pixel_aligned_gaussians(scene, stride=opt.gaussian_stride, min_confidence=opt.min_confidence,
+                                             frames=frames)
+            for n, i in enumerate(frames):
+                say("gaussians", n, len(frames))
+                write_gaussians_ply(staging / f"gaussians/frame_{i:05d}.ply", splats.frame(n))
+                add("gaussians", f"gaussians/frame_{i:05d}.ply")
         _commit(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,5 +1,6 @@
 // ComfyUI-FourD 4D point-cloud viewer: plain WebGL, no dependencies (works offline).
-// Reads the "FD4D" asset written by fourd_core/io/viewer_asset.py.
+// Reads the "FD4D" asset written by fourd_core/io/viewer_asset.py (points, or Gaussian splats drawn as
+// round splats sized by their standard deviation and faded by their opacity).
 // Controls: left drag = orbit, right drag / shift+drag = pan, wheel = zoom, time slider + play/pause,
 // point size, camera frusta on/off.
 
@@ -11,13 +12,17 @@ export function parseAsset(buffer) {
   const headerLength = dv.getUint32(8, true);
   const header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + headerLength)));
   const bodyStart = 12 + headerLength;
-  const positions = [], colors = [];
+  const positions = [], colors = [], scales = [], opacities = [];
   for (let i = 0; i < header.frames; i++) {
     const n = header.counts[i];
     positions.push(new Float32Array(buffer, bodyStart + header.positions[i], 3 * n));
     colors.push(new Uint8Array(buffer, bodyStart + header.colors[i], 3 * n));
+    if (header.splats) {
+      scales.push(new Float32Array(buffer, bodyStart + header.scales[i], n));
+      opacities.push(new Uint8Array(buffer, bodyStart + header.opacities[i], n));
+    }
   }
-  return { header, positions, colors };
+  return { header, positions, colors, scales, opacities };
 }
 
 // --- small column-major mat4 helpers -------------------------------------------------------
@@ -54,6 +59,26 @@ const VS = `attribute vec3 position; attribute vec3 color; uniform mat4 mvp; uni
 varying vec3 vColor; void main(){ gl_Position = mvp * vec4(position, 1.0); gl_PointSize = pointSize; vColor = color; }`;
 const FS = `precision mediump float; varying vec3 vColor; void main(){ gl_FragColor = vec4(vColor, 1.0); }`;
 
+// Gaussian splats: a point sprite of radius 2 sigma (projected), Gaussian falloff times opacity,
+// alpha-tested (no sorting needed) so each splat is an opaque round disc where it is dense enough.
+const SPLAT_VS = `attribute vec3 position; attribute vec3 color; attribute float sigma; attribute float opacity;
+uniform mat4 mvp; uniform float focalPx; uniform float sizeScale;
+varying vec3 vColor; varying float vOpacity;
+void main(){ gl_Position = mvp * vec4(position, 1.0); float w = max(gl_Position.w, 1e-6);
+  gl_PointSize = clamp(4.0 * sigma * focalPx * sizeScale / w, 1.0, 256.0); vColor = color; vOpacity = opacity; }`;
+const SPLAT_FS = `precision mediump float; varying vec3 vColor; varying float vOpacity;
+void main(){ vec2 d = gl_PointCoord * 2.0 - 1.0; float r2 = dot(d, d);
+  if (vOpacity * exp(-2.0 * r2) < 0.35) discard; gl_FragColor = vec4(vColor, 1.0); }`;
+
+function link(gl, vs, fs) {
+  const prog = gl.createProgram();
+  gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, vs));
+  gl.attachShader(prog, compile(gl, gl.FRAGMENT_SHADER, fs));
+  gl.linkProgram(prog);
+  if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(prog));
+  return prog;
+}
+
 function compile(gl, type, src) {
   const s = gl.createShader(type);
   gl.shaderSource(s, src);
@@ -88,15 +113,19 @@ export class FourDViewer {
     const gl = this.canvas.getContext("webgl", { preserveDrawingBuffer: true, antialias: false });
     if (!gl) throw new Error("WebGL is not available in this browser");
     this.gl = gl;
-    const prog = gl.createProgram();
-    gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, VS));
-    gl.attachShader(prog, compile(gl, gl.FRAGMENT_SHADER, FS));
-    gl.linkProgram(prog);
-    if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(prog));
+    const prog = link(gl, VS, FS);
     this.prog = prog;
     this.loc = {
       position: gl.getAttribLocation(prog, "position"), color: gl.getAttribLocation(prog, "color"),
       mvp: gl.getUniformLocation(prog, "mvp"), pointSize: gl.getUniformLocation(prog, "pointSize"),
+    };
+    const sp = link(gl, SPLAT_VS, SPLAT_FS);
+    this.splatProg = sp;
+    this.splatLoc = {
+      position: gl.getAttribLocation(sp, "position"), color: gl.getAttribLocation(sp, "color"),
+      sigma: gl.getAttribLocation(sp, "sigma"), opacity: gl.getAttribLocation(sp, "opacity"),
+      mvp: gl.getUniformLocation(sp, "mvp"), focalPx: gl.getUniformLocation(sp, "focalPx"),
+      sizeScale: gl.getUniformLocation(sp, "sizeScale"),
     };
     this.frame = 0;
     this.frames = [];
@@ -117,16 +146,18 @@ export class FourDViewer {
 
   load(buffer) {
     const gl = this.gl;
-    for (const f of this.frames) { gl.deleteBuffer(f.pos); gl.deleteBuffer(f.col); }
-    const { header, positions, colors } = parseAsset(buffer);
+    for (const f of this.frames) for (const b of [f.pos, f.col, f.sigma, f.opacity]) if (b) gl.deleteBuffer(b);
+    const { header, positions, colors, scales, opacities } = parseAsset(buffer);
     this.header = header;
-    this.frames = positions.map((p, i) => {
-      const pos = gl.createBuffer();
-      gl.bindBuffer(gl.ARRAY_BUFFER, pos); gl.bufferData(gl.ARRAY_BUFFER, p, gl.STATIC_DRAW);
-      const col = gl.createBuffer();
-      gl.bindBuffer(gl.ARRAY_BUFFER, col); gl.bufferData(gl.ARRAY_BUFFER, colors[i], gl.STATIC_DRAW);
-      return { pos, col, count: header.counts[i] };
-    });
+    const upload = (data) => {
+      const b = gl.createBuffer();
+      gl.bindBuffer(gl.ARRAY_BUFFER, b); gl.bufferData(gl.ARRAY_BUFFER, data, gl.STATIC_DRAW);
+      return b;
+    };
+    this.frames = positions.map((p, i) => ({
+      pos: upload(p), col: upload(colors[i]), count: header.counts[i],
+      sigma: header.splats ? upload(scales[i]) : null, opacity: header.splats ? upload(opacities[i]) : null,
+    }));
     this._buildFrusta();
     this.slider.max = Math.max(0, header.frames - 1);
     this.resetView();
@@ -267,18 +298,46 @@ export class FourDViewer {
     gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
     if (!this.frames.length) return;
     gl.enable(gl.DEPTH_TEST);
-    gl.useProgram(this.prog);
     const near = Math.max(1e-4, this.distance * 0.01), far = this.distance * 100;
     const proj = M.perspective(this.fovy, w / h, near, far);
     const view = M.lookAt(this._eye(), this.target, [0, -1, 0]);
-    gl.uniformMatrix4fv(this.loc.mvp, false, M.mul(proj, view));
-    gl.uniform1f(this.loc.pointSize, Number(this.sizeSlider.value) * dpr);
+    const mvp = M.mul(proj, view);
     const f = this.frames[this.frame];
-    this._draw(f.pos, f.col, gl.POINTS, 0, f.count);
+    if (this.header.splats) {
+      this._drawSplats(f, mvp, 0.5 * h / Math.tan(this.fovy / 2));
+    } else {
+      gl.useProgram(this.prog);
+      gl.uniformMatrix4fv(this.loc.mvp, false, mvp);
+      gl.uniform1f(this.loc.pointSize, Number(this.sizeSlider.value) * dpr);
+      this._draw(f.pos, f.col, gl.POINTS, 0, f.count);
+    }
+    gl.useProgram(this.prog);
+    gl.uniformMatrix4fv(this.loc.mvp, false, mvp);
     if (this.frusta.checked && this.frustaBuffers) {
       const fb = this.frustaBuffers;
       this._draw(fb.pos, fb.col, gl.LINES, 0, fb.perFrame * fb.frames);
     }
+  }
+
+  _drawSplats(f, mvp, focalPx) {
+    // the size slider (default 2) scales the splats: 2 = their true size
+    const gl = this.gl, L = this.splatLoc;
+    gl.useProgram(this.splatProg);
+    gl.uniformMatrix4fv(L.mvp, false, mvp);
+    gl.uniform1f(L.focalPx, focalPx);
+    gl.uniform1f(L.sizeScale, Number(this.sizeSlider.value) / 2);
+    const attrib = (buf, loc, n, type, normalized) => {
+      gl.bindBuffer(gl.ARRAY_BUFFER, buf);
+      gl.enableVertexAttribArray(loc);
+      gl.vertexAttribPointer(loc, n, type, normalized, 0, 0);
+    };
+    attrib(f.pos, L.position, 3, gl.FLOAT, false);
+    attrib(f.col, L.color, 3, gl.UNSIGNED_BYTE, true);
+    attrib(f.sigma, L.sigma, 1, gl.FLOAT, false);
+    attrib(f.opacity, L.opacity, 1, gl.UNSIGNED_BYTE, true);
+    gl.drawArrays(gl.POINTS, 0, f.count);
+    gl.disableVertexAttribArray(L.sigma);
+    gl.disableVertexAttribArray(L.opacity);
   }
 
   _draw(pos, col, mode, first, count) {

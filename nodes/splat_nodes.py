@@ -1,0 +1,183 @@
+"""Gaussian-splat nodes: pixel-aligned splats, fitted 4D Gaussians, PLY sequence export, preview."""
+
+from __future__ import annotations
+
+import posixpath
+
+import torch
+
+from ..fourd_core.errors import InputError
+from ..fourd_core.io.atomic import make_temp_dir, replace_path, write_bytes_atomic, writable_output_dir
+from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
+from ..fourd_core.splats.fit import FitConfig, fit_gaussians
+from ..fourd_core.splats.gaussians import pixel_aligned_gaussians
+from ..fourd_core.splats.orbit import render_orbit
+from ..fourd_core.splats.ply import write_gaussians_sequence
+from ..fourd_core.splats.rasterize import gsplat_available
+from . import comfy_bridge as cb
+from . import validation as v
+from .types import CAMERAS, CATEGORY, GAUSSIANS, SCENE
+
+SPLAT_CATEGORY = f"{CATEGORY}/gaussians"
+
+
+class FourDGaussiansFromScene:
+    DESCRIPTION = ("Instant Gaussian splats, no optimisation: one splat per pixel at its world point, coloured by the "
+                   "pixel (SH degree 0), sized by the pixel footprint (depth / focal) and as opaque as the pixel's "
+                   "confidence; one set per frame. Export with FourD Save Gaussians, view with FourD 4D Preview "
+                   "(Gaussians), or refine with FourD Fit 4D Gaussians.")
+    CATEGORY = SPLAT_CATEGORY
+    RETURN_TYPES = (GAUSSIANS,)
+    RETURN_NAMES = ("gaussians",)
+    OUTPUT_TOOLTIPS = ("Pixel-aligned splats per frame, with the scene's cameras.",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "scene": (SCENE, {"tooltip": "A scene with cameras and depth (FourD Recover Cameras or FourD Load Scene)."}),
+            "stride": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Keep every n-th pixel in both directions "
+                               "(2 = a quarter of the splats, each twice as large)."}),
+            "footprint": ("FLOAT", {"default": 0.4, "min": 0.05, "max": 4.0, "step": 0.05, "tooltip": "Splat standard "
+                                    "deviation in pixels of its own frame (larger closes gaps in other views, smaller "
+                                    "keeps the frame sharp)."}),
+            "min_confidence": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                         "tooltip": "Drop pixels below this confidence."}),
+        }}
+
+    def make(self, scene, stride, footprint, min_confidence):
+        return (pixel_aligned_gaussians(scene, stride=stride, footprint=footprint, min_confidence=min_confidence),)
+
+
+class FourDFit4DGaussians:
+    DESCRIPTION = ("Fit deformable 4D Gaussians (4Real-Video supp. Sec. 6, Eq. 11): canonical splats started from the "
+                   "pixel-aligned ones, a per-frame offset for motion and, with a grid, a per-view offset that absorbs "
+                   "what the generated views disagree on. Trained on the scene's frames (and the grid's views) with "
+                   "L1 + SSIM and 3DGS densify/prune. Uses gsplat on CUDA when installed, else a pure-torch "
+                   "rasteriser (CPU works at small resolutions).")
+    CATEGORY = SPLAT_CATEGORY
+    RETURN_TYPES = (GAUSSIANS, "IMAGE")
+    RETURN_NAMES = ("gaussians", "orbit")
+    OUTPUT_TOOLTIPS = ("The fitted 4D Gaussians (deformable set, exports one PLY per frame).",
+                       "An orbit render of the result (views sweep the camera while time runs).")
+    FUNCTION = "fit"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "scene": (SCENE, {"tooltip": "The scene with cameras: its RGB frames are the training images."}),
+                "iterations": ("INT", {"default": 2000, "min": 1, "max": 100000, "tooltip": "Optimisation steps "
+                                       "(one image each). CPU: ~0.05-0.5 s each at 128 px."}),
+                "resolution": ("INT", {"default": 256, "min": 0, "max": 4096, "step": 8, "tooltip": "Longest image side "
+                                       "used for training (0 = the scene's full size)."}),
+                "isotropic": ("BOOLEAN", {"default": False, "tooltip": "Spherical splats (4Real-Video's choice: fewer "
+                                          "artefacts far from the training views)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seeds the view order."}),
+            },
+            "optional": {
+                "grid": ("IMAGE", {"tooltip": "A 4D grid (views x frames, row-major) from FourD 4D Grid Sampler, made "
+                                   "from this scene's video."}),
+                "cameras": (CAMERAS, {"tooltip": "The grid's camera path (FourD Camera Path)."}),
+                "init_stride": ("INT", {"default": 2, "min": 1, "max": 16, "tooltip": "Pixel stride of the pixel-aligned "
+                                        "start (per keyframe)."}),
+                "backend": (["auto", "torch", "gsplat"], {"tooltip": "auto: gsplat on CUDA when installed, else torch."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, iterations=None, resolution=None):
+        res = True if resolution in (None, 0) else v.int_range("resolution", resolution, 8, 4096,
+                                                                        form="0 (full size) or an integer")
+        return v.check_all(v.int_range("iterations", iterations, 1, 100000), res)
+
+    def fit(self, scene, iterations, resolution, isotropic, seed, grid=None, cameras=None, init_stride=2,
+            backend="auto"):
+        if (grid is None) != (cameras is None):
+            raise InputError("Connect both the grid and its cameras (FourD Camera Path), or neither.")
+        cfg = FitConfig(iterations=iterations, resolution=resolution, isotropic=isotropic, seed=seed,
+                        init_stride=init_stride, backend=backend, densify_every=max(10, min(100, iterations // 20)))
+        cfg.validate()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if backend == "gsplat" and not gsplat_available(device):
+            raise InputError("backend 'gsplat' needs CUDA and the gsplat package (pip install gsplat); use 'auto'.")
+        progress = cb.Progress(iterations)
+        progress(0, iterations)
+        from ..fourd_core.pipelines.fourdnex import to_pil
+
+        def on_step(step, total, preview):
+            progress(step, total, None if preview is None else to_pil(preview))
+
+        g4d = fit_gaussians(scene, cfg, grid=grid, grid_K=None if cameras is None else cameras.K,
+                            grid_cam_to_world=None if cameras is None else cameras.cam_to_world, device=device,
+                            callback=on_step)
+        h, w = scene.size
+        s = min(1.0, 384 / max(h, w))
+        images = render_orbit(g4d, degrees=30.0, steps=8, height=max(8, round(h * s)), width=max(8, round(w * s)),
+                              device=device)
+        cb.soft_empty_cache()
+        return (g4d, images)
+
+
+class FourDSaveGaussians:
+    DESCRIPTION = ("Write the splats as a sequence of standard 3DGS PLY files (one per frame: float32, log-scales, "
+                   "logit opacity, SH degree 0) for SuperSplat, gsplat, nerfstudio or ComfyUI's 3D preview.")
+    CATEGORY = f"{SPLAT_CATEGORY}"
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("ply_path", "folder")
+    OUTPUT_TOOLTIPS = ("The first frame's PLY, relative to the output folder (connect to Preview 3D's model_file).",
+                       "The folder of frame_#####.ply files, relative to the output folder.")
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "gaussians": (GAUSSIANS, {"tooltip": "Splats from FourD Gaussians from Scene or FourD Fit 4D Gaussians."}),
+            "filename_prefix": ("STRING", {"default": "fourd/gaussians", "tooltip": "Folder name inside the output "
+                                           "folder; a number is appended."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return v.filename_prefix(filename_prefix)
+
+    def save(self, gaussians, filename_prefix):
+        import shutil
+
+        folder, rel = cb.safe_output_folder(filename_prefix)
+        progress = cb.Progress(gaussians.num_frames)
+        with writable_output_dir(folder.parent) as parent:  # removes folders it made if writing fails
+            staging = make_temp_dir(parent, "gaussians")
+            try:
+                write_gaussians_sequence(gaussians, staging, progress=lambda d, t: progress(d, t))
+                replace_path(staging, folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        first = f"{rel}/frame_00000.ply"
+        return {"ui": {"text": [rel]}, "result": (first, rel)}
+
+
+class FourDPreviewGaussians:
+    DESCRIPTION = ("Interactive 4D viewer for Gaussian splats inside the node: round splats of their true size and "
+                   "colour over time (orbit / pan / zoom, time slider, camera frusta). Subsampled for the browser.")
+    CATEGORY = f"{CATEGORY}/preview"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "preview"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "gaussians": (GAUSSIANS, {"tooltip": "Splats to show."}),
+            "splats_per_frame": ("INT", {"default": 60000, "min": 1000, "max": 1_000_000, "step": 1000,
+                                         "tooltip": "Subsample each frame to this many splats for the viewer."}),
+            "min_opacity": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Hide splats below this opacity."}),
+        }}
+
+    def preview(self, gaussians, splats_per_frame, min_opacity):
+        folder, rel = cb.safe_output_folder("fourd_preview/gaussians", base=cb.temp_directory())
+        name = folder.name + ".fourd4d"
+        write_bytes_atomic(folder.parent / name, gaussians_viewer_asset_bytes(gaussians, splats_per_frame, min_opacity))
+        return {"ui": {"fourd_scene": [{"filename": name, "subfolder": posixpath.dirname(rel), "type": "temp"}]}}

@@ -1,0 +1,123 @@
+"""The splat CLI sub-command, the export's default pixel-aligned splats and the splat nodes (no ComfyUI)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fourd_core.scene import Scene4D
+
+plyfile = pytest.importorskip("plyfile")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (and stall on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_scene(frames=2, h=12, w=16):
+    from fourd_core.geometry.synthetic import make_synthetic_scene
+
+    s = make_synthetic_scene(frames=frames, height=h, width=w, seed=5)
+    rgb = torch.rand(frames, h, w, 3, generator=torch.Generator().manual_seed(0))
+    return Scene4D(rgb=rgb, xyz=s.clean_points, K=s.K, cam_to_world=s.cam_to_world, depth=s.depth)
+
+
+def test_cli_gaussians_writes_a_ply_per_frame(tmp_path, capsys):
+    from fourd_core.cli import main
+
+    small_scene().save(tmp_path / "s.safetensors")
+    assert main(["gaussians", "--scene", str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 2 and summary["splats_per_frame"] == 12 * 16
+    files = sorted((tmp_path / "o" / "gaussians").glob("*.ply"))
+    assert [f.name for f in files] == ["frame_00000.ply", "frame_00001.ply"]
+    assert plyfile.PlyData.read(str(files[0]))["vertex"].count == 12 * 16
+    assert not list((tmp_path / "o").glob(".fourd-*"))
+
+
+def test_cli_gaussians_fit_and_bad_input(tmp_path, capsys):
+    from fourd_core.cli import main
+
+    small_scene().save(tmp_path / "s.safetensors")
+    assert main(["gaussians", "--scene", str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "o"), "--fit",
+                 "--iterations", "5", "--resolution", "0", "--orbit"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "fitted" and summary["fit"]["iterations"] == 5
+    assert len(list((tmp_path / "o" / "gaussians").glob("*.ply"))) == 2
+    assert (tmp_path / "o" / "gaussians_orbit.mp4").stat().st_size > 0
+    bare = small_scene()
+    Scene4D(rgb=bare.rgb, xyz=bare.xyz).save(tmp_path / "bare.safetensors")
+    assert main(["gaussians", "--scene", str(tmp_path / "bare.safetensors"), "--out", str(tmp_path / "x")]) == 2
+    assert "geometry" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "gaussians").exists()
+
+
+def test_export_writes_pixel_aligned_splats_by_default(tmp_path):
+    from fourd_core.io.export import ExportOptions, export_scene
+
+    scene = small_scene(frames=3)
+    written = export_scene(scene, tmp_path, ExportOptions(videos=False, glb=False, frames=[0, 2]))
+    assert [p.rsplit("/", 1)[1] for p in written["gaussians"]] == ["frame_00000.ply", "frame_00002.ply"]
+    v = plyfile.PlyData.read(written["gaussians"][1])["vertex"]
+    assert v.count == (12 // 2) * (16 // 2)  # default stride 2
+    # the splat centres are the frame's world points at the kept pixels
+    pts = scene.points(2)[1::2, 1::2].reshape(-1, 3).numpy()
+    np.testing.assert_allclose(np.stack([v["x"], v["y"], v["z"]], 1), pts, rtol=1e-5, atol=1e-5)
+
+
+def test_nodes_make_fit_save_and_preview(tmp_path, monkeypatch):
+    from test_nodes import import_pack
+
+    pack = import_pack("fourd_pack_splats")
+    N = pack.NODE_CLASS_MAPPINGS
+
+    monkeypatch.setenv("FOURD_OUTPUT_DIR", str(tmp_path / "output"))
+    scene = small_scene()
+    (g,) = N["FourDGaussiansFromScene"]().make(scene, stride=1, footprint=0.4, min_confidence=0.0)
+    assert g.counts() == [12 * 16] * 2
+    cams, _ = N["FourDCameraPath"]().make(scene, "orbit", 10.0, 3, "y", 0.3, 0.0, 0)
+    grid = torch.rand(3 * 2, 12, 16, 3)
+    fitted, orbit = N["FourDFit4DGaussians"]().fit(scene, iterations=4, resolution=0, isotropic=True, seed=0,
+                                                   grid=grid, cameras=cams)
+    assert fitted.is_deformable and fitted.view_offsets.shape[0] == 3
+    assert orbit.shape == (8, 12, 16, 3) and float(orbit.max()) <= 1
+    res = N["FourDSaveGaussians"]().save(fitted, "fourd/gs")
+    first, folder = res["result"]
+    assert first == "fourd/gs_00001/frame_00000.ply"
+    assert len(list((tmp_path / "output" / folder).glob("*.ply"))) == 2
+    ui = N["FourDPreviewGaussians"]().preview(fitted, 1000, 0.0)["ui"]["fourd_scene"][0]
+    assert ui["filename"].endswith(".fourd4d") and ui["type"] == "temp"
+    with pytest.raises(Exception, match="both"):
+        N["FourDFit4DGaussians"]().fit(scene, 2, 0, False, 0, grid=grid)
+
+
+def test_splat_nodes_validate_at_queue_time_and_leave_nothing_on_failure(tmp_path, monkeypatch):
+    from test_nodes import import_pack
+
+    pack = import_pack("fourd_pack_splats_validate")
+    N = pack.NODE_CLASS_MAPPINGS
+    monkeypatch.setenv("FOURD_OUTPUT_DIR", str(tmp_path / "output"))
+    fit = N["FourDFit4DGaussians"]
+    assert fit.VALIDATE_INPUTS(iterations=0, resolution=0) != True  # noqa: E712 - ComfyUI wants True or text
+    assert "resolution" in fit.VALIDATE_INPUTS(iterations=10, resolution=4)
+    assert fit.VALIDATE_INPUTS(iterations=10, resolution=0) is True
+    assert fit.VALIDATE_INPUTS(iterations=None, resolution=None) is True
+    save = N["FourDSaveGaussians"]
+    assert save.VALIDATE_INPUTS(filename_prefix="../x") is not True
+    (g,) = N["FourDGaussiansFromScene"]().make(small_scene(), 1, 0.4, 0.0)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pack.nodes.splat_nodes, "write_gaussians_sequence", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save().save(g, "fourd/gs")
+    assert not (tmp_path / "output").exists() or not any((tmp_path / "output").rglob("*"))
