@@ -18,8 +18,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -161,6 +161,10 @@ class _Progress:
     def __call__(self, step, total, latents=None):
         from tqdm import tqdm
 
+        from .interrupts import raise_if_stop_requested
+
+        raise_if_stop_requested()
+
         if self.bar is None:
             self.bar = tqdm(total=total, desc="sampling", unit="step", file=sys.stderr)
         self.bar.update(step - self.bar.n)
@@ -190,68 +194,25 @@ def cmd_generate(args) -> int:
 
 
 def _generate(args, prompt: str) -> int:
+    """One image -> one scene in ``--out`` (the batch mode runs the same :class:`~fourd_core.job.SceneJob`)."""
     import torch
 
-    from .api import image_to_4d, recover_geometry
-    from .io.export import export_scene
-    from .io.images import load_image, prepare_image
-    from .models.loading import FOURDNEX_HUB_ID, ModelSpec, load_pipeline
-    from .models.memory import MemoryConfig
-    from .models.tiny import TINY_SAMPLING
-    from .pipelines.fourdnex import SamplingConfig
+    from .job import SceneJob
+
+    def log(message: str) -> None:
+        print(f"[fourd] {message}", file=sys.stderr)
 
     t_start = time.perf_counter()
-    # everything checkable is checked before models load: output folder (caller), export options, image
-    export_options = _export_options(args, not args.no_geometry)
-    for note in export_options.check():
-        print(f"[fourd] warning: {note}", file=sys.stderr)
-    if args.lora is not None and str(args.lora).lower() == "none" and args.domain_embeddings:
-        raise FourDError("--domain-embeddings is given but --lora none turns 4DNeX off; drop one of the two "
-                         "(the domain embeddings only exist together with the 4DNeX LoRA).")
-    tiny = args.preset == "tiny"
-    defaults = TINY_SAMPLING if tiny else {"height": 480, "width": 720, "num_frames": 49, "steps": 50}
-    sampling = SamplingConfig(num_frames=args.frames or defaults["num_frames"], height=args.height or defaults["height"],
-                              width=args.width or defaults["width"], steps=args.steps or defaults["steps"],
-                              guidance_scale=args.cfg, shift=args.shift, scheduler=args.scheduler, seed=args.seed)
-    sampling.validate()
-    image = prepare_image(load_image(args.image), sampling.height, sampling.width, mode=args.resize)
-    if args.resize == "max_area":
-        sampling = dataclasses.replace(sampling, height=image.shape[0], width=image.shape[1])
-    lora = args.lora if args.lora is not None else FOURDNEX_HUB_ID
-    spec = ModelSpec(base="tiny" if tiny else (args.base or ModelSpec.base), transformer_file=args.transformer_file,
-                     vae_file=args.vae_file, text_encoder_file=args.text_encoder_file,
-                     image_encoder_file=args.image_encoder_file, tokenizer=args.tokenizer,
-                     fourdnex=None if str(lora).lower() == "none" else lora, domain_embeddings_file=args.domain_embeddings,
-                     lora_strength=args.lora_strength, fuse_lora=not args.no_fuse_lora, dtype=args.dtype,
-                     cache_dir=args.cache_dir, local_files_only=args.offline)
-    if args.base is None and not tiny and all([args.transformer_file, args.vae_file, args.text_encoder_file,
-                                               args.image_encoder_file]):
-        spec.base = None
+    # everything checkable is checked before models load: --out (caller), settings (SceneJob), the image
+    job = SceneJob(args, _export_options(args, not args.no_geometry),
+                   None if args.no_geometry else _geometry_config(args))
+    prepared = job.prepare(args.image)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    offload = args.offload or ("group" if device.startswith("cuda") else "none")
-    memory = MemoryConfig(device=device, offload=offload, fp8_storage=args.fp8, vae_tiling=args.vae_tiling,
-                          attention_backend=args.attention, release_encoders=True)
-    if tiny:
-        print("[fourd] TINY PRESET: random weights - the outputs are meaningless; this only exercises the pipeline.",
-              file=sys.stderr)
-    print(f"[fourd] loading models ({'tiny preset' if tiny else spec.base}) on {device}, offload={offload}", file=sys.stderr)
-    pipe, info = load_pipeline(spec, memory, progress=lambda m: print(f"[fourd]   {m}", file=sys.stderr))
+    pipe, info = job.load(device, log=log)
     t_loaded = time.perf_counter()
-    scene = image_to_4d(pipe, image, prompt, sampling, callback=_Progress(), model_info=info)
-    geometry = not args.no_geometry
-    if geometry:
-        print("[fourd] recovering cameras and depth", file=sys.stderr)
-        scene = recover_geometry(scene, _geometry_config(args), device=None if device == "cpu" else device)
-    scene.metadata["tiny_preset"] = tiny
-    print(f"[fourd] writing outputs to {args.out}", file=sys.stderr)
-    written = export_scene(scene, args.out, export_options)
-    t_end = time.perf_counter()
-    summary = {"out": str(Path(args.out).resolve()), "tiny_preset": tiny, "frames": scene.num_frames,
-               "size": list(scene.size), "load_s": round(t_loaded - t_start, 2),
-               "total_s": round(t_end - t_start, 2), **scene.metadata.get("timings", {}),
-               "files": {k: len(v) for k, v in written.items()}}
-    if geometry:
-        summary["focal_px"] = round(float(scene.K[0, 0, 0]), 3)
+    scene_summary = job.make(pipe, info, prepared, prompt, args.out, log=log, callback=_Progress())
+    summary = {"out": str(Path(args.out).resolve()), "tiny_preset": job.tiny, "load_s": round(t_loaded - t_start, 2),
+               "total_s": round(time.perf_counter() - t_start, 2), **scene_summary}
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -292,9 +253,10 @@ def _add_gaussians_parser(sub) -> None:
 
 def cmd_gaussians(args) -> int:
     import shutil
-    import tempfile
 
     import torch
+
+    from .io.atomic import make_temp_dir, remove_stale_temporaries, replace_path, writable_output_dir
 
     from .scene import Scene4D
     from .splats.fit import FitConfig, fit_gaussians
@@ -319,23 +281,21 @@ def cmd_gaussians(args) -> int:
     else:
         g4d = pixel_aligned_gaussians(scene, stride=args.stride, footprint=args.footprint,
                                       min_confidence=args.min_confidence)
-    out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fourd-gaussians-", dir=out))
-    try:
-        write_gaussians_sequence(g4d, staging / "gaussians")
-        if args.orbit:
-            from .io.video import write_video
-            from .splats.orbit import render_orbit
+    with writable_output_dir(args.out, "--out") as out:
+        remove_stale_temporaries(out)
+        staging = make_temp_dir(out, "export")
+        try:
+            write_gaussians_sequence(g4d, staging / "gaussians")
+            if args.orbit:
+                from .io.video import write_video
+                from .splats.orbit import render_orbit
 
-            write_video(staging / "gaussians_orbit.mp4", render_orbit(g4d, backend=args.backend, device=device), 8.0)
-        for entry in staging.iterdir():
-            target = out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.replace(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                write_video(staging / "gaussians_orbit.mp4", render_orbit(g4d, backend=args.backend, device=device),
+                            8.0)
+            for entry in sorted(staging.iterdir()):
+                replace_path(entry, out / entry.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     print(json.dumps({"out": str(out.resolve()), "kind": g4d.metadata.get("kind"), "frames": g4d.num_frames,
                       "splats_per_frame": g4d.counts()[0], "seconds": round(time.perf_counter() - t0, 2),
                       **({"fit": g4d.metadata["fit"]} if args.fit else {})}, indent=1))
@@ -355,24 +315,24 @@ def cmd_info(args) -> int:
     return 0
 
 
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM, so ``finally`` blocks remove staging folders and
-    temporary files exactly as they do for Ctrl-C."""
+def _on_signal(signum, frame):
+    from .interrupts import Terminated, request_stop
 
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
+    kind = KeyboardInterrupt if signum == signal.SIGINT else Terminated
+    request_stop(kind)  # kept even if the exception below lands where Python ignores exceptions
+    raise kind()
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point. Returns the exit code: 0 ok, 2 a FourDError (message on stderr), 130
     interrupted (Ctrl-C), 143 terminated (SIGTERM); in both interrupt cases nothing partial is left."""
-    import signal
     import threading
+
+    from .interrupts import Terminated, clear_stop_request
 
     args = build_parser().parse_args(argv)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
         return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
                 "info": cmd_info}[args.command](args)
@@ -386,5 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         print("terminated: no partial outputs were written", file=sys.stderr)
         return 143
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        clear_stop_request()
+        for s, handler in previous.items():
+            signal.signal(s, handler)

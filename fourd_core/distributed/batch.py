@@ -31,9 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import FourDError, InputError
+from ..errors import InputError
 from ..io.atomic import atomic_directory, remove_stale_temporaries, write_text_atomic, writable_output_dir
-from .job import SceneJob
+from ..job import SceneJob
 from .runtime import DistContext, ParallelSpec, enable_scene_parallel, init_distributed, sequence_length
 
 #: image file suffixes the batch mode picks up (case-insensitive)
@@ -174,7 +174,7 @@ def run_batch(job, items: list[BatchItem], out: Path, ctx: DistContext, settings
     """Make every unfinished scene of ``items`` under ``out``; returns this run's summary (on every rank).
 
     Args:
-        job: a :class:`~fourd_core.distributed.job.SceneJob` (``prepare``, ``load``, ``make``).
+        job: a :class:`~fourd_core.job.SceneJob` (``prepare``, ``load``, ``make``).
         settings: the settings that change the output (part of each scene's fingerprint).
     """
     t0 = time.perf_counter()
@@ -274,7 +274,7 @@ def cmd_generate_distributed(args, prompt: str | None, export_options, geometry)
     Args:
         args: parsed ``generate`` arguments. prompt: the prompt of ``--image``, or the default prompt
             of a batch (None: none). export_options / geometry: as the CLI builds them (see
-            :class:`~fourd_core.distributed.job.SceneJob`; geometry is ignored with ``--no-geometry``).
+            :class:`~fourd_core.job.SceneJob`; geometry is ignored with ``--no-geometry``).
     Returns:
         the exit code: 0, or 2 when an image failed.
     Raises:

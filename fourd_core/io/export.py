@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError
+from ..interrupts import raise_if_stop_requested
 from ..scene import Scene4D
 from .atomic import make_temp_dir, remove_stale_temporaries, replace_path, writable_output_dir
 from .cameras import depth_png_scale, write_cameras_json, write_depth_png, write_npy, write_transforms_json
@@ -105,6 +106,7 @@ def _import_writers() -> None:
 
 
 def _commit(staging: Path, out: Path) -> None:
+    raise_if_stop_requested()
     for entry in sorted(staging.iterdir()):
         replace_path(entry, out / entry.name)
 
@@ -131,7 +133,12 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
     needs_geometry = opt.cameras or opt.depth or opt.ply or opt.glb or opt.gaussians
     if needs_geometry and not scene.has_cameras:
         raise InputError("The scene has no cameras/depth; run fit_cameras first or turn off the geometry exports.")
-    say = progress or (lambda *a: None)
+    report = progress or (lambda *a: None)
+
+    def say(stage: str, done: int, total: int) -> None:
+        raise_if_stop_requested()
+        report(stage, done, total)
+
     written: dict[str, list[str]] = {}
     _import_writers()
     with writable_output_dir(out_dir) as out:

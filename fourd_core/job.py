@@ -10,7 +10,7 @@ import dataclasses
 import sys
 import time
 
-from ..errors import FourDError
+from .errors import FourDError
 
 
 class SceneJob:
@@ -26,9 +26,9 @@ class SceneJob:
     """
 
     def __init__(self, args, export_options, geometry):
-        from ..models.loading import FOURDNEX_HUB_ID, ModelSpec
-        from ..models.tiny import TINY_SAMPLING
-        from ..pipelines.fourdnex import SamplingConfig
+        from .models.loading import FOURDNEX_HUB_ID, ModelSpec
+        from .models.tiny import TINY_SAMPLING
+        from .pipelines.fourdnex import SamplingConfig
 
         self.args, self.export_options, self.geometry = args, export_options, geometry
         for note in export_options.check():
@@ -57,8 +57,8 @@ class SceneJob:
     def load(self, device: str, log=print):
         """Load the models on ``device`` (``--offload`` default: group on CUDA, none on the CPU).
         Returns ``(pipe, info)`` (see ``models.loading.load_pipeline``)."""
-        from ..models.loading import load_pipeline
-        from ..models.memory import MemoryConfig
+        from .models.loading import load_pipeline
+        from .models.memory import MemoryConfig
 
         args = self.args
         offload = args.offload or ("group" if str(device).startswith("cuda") else "none")
@@ -78,7 +78,7 @@ class SceneJob:
         Raises:
             InputError: unreadable or too small image.
         """
-        from ..io.images import load_image, prepare_image
+        from .io.images import load_image, prepare_image
 
         sampling = self.sampling if seed is None else dataclasses.replace(self.sampling, seed=int(seed))
         image = prepare_image(load_image(image_path), sampling.height, sampling.width, mode=self.args.resize)
@@ -86,24 +86,26 @@ class SceneJob:
             sampling = dataclasses.replace(sampling, height=image.shape[0], width=image.shape[1])
         return image, sampling
 
-    def make(self, pipe, info, prepared, prompt: str, out, *, write: bool = True, log=print) -> dict:
+    def make(self, pipe, info, prepared, prompt: str, out, *, write: bool = True, log=print, callback=None) -> dict:
         """A prepared image (:meth:`prepare`) -> scene -> files in ``out``. With ``write=False`` only
         the sampling runs (the non-writing ranks of a context-/CFG-parallel group: their collectives
-        must match the writer's). Returns the scene's summary (sizes, timings, file counts)."""
-        from ..api import image_to_4d, recover_geometry
-        from ..io.export import export_scene
-        from ..pipelines.fourdnex import generate_latents
+        must match the writer's). ``callback(step, total, latents)`` follows the sampling steps.
+        Returns the scene's summary (sizes, timings, file counts)."""
+        from .api import image_to_4d, recover_geometry
+        from .io.export import export_scene
+        from .pipelines.fourdnex import generate_latents
 
         t_start = time.perf_counter()
         image, sampling = prepared
         if not write:
-            generate_latents(pipe, image, prompt, sampling)
+            generate_latents(pipe, image, prompt, sampling, callback=callback)
             return {}
-        scene = image_to_4d(pipe, image, prompt, sampling, model_info=info)
+        scene = image_to_4d(pipe, image, prompt, sampling, model_info=info, callback=callback)
         if self.geometry is not None:
             log("recovering cameras and depth")
             scene = recover_geometry(scene, self.geometry, device=None if self.device == "cpu" else self.device)
         scene.metadata["tiny_preset"] = self.tiny
+        log(f"writing outputs to {out}")
         written = export_scene(scene, out, self.export_options)
         summary = {"frames": scene.num_frames, "size": list(scene.size), **scene.metadata.get("timings", {}),
                    "scene_s": round(time.perf_counter() - t_start, 2), "files": {k: len(v) for k, v in written.items()}}
