@@ -30,7 +30,7 @@ from ...errors import CancelledError, GeometryError, InputError
 from . import robust as rb
 from .data import (F64, MIN_PIXELS, check_inputs, check_not_collinear, frame_normalisation, grid_stride,
                    local_noise, neighbour_score, pixel_norm, sample_grid)
-from .init import initialise
+from .init import initialise, propagate_poses
 from .model import IntrinsicsModel, K_from_kappa, kappa_from_K
 from .observability import focal_profile, prefer_richer, score_statistic, uncertainty, wald_statistic
 from .outputs import write_outputs
@@ -74,6 +74,9 @@ FOCAL_STD_RAISE = 0.05
 MISFIT_WARN = 2.0
 #: noise floor (normalised units) of the model-selection tests: clean maps differ by rounding only
 BIC_SCALE_FLOOR = 1e-6
+#: a point whose second-nearest 4-neighbour is farther than this many times the frame's median
+#: is treated as a gross outlier (prior weight 0)
+NEIGHBOUR_FACTOR = 3.0
 #: a principal point with a standard error below this (normalised units: 1 % of the half image
 #: size) is "determined by the data" and estimated
 PP_STD_DETERMINED = 0.01
@@ -236,13 +239,18 @@ def fit_cameras(
         )
     mu, sig = frame_normalisation(raw.q, raw.valid)
     coarse = sample_grid(points, valid, stride, mu, sig)
-    keep = coarse.valid
-    if robust_init:
-        nb = neighbour_score(points, valid, coarse.ii, coarse.jj)
-        nbn = torch.where(coarse.valid & torch.isfinite(nb), nb, torch.nan)
+    def neighbour_keep(level):
+        """Points with at least two close 4-neighbours: a surface, not an isolated gross outlier
+        (such an outlier can lie near its pixel's ray by chance, but not near its neighbours)."""
+        if not robust_init:
+            return level.valid
+        nb = neighbour_score(points, valid, level.ii, level.jj)
+        nbn = torch.where(level.valid & torch.isfinite(nb), nb, torch.nan)
         med_nb = torch.nanmedian(nbn, dim=1).values
-        keep = coarse.valid & (nb <= torch.maximum(6 * med_nb, 1e-4 * sig)[:, None])
-        keep = torch.where((keep.sum(1) < MIN_PIXELS)[:, None], coarse.valid, keep)
+        k = level.valid & (nb <= torch.maximum(NEIGHBOUR_FACTOR * med_nb, 1e-4 * sig)[:, None])
+        return torch.where((k.sum(1) < MIN_PIXELS)[:, None], level.valid, k)
+
+    keep = neighbour_keep(coarse)
     ev = check_not_collinear(coarse.q, keep.to(F64))
 
     # ---- 2. initialisation ---------------------------------------------------------------
@@ -285,8 +293,17 @@ def fit_cameras(
     # the coarse fit starts with the richest principal-point model that may be chosen
     base = IntrinsicsModel(per_frame_focal=shared_intrinsics is False, square=bool(square_pixels),
                            free_pp=centered_principal_point is False or auto_pp, fixed=fixed_kap is not None)
-    Pc, S, w, scale, _, n_lm = fit_model(base, S, coarse, 10, robust_c, reject_c, keep.to(F64))
+    keep_w = keep.to(F64)
+    Pc, S, w, scale, _, n_lm = fit_model(base, S, coarse, 10, robust_c, reject_c, keep_w)
     lm_total += n_lm
+    rescued = 0
+    for _ in range(2):  # frames left in a wrong pose get a neighbour's rotation, then refit
+        R2, t2, changed = propagate_poses(coarse, keep_w, S.R, S.t, S.kap)
+        if not bool(changed.any()):
+            break
+        rescued += int(changed.sum())
+        Pc, S, w, scale, _, n_lm = fit_model(base, State(R2, t2, S.kap), coarse, 10, robust_c, reject_c, keep_w)
+        lm_total += n_lm
     _check_focal(S.kap, H, W)
     timings["coarse"] = time.perf_counter() - t0
     _callback(callback, 2, total_steps)
@@ -305,7 +322,7 @@ def fit_cameras(
         rich, ratio = prefer_richer(stat, 0.0, extra, n_res)
         selection["per_frame_focal"] = {"chosen": rich, "loss_drop_over_penalty": round(ratio, 3)}
         if rich:
-            Pc, S, w, scale, _, n1 = fit_model(m_pf, S.copy(), coarse, 10, robust_c, reject_c)
+            Pc, S, w, scale, _, n1 = fit_model(m_pf, S.copy(), coarse, 10, robust_c, reject_c, keep_w)
             lm_total += n1
             model = m_pf
     pp_unc = None
@@ -324,7 +341,7 @@ def fit_cameras(
             model = IntrinsicsModel(model.per_frame_focal, bool(square_pixels), False)
             S = S.copy()
             S.kap[:, 2:] = 0
-            Pc, S, w, scale, _, n2 = fit_model(model, S, coarse, 10, robust_c, reject_c)
+            Pc, S, w, scale, _, n2 = fit_model(model, S, coarse, 10, robust_c, reject_c, keep_w)
             lm_total += n2
     timings["model_selection"] = time.perf_counter() - t0
     _callback(callback, 3, total_steps)
@@ -333,7 +350,9 @@ def fit_cameras(
     t0 = time.perf_counter()
     fstride = grid_stride(int(n_valid.min()), refine_pixels)
     fine = coarse if fstride == stride else sample_grid(points, valid, fstride, mu, sig)
-    Pf, S, w, scale, n_rounds, n_lm = fit_model(model, S, fine, max(int(iterations), 1), robust, reject, lm_iter=2)
+    keep_f = keep_w if fine is coarse else neighbour_keep(fine).to(F64)
+    Pf, S, w, scale, n_rounds, n_lm = fit_model(model, S, fine, max(int(iterations), 1), robust, reject, keep_f,
+                                                lm_iter=2)
     lm_total += n_lm
     _check_focal(S.kap, H, W)
     timings["fine"] = time.perf_counter() - t0
@@ -439,6 +458,7 @@ def fit_cameras(
         "scale": sig.to(torch.float32).cpu(),
         "behind_fraction": behind.to(torch.float32).cpu(),
         "planar_frames": torch.nonzero(init.planar).flatten().tolist(),
+        "rescued_frames": rescued,
         "init_hypothesis": init.best.cpu().tolist(),
         "sample_strides": (stride, fstride),
         "timings": timings,

@@ -191,7 +191,8 @@ def initialise(s: Sample, keep: torch.Tensor, ev: torch.Tensor, *, robust_init: 
     best_any = sc_a.argmin(1)
     fb = front.gather(1, best_any[:, None])[:, 0]
     mirrored = ~planar & torch.isfinite(sc_a.gather(1, best_any[:, None])[:, 0]) & (fb < 0.5)
-    if robust_init and mirrored.any():
+    # a mirrored map is mirrored in every frame; a few frames of very noisy maps can look so by chance
+    if robust_init and float(mirrored.to(F64).mean()) > 0.5:
         raise GeometryError(
             f"frame(s) {torch.nonzero(mirrored).flatten().tolist()[:10]} look like a mirror image of a perspective "
             "view: the points are behind the best fitting camera. The axes are probably left-handed: flip the sign of "
@@ -246,3 +247,50 @@ def initialise(s: Sample, keep: torch.Tensor, ev: torch.Tensor, *, robust_init: 
             t = tc[torch.arange(F, device=dev), bc]
             best = bc
     return Init(R=R, t=t, phi=phi, planar=planar, best=best)
+
+
+def _translation_for(q, w, uh, vh, R, kap):
+    """Least-squares translation [F,C,3] for rotations R [F,C,3,3] at known intrinsics kap [F,4]:
+    the equal-depth residual ``(x - x_n z, y - y_n z)`` of ``X = R q + t`` is linear in t."""
+    xn = (uh[None] - kap[:, 2:3]) * torch.exp(-kap[:, 0:1])  # [F,N]
+    yn = (vh[None] - kap[:, 3:4]) * torch.exp(-kap[:, 1:2])
+    Y = torch.einsum("fcab,fnb->fcna", R, q)  # [F,C,N,3]
+    o = torch.zeros_like(xn)
+    ax = torch.stack([torch.ones_like(xn), o, -xn], -1)[:, None]  # [F,1,N,3]
+    ay = torch.stack([o, torch.ones_like(xn), -yn], -1)[:, None]
+    bx = xn[:, None] * Y[..., 2] - Y[..., 0]
+    by = yn[:, None] * Y[..., 2] - Y[..., 1]
+    wv = w[:, None, :, None]
+    A = (wv * ax).transpose(-1, -2) @ ax.expand_as(Y) + (wv * ay).transpose(-1, -2) @ ay.expand_as(Y)
+    b = ((wv * ax) * bx[..., None]).sum(-2) + ((wv * ay) * by[..., None]).sum(-2)
+    eye = torch.eye(3, dtype=q.dtype, device=q.device)
+    return torch.linalg.solve(A + 1e-12 * A.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None] * eye, b)
+
+
+def propagate_poses(s: Sample, weights: torch.Tensor, R: torch.Tensor, t: torch.Tensor, kap: torch.Tensor,
+                    radius: int = 2):
+    """Rescue frames stuck in a wrong pose: try the rotations of the frames up to ``radius`` away
+    (a video moves smoothly), each with its own least-squares translation, and keep, per frame,
+    the candidate with the smallest median point-to-ray residual.  Returns (R, t, changed [F])."""
+    from .model import residuals
+
+    F = R.shape[0]
+    dev = R.device
+    offs = [0] + [o for k in range(1, radius + 1) for o in (-k, k)]
+    idx = torch.stack([(torch.arange(F, device=dev) + o).clamp(0, F - 1) for o in offs], 1)  # [F,C]
+    Rc = R[idx]  # [F,C,3,3]
+    w = weights * s.valid
+    tc = _translation_for(s.q, w, s.uh, s.vh, Rc, kap)
+    tc[:, 0] = t  # the current pose as it is
+    C = len(offs)
+    (rx, ry, rz), _ = residuals(s.q.repeat_interleave(C, 0), Rc.reshape(F * C, 3, 3), tc.reshape(F * C, 3),
+                                kap.repeat_interleave(C, 0), s.uh, s.vh)
+    r = torch.sqrt(rx * rx + ry * ry + rz * rz).reshape(F, C, -1)
+    r = torch.where(s.valid[:, None], r, torch.nan)
+    med = torch.nanmedian(r, dim=-1).values
+    med = torch.where(torch.isfinite(med), med, torch.full_like(med, float("inf")))
+    best = med.argmin(1)
+    better = med.gather(1, best[:, None])[:, 0] < 0.8 * med[:, 0]  # clearly better only
+    best = torch.where(better, best, torch.zeros_like(best))
+    ar = torch.arange(F, device=dev)
+    return Rc[ar, best], tc[ar, best], better

@@ -224,7 +224,8 @@ def param_change(Sa: State, Sb: State) -> float:
 
 
 def irls(P: Problem, S: State, *, robust: str, delta: Optional[torch.Tensor], reject: Optional[float],
-         max_rounds: int = 8, tol: float = 1e-5, first_weights: Optional[torch.Tensor] = None,
+         max_rounds: int = 8, tol: float = 1e-5, first_weights: Optional[torch.Tensor] = None,  # prior weights [F,N]
+        
          scale_floor: float = 1e-9, lm_iter: int = 4):
     """Iteratively re-weighted LM.  Returns (state, weights [F,N], noise scale [F] (normalised
     units), rounds, LM iterations)."""
@@ -236,8 +237,8 @@ def irls(P: Problem, S: State, *, robust: str, delta: Optional[torch.Tensor], re
         r = residual_norms(P, S)
         scale = rb.noise_scale(r, P.valid, scale_floor)
         w = rb.weights(r, P.valid, scale, robust, delta, reject)
-        if rounds == 1 and first_weights is not None:
-            w = w * first_weights if robust != "none" else first_weights * P.valid
+        if first_weights is not None:  # prior weights (the neighbour test), every round
+            w = w * first_weights
         S2, n, conv = levenberg_marquardt(P, S, w, max_iter=lm_iter if rounds < max_rounds else 2 * lm_iter)
         lm_total += n
         chg = param_change(S2, S)
@@ -247,4 +248,6 @@ def irls(P: Problem, S: State, *, robust: str, delta: Optional[torch.Tensor], re
     r = residual_norms(P, S)
     scale = rb.noise_scale(r, P.valid, scale_floor)
     w = rb.weights(r, P.valid, scale, robust, delta, reject)
+    if first_weights is not None:
+        w = w * first_weights
     return S, w, scale, rounds, lm_total
