@@ -13,9 +13,19 @@ import pytest
 import torch
 
 from fourd_core.errors import GeometryError
-from fourd_core.geometry.registration import GeometryWarning, fit_cameras, points_from_depth
+from fourd_core.geometry.registration import (
+    GeometryWarning,
+    fit_cameras,
+    points_from_depth,
+)
 from fourd_core.geometry.solver.model import jacobian, residuals
-from fourd_core.geometry.solver.rotation import exp_so3, project_to_so3, rotation_angle_deg, rq3, skew
+from fourd_core.geometry.solver.rotation import (
+    exp_so3,
+    project_to_so3,
+    rotation_angle_deg,
+    rq3,
+    skew,
+)
 from fourd_core.geometry.synthetic_4dnex import SETTINGS, make_heldout_scene
 
 SEED = 1000  # first held-out seed

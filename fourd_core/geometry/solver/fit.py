@@ -28,11 +28,27 @@ import torch
 
 from ...errors import CancelledError, GeometryError, InputError
 from . import robust as rb
-from .data import (F64, MIN_PIXELS, check_inputs, check_not_collinear, frame_normalisation, grid_stride,
-                   local_noise, neighbour_score, pixel_norm, sample_grid)
+from .data import (
+    F64,
+    MIN_PIXELS,
+    check_inputs,
+    check_not_collinear,
+    frame_normalisation,
+    grid_stride,
+    local_noise,
+    neighbour_score,
+    pixel_norm,
+    sample_grid,
+)
 from .init import initialise, propagate_poses
 from .model import IntrinsicsModel, K_from_kappa, kappa_from_K
-from .observability import focal_profile, prefer_richer, score_statistic, uncertainty, wald_statistic
+from .observability import (
+    focal_profile,
+    prefer_richer,
+    score_statistic,
+    uncertainty,
+    wald_statistic,
+)
 from .outputs import write_outputs
 from .refine import Problem, State, irls, residual_norms
 
@@ -343,6 +359,22 @@ def fit_cameras(
             S.kap[:, 2:] = 0
             Pc, S, w, scale, _, n2 = fit_model(model, S, coarse, 10, robust_c, reject_c, keep_w)
             lm_total += n2
+    # a model the caller forced is still tested: a significantly better richer model is a warning
+    forced_reasons = []
+    if fixed_kap is None and shared_intrinsics is True and F >= 3:
+        m_pf = IntrinsicsModel(True, bool(square_pixels), model.free_pp)
+        P_pf = Problem(coarse.q, coarse.valid, coarse.uh, coarse.vh, Pc.cf, m_pf, mu, sig, float(temporal_smoothness))
+        stat = score_statistic(P_pf, S, w, scale.clamp_min(BIC_SCALE_FLOOR))
+        if prefer_richer(stat, 0.0, m_pf.n_params(F) - model.n_params(F), n_res)[0]:
+            forced_reasons.append("one K does not explain the maps: the focal length changes between frames (a zoom); "
+                                  "use shared_intrinsics=None (automatic) or False")
+    if fixed_kap is None and centered_principal_point is True:
+        m_fp = IntrinsicsModel(model.per_frame_focal, bool(square_pixels), True)
+        P_fp = Problem(coarse.q, coarse.valid, coarse.uh, coarse.vh, Pc.cf, m_fp, mu, sig, float(temporal_smoothness))
+        stat = score_statistic(P_fp, S, w, scale.clamp_min(BIC_SCALE_FLOOR))
+        if prefer_richer(stat, 0.0, 2, n_res)[0]:
+            forced_reasons.append("the principal point is significantly off the image centre; use "
+                                  "centered_principal_point=None (automatic) or False")
     timings["model_selection"] = time.perf_counter() - t0
     _callback(callback, 3, total_steps)
 
@@ -372,7 +404,7 @@ def fit_cameras(
             unc.rotation_deg = torch.maximum(unc.rotation_deg, u2.rotation_deg * shrink)
         else:
             selection["fitted_principal_point"]["note"] = "not determined by the data: assumed at the image centre"
-    reasons = []
+    reasons = list(forced_reasons)
     noise_map_n = local_noise(points, valid, coarse.ii, coarse.jj) / sig  # normalised units
     if not model.fixed:
         # a focal 30 % lower or 40 % higher must fit clearly worse (profile test, coarse level)

@@ -19,15 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import robust as rb
 from .data import F64
-from .refine import Problem, State, arrow_blocks, frame_blocks, residual_norms
-
-
-def robust_objective(P: Problem, S: State, ref_scale: torch.Tensor, robust: str, reject) -> float:
-    """Robust loss (chi-square units) of the state on the problem's points, at fixed noise scales."""
-    r = residual_norms(P, S)
-    return float(rb.loss(r, P.valid, ref_scale, "cauchy" if robust == "none" else robust, reject).sum())
+from .refine import Problem, State, arrow_blocks, frame_blocks
 
 
 def prefer_richer(loss_simple: float, loss_rich: float, extra_params: int, n_residuals: int) -> tuple[bool, float]:
@@ -44,7 +37,6 @@ def score_statistic(P_rich: Problem, S: State, w: torch.Tensor, scale: torch.Ten
     sigma^2) the Gauss-Newton step from S predicts a loss decrease ``g^T H^-1 g``: what fitting the
     richer model would gain, without fitting it.  (Rao 1948; the usual test for nested models.)
     """
-    F = S.R.shape[0]
     wc = w / (P_rich.cf[:, None] * scale[:, None] ** 2)
     Hf, gf = frame_blocks(P_rich, S, wc)
     Hpp, Hpk, Hkk, gp, gk = arrow_blocks(P_rich, Hf, gf)

@@ -49,26 +49,3 @@ def weights(r: torch.Tensor, valid: torch.Tensor, scale: torch.Tensor, robust: s
     if reject is not None:
         w = torch.where(r <= reject * scale[:, None], w, torch.zeros_like(w))
     return w * vf
-
-
-def loss(r: torch.Tensor, valid: torch.Tensor, scale: torch.Tensor, robust: str,
-         reject: Optional[float] = None) -> torch.Tensor:
-    """Robust loss per frame [F], in chi-square units (``(r / scale)^2`` for small residuals).
-
-    The objective whose minimiser IRLS with :func:`weights` finds; used to compare models.
-    """
-    x = r / scale[:, None]
-    c = TUNING.get(robust, 1.0)
-    if robust == "none":
-        l_ = x * x
-    elif robust == "huber":
-        l_ = torch.where(x <= c, x * x, 2 * c * x - c * c)
-    elif robust == "cauchy":
-        l_ = c * c * torch.log1p((x / c) ** 2)
-    else:
-        l_ = c * c / 3 * (1 - (1 - (x / c) ** 2).clamp_min(0) ** 3)
-    if reject is not None and robust != "none":
-        cap = torch.as_tensor(float(reject), dtype=x.dtype)
-        lc = loss(cap.reshape(1, 1).expand(1, 1), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, dtype=x.dtype), robust)
-        l_ = torch.where(x <= reject, l_, lc.reshape(()))
-    return torch.where(valid, l_, torch.zeros_like(l_)).sum(1)
