@@ -1,23 +1,24 @@
 #!/usr/bin/env python
-"""Benchmark: point maps -> cameras + depth, ours vs the official 4DNeX post-optimisation.
+"""Benchmark: point maps -> cameras + depth.  Robustness, full-size cost, and the official scheme.
 
-Builds synthetic scenes with known cameras (fourd_core.geometry.synthetic: smooth depth maps, a
-smooth orbit, random world frame, points in the 4DNeX registration convention), then runs in one
-process:
+Prints, in one run (one process, plus one child process per full-size memory measurement):
 
-* the official scheme (fourd_core.geometry.registration.official_registration, 4dnex.md sec. 8:
-  Adam lr 5e-3 over per-pixel depth, one K, per-frame 6D rotations, 1500 iterations), and
-* ours (fit_cameras),
+1. **Robustness** on held-out synthetic scenes from the independent generator
+   (fourd_core.geometry.synthetic_4dnex; the solver was tuned on seeds 0-15, this uses seeds
+   1000+), every setting of issue 10 at 49 x 60x90, default options (no hints).  Per setting:
+   successes (worst-frame rotation < 1 deg and worst-frame focal < 2 %), fits returned with low
+   confidence and a warning (flagged), GeometryError (raised), and *silent failures* (a fit outside
+   the bounds with high confidence: the target is 0); median / worst focal and rotation errors over
+   the returned fits; the intrinsics model chosen; the median time.
+2. **Full size** (49, 97 and 145 frames of 480x720, 0.5 % noise): time (best of 2) and the peak
+   resident memory of the fit, measured in a child process that loads only the points (the
+   high-water mark is reset after loading, so the input is counted, its generation is not).  97
+   and 145 frames repeat the 49-frame clip back and forth (same camera path reversed).
+3. **Speed-up** over the official 4DNeX post-optimisation (fourd_core.geometry.baselines:
+   1500 Adam steps, 4dnex.md sec. 8) at 49 x 480x720, run in this process: a few iterations,
+   their steady time per iteration scaled to 1500.
 
-at 49 x 60x90, 49 x 120x180 and 49 x 480x720, and prints times, ratios and errors.  The baseline
-may run fewer iterations than 1500 (always at 49 x 480x720, where 1500 take about half an hour);
-its time per iteration is then scaled to 1500 and the table says so.
-
-Then an accuracy table for ours (clean, 0.5 % noise, 1 % noise + 10 % outliers) and the robust
-test: 8 random scenes with 2 % noise and 20 % outliers, robust vs plain initialisation.
-
-Usage:  python bench/bench_registration.py [--sizes 49x60x90 ...] [--quick] [--baseline-iters N]
-        [--threads N] [--accuracy-size 49x60x90]
+Usage:  python bench/bench_registration.py [--seeds 32] [--threads 2] [--skip-full] [--settings ...]
 """
 
 from __future__ import annotations
@@ -25,149 +26,170 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import warnings
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fourd_core.errors import GeometryError  # noqa: E402
-from fourd_core.geometry.registration import fit_cameras, official_registration  # noqa: E402
-from fourd_core.geometry.synthetic import make_synthetic_scene, rotation_angle_deg  # noqa: E402
+from fourd_core.geometry.baselines import official_registration  # noqa: E402
+from fourd_core.geometry.registration import fit_cameras  # noqa: E402
+from fourd_core.geometry.solver.rotation import rotation_angle_deg  # noqa: E402
+from fourd_core.geometry.synthetic_4dnex import SETTINGS, make_heldout_scene  # noqa: E402
 
-FULL_ITERS = 1500
-
-
-def parse_size(s: str):
-    f, hw = s.lower().split("x", 1)
-    h, w = hw.split("x")
-    return int(f), int(h), int(w)
+FIRST_HELDOUT_SEED = 1000
+FOCAL_OK, ROT_OK = 0.02, 1.0
 
 
 def errors(fit, sc):
-    """Focal (relative, worst of fx/fy), rotation (deg, worst frame), depth abs-rel (inliers),
-    rms of (fitted point - clean point) over the scene scale."""
-    fe = max(float(((fit.K[:, 0, 0] - sc.K[:, 0, 0]).abs() / sc.K[:, 0, 0]).max()),
-             float(((fit.K[:, 1, 1] - sc.K[:, 1, 1]).abs() / sc.K[:, 1, 1]).max()))
-    re = float(rotation_angle_deg(fit.cam_to_world[:, :3, :3], sc.cam_to_world[:, :3, :3]).max())
-    inl = ~sc.outlier_mask
-    ar = float(((fit.depth - sc.depth).abs() / sc.depth)[inl].mean())
-    pe = float((fit.points - sc.clean_points)[inl].norm(dim=-1).pow(2).mean().sqrt()) / sc.scale
-    return fe, re, ar, pe
+    """(worst-frame relative focal error, worst-frame rotation error deg, mean rotation error deg)."""
+    fe = float(((fit.K[:, 0, 0] - sc.K[:, 0, 0]).abs() / sc.K[:, 0, 0]).max())
+    re = rotation_angle_deg(fit.cam_to_world[:, :3, :3], sc.cam_to_world[:, :3, :3])
+    return fe, float(re.max()), float(re.mean())
 
 
-def rss_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+def robustness(args):
+    print(f"1. Robustness at {args.size}, default options, held-out seeds {FIRST_HELDOUT_SEED}.."
+          f"{FIRST_HELDOUT_SEED + args.seeds - 1} ({args.seeds} per setting); success = rotation < 1 deg and focal < 2 %")
+    hdr = (f"{'setting':>28} | {'ok':>3} {'flag':>4} {'raise':>5} {'SILENT':>6} | {'focal med':>9} {'worst':>8} | "
+           f"{'rot med':>7} {'worst':>6} {'mean-rot worst':>14} | {'model (most frequent)':>38} | time")
+    print(hdr)
+    print("-" * len(hdr))
+    F, H, W = (int(x) for x in args.size.lower().split("x"))
+    totals = dict(ok=0, flag=0, raised=0, silent=0)
+    for name in args.settings:
+        kw = SETTINGS[name]
+        c = dict(ok=0, flag=0, raised=0, silent=0)
+        fes, res, mres, times, models = [], [], [], [], {}
+        for seed in range(FIRST_HELDOUT_SEED, FIRST_HELDOUT_SEED + args.seeds):
+            sc = make_heldout_scene(F, H, W, seed=seed, **kw)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    fit = fit_cameras(sc.points)
+                except GeometryError:
+                    c["raised"] += 1
+                    times.append(time.perf_counter() - t0)
+                    continue
+            times.append(time.perf_counter() - t0)
+            fe, re, mre = errors(fit, sc)
+            fes.append(fe)
+            res.append(re)
+            mres.append(mre)
+            m = fit.info["intrinsics_model"]
+            models[m] = models.get(m, 0) + 1
+            if fe < FOCAL_OK and re < ROT_OK:
+                c["ok"] += 1
+            elif fit.info["confidence"] == "low":
+                c["flag"] += 1
+            else:
+                c["silent"] += 1
+        for k in c:
+            totals[k] += c[k]
+        med = (lambda v: statistics.median(v) if v else float("nan"))
+        mx = (lambda v: max(v) if v else float("nan"))
+        top = max(models, key=models.get) if models else "-"
+        top = f"{top} ({models.get(top, 0)}/{len(fes)})" if models else "-"
+        print(f"{name:>28} | {c['ok']:>3} {c['flag']:>4} {c['raised']:>5} {c['silent']:>6} | {med(fes):9.2e} "
+              f"{mx(fes):8.2e} | {med(res):7.3f} {mx(res):6.3f} {mx(mres):14.3f} | {top:>38} | {med(times):.2f}s",
+              flush=True)
+    print(f"  total: {totals['ok']} ok, {totals['flag']} flagged (low confidence + warning), {totals['raised']} raised, "
+          f"{totals['silent']} silent failures")
+    print("  focal = worst frame |f - f*| / f*; rot = worst frame angle (deg); mean-rot = per-scene mean over frames;")
+    print("  errors over returned fits (flagged ones included).")
 
 
-def timed_fit(points, repeats=2, **kw):
-    best, fit = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fit = fit_cameras(points, **kw)
-        best = min(best, time.perf_counter() - t0)
-    return best, fit
+CHILD = r"""
+import sys, time, resource, torch, numpy as np
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(int(sys.argv[3]))
+from fourd_core.geometry.registration import fit_cameras
+pts = torch.from_numpy(np.load(sys.argv[2]))
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024**2
+base = rss("VmRSS:")
+best = float("inf")
+for rep in range(2):
+    try:
+        open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
+    except OSError:
+        pass
+    t0 = time.perf_counter()
+    fit = fit_cameras(pts)
+    best = min(best, time.perf_counter() - t0)
+    peak = rss("VmHWM:")
+    del fit
+print(f"{best:.3f} {peak:.3f} {base:.3f}")
+"""
+
+
+def full_size(args):
+    print()
+    print(f"2. Full size, 0.5 % noise, default options, torch threads {args.threads} (child process per size)")
+    hdr = f"{'frames x size':>16} | {'time (best of 2)':>16} | {'s / frame':>9} | {'peak RSS (input incl.)':>22} | {'input':>7}"
+    print(hdr)
+    print("-" * len(hdr))
+    sc = make_heldout_scene(49, 480, 720, seed=FIRST_HELDOUT_SEED, noise=0.005)
+    pts49 = sc.points
+    del sc
+    out = {}
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    with tempfile.TemporaryDirectory() as tmp:
+        for F in (49, 97, 145):
+            idx = list(range(49)) + list(range(47, -1, -1)) + list(range(1, 49))
+            pts = pts49[torch.tensor(idx[:F])].contiguous()
+            path = os.path.join(tmp, f"p{F}.npy")
+            import numpy as np
+
+            np.save(path, pts.numpy())
+            res = subprocess.run([sys.executable, "-c", CHILD, root, path, str(args.threads)], capture_output=True,
+                                 text=True, check=True)
+            t, peak, base = (float(x) for x in res.stdout.split())
+            out[F] = t
+            print(f"{F:>4} x 480x720 | {t:15.2f}s | {t / F:9.4f} | {peak:20.2f} GB | {pts.numel() * 4 / 1024**3:5.2f} GB",
+                  flush=True)
+    print(f"  cost ratio 97/49 = {out[97] / out[49]:.2f} (linear: 1.98), 145/49 = {out[145] / out[49]:.2f} (linear: 2.96)")
+    return pts49, out[49]
+
+
+def speedup(args, pts49, t_ours):
+    print()
+    print("3. Speed-up over the official scheme (Adam, 1500 iterations) at 49 x 480x720, same process")
+    off = official_registration(pts49, iterations=args.baseline_iters)
+    t_off = off.info["seconds_per_iteration_steady"] * 1500
+    print(f"  official: {off.info['seconds_per_iteration_steady']:.2f} s/iteration (steady, {args.baseline_iters} run) "
+          f"-> {t_off:.0f} s for 1500; ours {t_ours:.2f} s (best of 2, child process): {t_off / t_ours:.0f}x faster")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", default=["49x60x90", "49x120x180", "49x480x720"])
-    ap.add_argument("--quick", action="store_true", help="cap the baseline at 100 iterations everywhere (scaled to 1500)")
-    ap.add_argument("--baseline-iters", type=int, default=None,
-                    help="baseline iterations at sizes below 49x480x720 (default 1500, 100 with --quick)")
-    ap.add_argument("--full-size-baseline-iters", type=int, default=10,
-                    help="baseline iterations at 480x720 and above (scaled to 1500)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--accuracy-size", default="49x60x90")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=32, help="held-out scenes per setting (>= 32 for the issue's table)")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--size", default="49x60x90")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline-iters", type=int, default=6)
+    ap.add_argument("--skip-full", action="store_true", help="only the robustness table")
+    ap.add_argument("--skip-robustness", action="store_true")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    small_iters = args.baseline_iters or (100 if args.quick else FULL_ITERS)
-
-    print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
-          f"{os.cpu_count()} CPUs | torch threads {torch.get_num_threads()} | load avg {os.getloadavg()[0]:.2f}")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
+          f"torch threads {torch.get_num_threads()} | load avg {os.getloadavg()[0]:.2f}")
     print()
-    print("Speed: clean synthetic scenes (4DNeX convention), same process; 'ours' = best of 2 runs")
-    hdr = (f"{'size':>12} | {'official':>10} {'iters':>9} | {'ours':>7} | {'ratio':>7} | "
-           f"{'official f / rot / absrel':>26} | {'ours f / rot / absrel / pts':>36} | ours peak RSS")
-    print(hdr)
-    print("-" * len(hdr))
-    for s in args.sizes:
-        F, H, W = parse_size(s)
-        sc = make_synthetic_scene(F, H, W, seed=args.seed, fourdnex=True)
-        t_ours, fit = timed_fit(sc.points)
-        peak = rss_gb()
-        e_ours = errors(fit, sc)
-        iters = args.full_size_baseline_iters if H * W >= 480 * 720 else small_iters
-        off = official_registration(sc.points, iterations=iters)
-        scaled = iters != FULL_ITERS
-        # a truncated run is scaled from its steady-state iterations (the first two allocate)
-        t_off_1500 = off.info["seconds_per_iteration_steady" if scaled else "seconds_per_iteration"] * FULL_ITERS
-        e_off = errors(off, sc)
-        del off
-        print(f"{s:>12} | {t_off_1500:9.1f}s {('%d%s' % (iters, '*' if scaled else '')):>9} | {t_ours:6.2f}s | "
-              f"{t_off_1500 / t_ours:6.0f}x | {e_off[0]:7.1%} {e_off[1]:6.1f}deg {e_off[2]:7.3f} | "
-              f"{e_ours[0]:8.1e} {e_ours[1]:8.1e}deg {e_ours[2]:7.1e} {e_ours[3]:7.1e} | {peak:.2f} GB")
-        print(f"{'':>12}   ours: passes {fit.info['passes']}, timings "
-              + ", ".join(f"{k} {v:.2f}s" for k, v in fit.info["timings"].items()))
-        scn = make_synthetic_scene(F, H, W, seed=args.seed, fourdnex=True, noise=0.01, outliers=0.1)
-        t_noisy, fitn = timed_fit(scn.points)
-        en = errors(fitn, scn)
-        print(f"{'':>12}   ours on 1% noise + 10% outliers: {t_noisy:.2f}s ({t_off_1500 / t_noisy:.0f}x), "
-              f"f {en[0]:.1e}, rot {en[1]:.3f}deg, absrel {en[2]:.1e}, passes {fitn.info['passes']}")
-        del scn, fitn
-    print("  * baseline ran fewer than 1500 iterations: its steady time per iteration (iterations 3..n) is scaled to")
-    print("    1500, and its errors are those after the iterations it ran (1500-iteration errors: rows without '*').")
-    print("  errors: f = worst relative focal error, rot = worst rotation error, absrel = mean |d - d*| / d*,")
-    print("    pts = rms distance of the fitted points to the clean points / scene scale.")
-
-    F, H, W = parse_size(args.accuracy_size)
-    print()
-    print(f"Accuracy of ours at {args.accuracy_size}, worst of 4 scenes (seeds {args.seed}..{args.seed + 3}; noise = std")
-    print("per coordinate / scene scale; outliers uniform in the frame's box; absrel over inlier pixels)")
-    hdr = f"{'case':>34} | {'focal err':>9} | {'rot err':>9} | {'depth absrel':>12} | {'resid/scale':>11} | time"
-    print(hdr)
-    print("-" * len(hdr))
-    cases = [("clean", dict()), ("0.5% noise", dict(noise=0.005)),
-             ("1% noise + 10% outliers", dict(noise=0.01, outliers=0.1)),
-             ("clean, 4DNeX convention", dict(fourdnex=True)),
-             ("1% noise + 10% outliers, 4DNeX", dict(noise=0.01, outliers=0.1, fourdnex=True))]
-    for name, kw in cases:
-        worst = [0.0] * 5
-        for seed in range(args.seed, args.seed + 4):
-            sc = make_synthetic_scene(F, H, W, seed=seed, **kw)
-            t, fit = timed_fit(sc.points, repeats=1)
-            fe, re, ar, _ = errors(fit, sc)
-            inl = ~sc.outlier_mask
-            clean = not (kw.get("noise") or kw.get("outliers"))
-            res = float(fit.residual[inl].max() if clean else fit.residual[inl].median()) / sc.scale
-            worst = [max(a, b) for a, b in zip(worst, (fe, re, ar, res, t))]
-        fe, re, ar, res, t = worst
-        print(f"{name:>34} | {fe:9.2e} | {re:6.1e}deg | {ar:12.2e} | {res:11.2e} | {t:.2f}s")
-    print("  resid/scale: max over pixels for clean data, median over inliers otherwise.")
-
-    print()
-    print(f"Robustness at {args.accuracy_size}: 8 random scenes (FOV 40-80 deg, random orbit and world frame),")
-    print("2% noise + 20% outliers; correct = rotation < 1 deg and focal < 2%")
-    res = {True: [], False: []}
-    for seed in range(100, 108):
-        sc = make_synthetic_scene(F, H, W, seed=seed, noise=0.02, outliers=0.2, fourdnex=seed % 2 == 0)
-        line = f"  seed {seed}:"
-        for robust_init in (True, False):
-            try:
-                fit = fit_cameras(sc.points, robust_init=robust_init)
-                fe, re, _, _ = errors(fit, sc)
-                ok = fe < 0.02 and re < 1.0
-                line += f"  {'robust' if robust_init else 'plain'} f {fe:8.2e} rot {re:6.3f}deg {'ok' if ok else 'WRONG'} |"
-            except GeometryError as e:
-                ok = False
-                line += f"  {'robust' if robust_init else 'plain'} GeometryError ({str(e)[:38]}...) |"
-            res[robust_init].append(ok)
-        print(line)
-    print(f"  robust initialisation: {sum(res[True])}/8 correct; plain (one least-squares DLT): {sum(res[False])}/8")
+    if not args.skip_robustness:
+        robustness(args)
+    if not args.skip_full:
+        pts49, t49 = full_size(args)
+        speedup(args, pts49, t49)
+    print(f"\nload avg at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

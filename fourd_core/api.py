@@ -25,9 +25,11 @@ from .scene import Scene4D
 class GeometryConfig:
     """Options of the camera/depth recovery (see :func:`fourd_core.geometry.registration.fit_cameras`)."""
 
-    shared_intrinsics: bool = True
+    #: None: chosen from the data (one focal, or one per frame for a zoom); True/False force it
+    shared_intrinsics: bool | None = None
     square_pixels: bool = True
-    centered_principal_point: bool = True
+    #: None: fitted when the data determine it, centred otherwise; True/False force it
+    centered_principal_point: bool | None = None
     robust: str = "huber"
     temporal_smoothness: float = 0.0
     #: when the maps admit no perspective camera (e.g. random weights, a mirrored or flat map),
@@ -66,6 +68,8 @@ def recover_geometry(scene: Scene4D, config: GeometryConfig | None = None, devic
         info = {"fallback": True, "fallback_reason": str(exc)}
     meta["geometry"] = {**config.kwargs(), "seconds": round(time.perf_counter() - t0, 3),
                         **{k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}}
+    if info.get("warnings"):
+        meta["geometry"]["warnings"] = list(info["warnings"])
     return Scene4D(rgb=scene.rgb, xyz=scene.xyz, K=K, cam_to_world=c2w, depth=depth, confidence=conf, metadata=meta)
 
 

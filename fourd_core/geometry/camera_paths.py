@@ -18,6 +18,7 @@ from typing import Union
 import torch
 
 from ..errors import InputError
+from .solver.rotation import exp_so3
 
 __all__ = ["look_at_center", "orbit", "arc", "dolly"]
 
@@ -98,11 +99,8 @@ def _axis(T: torch.Tensor, axis) -> torch.Tensor:
 
 def _rotations(axis: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """[N,3,3] rotations by ``angles`` (radians, right-hand rule) about the unit ``axis``."""
-    kx, ky, kz = axis.tolist()
-    Kx = torch.tensor([[0, -kz, ky], [kz, 0, -kx], [-ky, kx, 0]], dtype=torch.float64, device=axis.device)
-    s, c = torch.sin(angles)[:, None, None], torch.cos(angles)[:, None, None]
-    eye = torch.eye(3, dtype=torch.float64, device=axis.device)
-    return eye + s * Kx + (1 - c) * (Kx @ Kx)
+    a = axis.to(torch.float64)
+    return exp_so3(angles.to(torch.float64)[:, None] * (a / a.norm())[None, :])
 
 
 def _about_center(T: torch.Tensor, center: torch.Tensor, Rs: torch.Tensor) -> torch.Tensor:

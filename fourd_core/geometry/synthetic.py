@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .solver.rotation import exp_so3, rotation_angle_deg
+
 __all__ = ["SyntheticScene", "make_synthetic_scene", "look_at", "rotation_angle_deg"]
 
 
@@ -48,19 +50,6 @@ class SyntheticScene:
     scale: float
 
 
-def _rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices [...,3,3] from axis-angle vectors [...,3] (radians), float64."""
-    aa = axis_angle.to(torch.float64)
-    theta = aa.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-    k = aa / theta
-    kx, ky, kz = k.unbind(-1)
-    zero = torch.zeros_like(kx)
-    Kx = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], -1).reshape(*aa.shape[:-1], 3, 3)
-    th = theta[..., None]
-    eye = torch.eye(3, dtype=torch.float64).expand_as(Kx)
-    return eye + torch.sin(th) * Kx + (1 - torch.cos(th)) * (Kx @ Kx)
-
-
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor, roll: torch.Tensor | float = 0.0) -> torch.Tensor:
     """OpenCV cam-to-world [...,4,4] (float64) of cameras at ``eye`` looking at ``target``.
 
@@ -85,14 +74,6 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor, roll: tor
     T[..., :3, 3] = eye
     T[..., 3, 3] = 1
     return T
-
-
-def rotation_angle_deg(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:
-    """Geodesic angle in degrees between rotation matrices [...,3,3] (float64 result)."""
-    Ra, Rb = Ra.to(torch.float64), Rb.to(torch.float64)
-    # ||Ra - Rb||_F = 2 sqrt(2) sin(angle / 2): accurate for small angles, unlike acos of the trace
-    chord = torch.linalg.matrix_norm(Ra - Rb) / (2 * math.sqrt(2))
-    return torch.rad2deg(2 * torch.asin(chord.clamp(0.0, 1.0)))
 
 
 def _depth_maps(F: int, H: int, W: int, g: torch.Generator, d0: float) -> torch.Tensor:
@@ -188,7 +169,7 @@ def make_synthetic_scene(
     c2w = look_at(eye, target.expand_as(eye), up, roll)
     # a random rigid world frame, so that camera 0 is not the identity
     G = torch.eye(4, dtype=torch.float64)
-    G[:3, :3] = _rodrigues(torch.randn(3, generator=g, dtype=torch.float64) * 0.7)
+    G[:3, :3] = exp_so3(torch.randn(3, generator=g, dtype=torch.float64) * 0.7)
     G[:3, 3] = torch.randn(3, generator=g, dtype=torch.float64) * d0
     c2w = G @ c2w
 

@@ -1,0 +1,20 @@
+"""Camera recovery from XYZ point maps (4DNeX Sec. 4.3, Eqs. 9-10), level by level.
+
+Read in this order; each module only uses the ones above it:
+
+=====================  =====================================================================
+``rotation``           shared rotation helpers (exponential map, SO(3) projection, RQ, angles)
+``data``               input checks, pixel sub-grids, per-frame normalisation, map noise
+``robust``             noise scale from residuals, IRLS weights, robust losses
+``model``              intrinsics models and the point-to-ray residual with its Jacobian
+``init``               robust linear hypotheses (DLT, least median of squares, homography)
+``refine``             Levenberg-Marquardt (Schur complement on the poses) inside IRLS
+``observability``      model selection (BIC), standard errors, the honesty thresholds
+``outputs``            the per-pixel pass: depth, residual, confidence, snapped points
+``fit``                :func:`fit_cameras`, which chains the levels
+=====================  =====================================================================
+"""
+
+from .fit import CameraFit, GeometryWarning, fit_cameras
+
+__all__ = ["CameraFit", "GeometryWarning", "fit_cameras"]
