@@ -57,8 +57,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_geometry_export_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("geometry")
-    g.add_argument("--per-frame-intrinsics", action="store_true", help="one K per frame instead of one shared K")
-    g.add_argument("--free-principal-point", action="store_true", help="fit cx, cy instead of the image centre")
+    g.add_argument("--intrinsics", choices=["auto", "shared", "per-frame"], default="auto",
+                   help="one K for the clip, one per frame (zoom), or chosen from the data (default)")
+    g.add_argument("--per-frame-intrinsics", action="store_true", help="same as --intrinsics per-frame")
+    g.add_argument("--principal-point", choices=["auto", "centered", "free"], default="auto",
+                   help="cx, cy at the image centre, fitted, or fitted only when the data determine it (default)")
+    g.add_argument("--free-principal-point", action="store_true", help="same as --principal-point free")
     g.add_argument("--non-square-pixels", action="store_true", help="fit fx and fy separately")
     g.add_argument("--smoothness", type=float, default=0.0, help="temporal smoothness weight on the trajectory")
     g.add_argument("--strict-geometry", action="store_true",
@@ -138,8 +142,11 @@ def _read_prompt(args) -> str:
 def _geometry_config(args):
     from .api import GeometryConfig
 
-    return GeometryConfig(shared_intrinsics=not args.per_frame_intrinsics, square_pixels=not args.non_square_pixels,
-                          centered_principal_point=not args.free_principal_point, temporal_smoothness=args.smoothness,
+    intrinsics = "per-frame" if args.per_frame_intrinsics else args.intrinsics
+    principal = "free" if args.free_principal_point else args.principal_point
+    return GeometryConfig(shared_intrinsics={"auto": None, "shared": True, "per-frame": False}[intrinsics],
+                          square_pixels=not args.non_square_pixels,
+                          centered_principal_point={"auto": None, "centered": True, "free": False}[principal], temporal_smoothness=args.smoothness,
                           fallback=not args.strict_geometry)
 
 

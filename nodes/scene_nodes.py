@@ -27,6 +27,11 @@ def depth_to_image(depth: torch.Tensor) -> torch.Tensor:
     return v[..., None].expand(*v.shape, 3).contiguous()
 
 
+#: widget value -> GeometryConfig field (None: chosen from the data by the solver's model selection)
+INTRINSICS = {"auto": None, "shared": True, "per frame": False}
+PRINCIPAL_POINT = {"auto": None, "centred": True, "free": False}
+
+
 class FourDRecoverCameras:
     DESCRIPTION = ("Recover intrinsics, per-frame cameras (OpenCV cam-to-world) and depth from the generated point "
                    "maps (4DNeX post-optimisation, Sec. 4.3) with a direct robust solver: about a second for 49 "
@@ -42,17 +47,19 @@ class FourDRecoverCameras:
     def INPUT_TYPES(cls):
         return {"required": {
             "scene": (SCENE, {"tooltip": "From FourD Decode 6D or FourD Load Scene."}),
-            "shared_intrinsics": ("BOOLEAN", {"default": True, "tooltip": "One K for all frames (no zoom)."}),
+            "intrinsics": (list(INTRINSICS), {"default": "auto", "tooltip": "auto: one K for the clip, or one per frame "
+                           "when the maps show a zoom (chosen by a statistical test, reported). shared / per frame force it."}),
             "square_pixels": ("BOOLEAN", {"default": True, "tooltip": "fx = fy."}),
-            "centered_principal_point": ("BOOLEAN", {"default": True, "tooltip": "cx, cy at the image centre."}),
+            "principal_point": (list(PRINCIPAL_POINT), {"default": "auto", "tooltip": "auto: fitted when the maps "
+                                "determine it, else the image centre. centred / free force it."}),
             "robust_loss": (["huber", "cauchy", "tukey", "none"], {"tooltip": "Down-weights outlier points."}),
             "temporal_smoothness": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                     "tooltip": "Penalise jerky camera trajectories (0 = independent frames)."}),
         }}
 
-    def recover(self, scene, shared_intrinsics, square_pixels, centered_principal_point, robust_loss, temporal_smoothness):
-        cfg = GeometryConfig(shared_intrinsics=shared_intrinsics, square_pixels=square_pixels,
-                             centered_principal_point=centered_principal_point, robust=robust_loss,
+    def recover(self, scene, intrinsics, square_pixels, principal_point, robust_loss, temporal_smoothness):
+        cfg = GeometryConfig(shared_intrinsics=INTRINSICS[intrinsics], square_pixels=square_pixels,
+                             centered_principal_point=PRINCIPAL_POINT[principal_point], robust=robust_loss,
                              temporal_smoothness=temporal_smoothness)
         progress = cb.Progress(1)
         out = recover_geometry(scene, cfg, device="cuda" if torch.cuda.is_available() else None,
