@@ -47,6 +47,10 @@ MODEL_FILES = {"diffusion_models": ["wan2.1_i2v_480p_14B_fp16.safetensors"], "te
 
 
 def import_pack(name: str):
+    """Import the pack as ComfyUI does, afresh: submodules cached under ``name`` by an earlier import
+    (another test module's fake ComfyUI) are dropped, so import-time registration runs again."""
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
     spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
