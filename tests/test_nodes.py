@@ -326,7 +326,8 @@ def run_api_prompt(pack, prompt, fake):
             out = core(ct, kwargs)
         else:
             cls = pack.NODE_CLASS_MAPPINGS[ct]
-            out = getattr(cls(), cls.FUNCTION)(**kwargs)
+            with torch.inference_mode():  # as ComfyUI's executor runs every node
+                out = getattr(cls(), cls.FUNCTION)(**kwargs)
             if isinstance(out, dict):
                 ui[nid] = out.get("ui")
                 out = out.get("result", ())

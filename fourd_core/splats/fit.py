@@ -222,6 +222,14 @@ def fit_gaussians(scene, config: FitConfig | None = None, grid: torch.Tensor | N
     Raises:
         InputError: bad config, scene without cameras, mismatched grid; gsplat requested but missing.
     """
+    if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
+        # hosts such as ComfyUI run nodes under torch.inference_mode(): fitting needs autograd, and
+        # tensors created in inference mode cannot be saved for backward, so work on plain copies
+        with torch.inference_mode(False), torch.enable_grad():
+            fields = {f.name: getattr(scene, f.name) for f in dataclasses.fields(scene)}
+            plain = type(scene)(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
+            return fit_gaussians(plain, config, *(None if t is None else t.clone() for t in (grid, grid_K, grid_cam_to_world)),
+                                 device=device, callback=callback)
     cfg = config or FitConfig()
     cfg.validate()
     if device is None:

@@ -86,3 +86,15 @@ def test_cancel_from_the_callback_stops_the_fit():
 
     with pytest.raises(Stop):
         fit_gaussians(scene, FitConfig(iterations=50), device="cpu", callback=cb)
+
+
+def test_fit_runs_under_inference_mode_as_comfyui_executes_nodes():
+    """ComfyUI wraps every node in torch.inference_mode(); the fit must still optimise (found in a
+    real ComfyUI run: 'can't retain_grad on Tensor that has requires_grad=False')."""
+    from fourd_core.splats.fit import FitConfig, fit_gaussians
+    from test_splats_cli_nodes import small_scene
+
+    with torch.inference_mode():
+        scene = small_scene(frames=2)
+        g = fit_gaussians(scene, FitConfig(iterations=3, resolution=0), device="cpu")
+    assert g.num_frames == 2 and g.metadata["kind"] != "pixel_aligned" and "fit" in g.metadata
