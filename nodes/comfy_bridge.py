@@ -152,6 +152,19 @@ def safe_output_folder(prefix: str, base: Path | None = None) -> tuple[Path, str
     return folder, folder.relative_to(base).as_posix()
 
 
+def preview_asset_ui(prefix: str, data: bytes) -> dict:
+    """Write a 4D viewer asset (``.fourd4d`` bytes) under a new numbered name in the temp folder and
+    return the node's ``{"ui": ...}`` entry the web widget (``web/fourd``) reads."""
+    import posixpath
+
+    from ..fourd_core.io.atomic import write_bytes_atomic
+
+    folder, rel = safe_output_folder(prefix, base=temp_directory())
+    name = folder.name + ".fourd4d"
+    write_bytes_atomic(folder.parent / name, data)
+    return {"ui": {"fourd_scene": [{"filename": name, "subfolder": posixpath.dirname(rel), "type": "temp"}]}}
+
+
 def free_memory() -> None:
     """Ask ComfyUI to unload its models and empty the CUDA cache (no-op without ComfyUI)."""
     try:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import posixpath
 
 import torch
 
 from ..fourd_core.api import GeometryConfig, recover_geometry
 from ..fourd_core.errors import InputError
 from ..fourd_core.io.export import ExportOptions, export_scene
-from ..fourd_core.io.viewer_asset import write_viewer_asset
+from ..fourd_core.io.viewer_asset import viewer_asset_bytes
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
 from . import file3d
@@ -191,7 +190,5 @@ class FourDPreview4D:
         }}
 
     def preview(self, scene, points_per_frame, min_confidence):
-        folder, rel = cb.safe_output_folder("fourd_preview/scene", base=cb.temp_directory())
-        name = folder.name + ".fourd4d"
-        write_viewer_asset(folder.parent / name, scene, points_per_frame=points_per_frame, min_confidence=min_confidence)
-        return {"ui": {"fourd_scene": [{"filename": name, "subfolder": posixpath.dirname(rel), "type": "temp"}]}}
+        return cb.preview_asset_ui("fourd_preview/scene", viewer_asset_bytes(
+            scene, points_per_frame=points_per_frame, min_confidence=min_confidence))

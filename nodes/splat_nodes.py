@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import posixpath
 
 import torch
 
 from ..fourd_core.errors import InputError
-from ..fourd_core.io.atomic import make_temp_dir, replace_path, write_bytes_atomic, writable_output_dir
+from ..fourd_core.io.atomic import make_temp_dir, replace_path, writable_output_dir
 from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
 from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import pixel_aligned_gaussians
@@ -177,7 +176,5 @@ class FourDPreviewGaussians:
         }}
 
     def preview(self, gaussians, splats_per_frame, min_opacity):
-        folder, rel = cb.safe_output_folder("fourd_preview/gaussians", base=cb.temp_directory())
-        name = folder.name + ".fourd4d"
-        write_bytes_atomic(folder.parent / name, gaussians_viewer_asset_bytes(gaussians, splats_per_frame, min_opacity))
-        return {"ui": {"fourd_scene": [{"filename": name, "subfolder": posixpath.dirname(rel), "type": "temp"}]}}
+        return cb.preview_asset_ui("fourd_preview/gaussians",
+                                   gaussians_viewer_asset_bytes(gaussians, splats_per_frame, min_opacity))
