@@ -189,16 +189,11 @@ def per_step(run, device: torch.device) -> float:
 def _stock_class():
     from diffusers import WanImageToVideoPipeline
 
-    class StockPipeline(WanImageToVideoPipeline):
-        """diffusers' pipeline, except that ``check_inputs`` lets the image come with precomputed CLIP
-        features (the check never builds the 2.5 GB CLIP-H); the denoising loop is the stock one."""
+    from fourd_core.pipelines.fourdnex import ImageWithEmbedsChecks
 
-        def check_inputs(self, prompt, negative_prompt, image, height, width, prompt_embeds=None,
-                         negative_prompt_embeds=None, image_embeds=None, callback_on_step_end_tensor_inputs=None,
-                         guidance_scale_2=None):
-            return super().check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds,
-                                        negative_prompt_embeds, None, callback_on_step_end_tensor_inputs,
-                                        guidance_scale_2)
+    class StockPipeline(ImageWithEmbedsChecks, WanImageToVideoPipeline):
+        """diffusers' pipeline with the stock denoising loop; only ``check_inputs`` lets the image come
+        with precomputed CLIP features (the check never builds the 2.5 GB CLIP-H)."""
 
     return StockPipeline
 

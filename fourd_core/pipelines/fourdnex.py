@@ -98,11 +98,24 @@ def validate_sampler_settings(cfg) -> None:
         raise InputError(f"scheduler must be 'unipc' or 'euler', got {cfg.scheduler!r}.")
 
 
-class FourDNeXPipeline(WanImageToVideoPipeline):
+class ImageWithEmbedsChecks:
+    """Mixin for diffusers' ``WanImageToVideoPipeline``: the stock ``check_inputs``, except that
+    ``image`` and ``image_embeds`` may be given together (the stock check forbids it; 4DNeX needs
+    both: CLIP of the RGB image, computed once, and the image itself for the VAE condition)."""
+
+    def check_inputs(self, prompt, negative_prompt, image, height, width, prompt_embeds=None,
+                     negative_prompt_embeds=None, image_embeds=None, callback_on_step_end_tensor_inputs=None,
+                     guidance_scale_2=None):
+        return super().check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds,
+                                    negative_prompt_embeds, None, callback_on_step_end_tensor_inputs,
+                                    guidance_scale_2)
+
+
+class FourDNeXPipeline(ImageWithEmbedsChecks, WanImageToVideoPipeline):
     """diffusers ``WanImageToVideoPipeline`` that samples a width-fused ``[RGB | XYZ]`` video.
 
-    Only ``prepare_latents`` (the fused condition and the 0.5 mask) and ``check_inputs`` (to accept
-    precomputed CLIP features together with the image) differ from the stock class. Call it through
+    Only ``prepare_latents`` (the fused condition and the 0.5 mask) and ``check_inputs``
+    (:class:`ImageWithEmbedsChecks`) differ from the stock class. Call it through
     :func:`generate_latents`, which also applies the prompt suffix and the XYZ condition.
     """
 
@@ -116,16 +129,6 @@ class FourDNeXPipeline(WanImageToVideoPipeline):
         if self._fourd_device is not None:
             return self._fourd_device
         return super()._execution_device
-
-    def check_inputs(self, prompt, negative_prompt, image, height, width, prompt_embeds=None,
-                     negative_prompt_embeds=None, image_embeds=None, callback_on_step_end_tensor_inputs=None,
-                     guidance_scale_2=None):
-        """The stock checks, except that ``image`` and ``image_embeds`` may be given together."""
-        # The stock check forbids image + image_embeds; 4DNeX needs both (CLIP of the RGB image,
-        # computed once, and the image itself for the VAE condition).
-        return super().check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds,
-                                    negative_prompt_embeds, None, callback_on_step_end_tensor_inputs,
-                                    guidance_scale_2)
 
     def prepare_latents(self, image, batch_size, num_channels_latents=16, height=480, width=720, num_frames=49,
                         dtype=None, device=None, generator=None, latents=None, last_image=None):

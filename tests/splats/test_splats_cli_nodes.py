@@ -13,13 +13,7 @@ from fourd_core.scene import Scene4D
 plyfile = pytest.importorskip("plyfile")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (and stall on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from splat_fixtures import one_thread  # noqa: F401,E402 - autouse fixture
 
 
 def small_scene(frames=2, h=12, w=16):

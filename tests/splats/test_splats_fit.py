@@ -20,13 +20,7 @@ VIEWS = [0.0, 6.0, 12.0]
 HELD_OUT = [3.0, 9.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (and stall on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from splat_fixtures import one_thread  # noqa: F401,E402 - autouse fixture
 
 
 def grid_of(gt, frames):
