@@ -67,6 +67,9 @@ SETTINGS = {
     "zoom 1.3x, 0.5% noise": dict(noise=0.005, zoom=1.3),
     "edges (blur + flying), 0.5%": dict(noise=0.005, edges=True),
     "re-centring jitter 2%, 0.5%": dict(noise=0.005, jitter=0.02),
+    # beyond the list: every corruption of real output at once, and a zoom in heavy noise
+    "edges + jitter, 1% + 10%": dict(noise=0.01, outliers=0.10, edges=True, jitter=0.02),
+    "zoom 1.3x, 2% + 20%": dict(noise=0.02, outliers=0.20, zoom=1.3),
 }
 
 
