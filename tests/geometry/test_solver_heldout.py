@@ -176,12 +176,27 @@ def test_zoom_selects_per_frame_focal():
     sc = make_heldout_scene(25, 60, 90, seed=SEED + 2, **SETTINGS["zoom 1.3x, 0.5% noise"])
     fit, _ = fit_quiet(sc.points)
     assert fit.info["intrinsics_model"].startswith("per-frame focal")
-    assert fit.info["model_selection"]["per_frame_focal"]["chosen"]
+    sel = fit.info["model_selection"]
+    assert sel["smooth_zoom"]["chosen"] or sel["per_frame_focal"]["chosen"]
     fe, re, _ = errors(fit, sc)
     assert fe < 0.02 and re < 1.0
-    # forcing one K on a zoom is not a silent wrong answer
+    # forcing one K on a zoom is not a silent wrong answer, and the warning says why
     forced, warns = fit_quiet(sc.points, shared_intrinsics=True)
     assert isinstance(forced, GeometryError) or (forced.info["confidence"] == "low" and warns)
+    if warns:
+        assert "zoom" in str(warns[0].message)
+
+
+def test_zoom_in_heavy_noise_is_found_by_the_smooth_model():
+    """2 % noise + 20 % outliers: one focal per frame is too many parameters to pass the model
+    test, the smooth zoom (3 extra parameters) is not; the focal follows the zoom."""
+    sc = make_heldout_scene(49, 60, 90, seed=SEED + 6, **SETTINGS["zoom 1.3x, 2% + 20%"])
+    fit, warns = fit_quiet(sc.points)
+    assert not isinstance(fit, GeometryError)
+    assert fit.info["model_selection"]["smooth_zoom"]["chosen"]
+    fe, re, _ = errors(fit, sc)
+    assert (fe < 0.02 and re < 1.0) or (fit.info["confidence"] == "low" and warns)
+    assert fe < 0.05  # the zoom (30 %) is followed, whatever the confidence
 
 
 def test_off_centre_principal_point_forced_centred_is_not_silent():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
@@ -51,6 +51,7 @@ from .observability import (
 )
 from .outputs import write_outputs
 from .refine import Problem, State, irls, residual_norms
+from .selection import forced_shared_focal_reason, select_focal
 
 
 class GeometryWarning(UserWarning):
@@ -330,17 +331,12 @@ def fit_cameras(
     selection = {}
     n_res = int(coarse.valid.sum()) * 2
     if auto_focal:
-        # one focal per frame? score test at the shared optimum (no extra fit unless chosen)
-        m_pf = IntrinsicsModel(True, bool(square_pixels), base.free_pp)
-        P_pf = Problem(coarse.q, coarse.valid, coarse.uh, coarse.vh, Pc.cf, m_pf, mu, sig, float(temporal_smoothness))
-        stat = score_statistic(P_pf, S, w, scale.clamp_min(BIC_SCALE_FLOOR))
-        extra = m_pf.n_params(F) - base.n_params(F)
-        rich, ratio = prefer_richer(stat, 0.0, extra, n_res)
-        selection["per_frame_focal"] = {"chosen": rich, "loss_drop_over_penalty": round(ratio, 3)}
-        if rich:
-            Pc, S, w, scale, _, n1 = fit_model(m_pf, S.copy(), coarse, 10, robust_c, reject_c, keep_w)
-            lm_total += n1
-            model = m_pf
+        def refit(m, S_):
+            return tuple(fit_model(m, S_, coarse, 10, robust_c, reject_c, keep_w)[i] for i in (0, 1, 2, 3, 5))
+
+        Pc, S, w, scale, model, n1, rec = select_focal(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR), n_res, refit)
+        lm_total += n1
+        selection.update(rec)
     pp_unc = None
     if auto_pp:
         # the principal point is estimated when the data determine it (small standard error) or
@@ -354,7 +350,7 @@ def fit_cameras(
                                                "std_px": round(pp_std * s_pix, 3)}
         if not (better or determined):
             pp_unc = (Pc, S, w, scale)  # the honesty checks still account for the unknown principal point
-            model = IntrinsicsModel(model.per_frame_focal, bool(square_pixels), False)
+            model = replace(model, free_pp=False)
             S = S.copy()
             S.kap[:, 2:] = 0
             Pc, S, w, scale, _, n2 = fit_model(model, S, coarse, 10, robust_c, reject_c, keep_w)
@@ -362,14 +358,11 @@ def fit_cameras(
     # a model the caller forced is still tested: a significantly better richer model is a warning
     forced_reasons = []
     if fixed_kap is None and shared_intrinsics is True and F >= 3:
-        m_pf = IntrinsicsModel(True, bool(square_pixels), model.free_pp)
-        P_pf = Problem(coarse.q, coarse.valid, coarse.uh, coarse.vh, Pc.cf, m_pf, mu, sig, float(temporal_smoothness))
-        stat = score_statistic(P_pf, S, w, scale.clamp_min(BIC_SCALE_FLOOR))
-        if prefer_richer(stat, 0.0, m_pf.n_params(F) - model.n_params(F), n_res)[0]:
-            forced_reasons.append("one K does not explain the maps: the focal length changes between frames (a zoom); "
-                                  "use shared_intrinsics=None (automatic) or False")
+        reason = forced_shared_focal_reason(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR), n_res)
+        if reason:
+            forced_reasons.append(reason)
     if fixed_kap is None and centered_principal_point is True:
-        m_fp = IntrinsicsModel(model.per_frame_focal, bool(square_pixels), True)
+        m_fp = replace(model, free_pp=True)
         P_fp = Problem(coarse.q, coarse.valid, coarse.uh, coarse.vh, Pc.cf, m_fp, mu, sig, float(temporal_smoothness))
         stat = score_statistic(P_fp, S, w, scale.clamp_min(BIC_SCALE_FLOOR))
         if prefer_richer(stat, 0.0, 2, n_res)[0]:

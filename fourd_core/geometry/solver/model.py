@@ -11,8 +11,10 @@ for isotropic point noise; unlike the distance at equal depth (``(x - m_x z, y -
 expected squared norm does not depend on the intrinsics, so noise does not bias the focal length
 (the gradient of ``E|r|^2`` in the intrinsics vanishes at the truth).
 
-Which intrinsics are free is an :class:`IntrinsicsModel`: one focal or one per frame (zoom),
-square pixels or not, principal point at the image centre or fitted.  The free parameters ``k``
+Which intrinsics are free is an :class:`IntrinsicsModel`: one focal, a smooth zoom (the log focal
+a low-degree polynomial of time: a few parameters, so a zoom is detected and fitted even in heavy
+noise, where one focal per frame costs too many parameters to pass a model test), or one focal per
+frame; square pixels or not; principal point at the image centre or fitted.  The free parameters ``k``
 map to every frame by ``kappa_f = kappa0_f + A_f k``.
 """
 
@@ -27,17 +29,22 @@ from .data import F64
 
 @dataclass(frozen=True)
 class IntrinsicsModel:
-    """Which intrinsics are free.  ``fixed`` = all given (a known K)."""
+    """Which intrinsics are free.  ``fixed`` = all given (a known K).  ``zoom_degree`` d > 0 (with
+    ``per_frame_focal`` False): ``log focal_f = a_0 + sum_k a_k L_k(t_f)``, L_k the Legendre
+    polynomials of degree 1..d and t_f the frame time mapped to [-1, 1]."""
 
     per_frame_focal: bool = False
     square: bool = True
     free_pp: bool = False
     fixed: bool = False
+    zoom_degree: int = 0
 
     def name(self) -> str:
         if self.fixed:
             return "known K"
-        return (("per-frame focal" if self.per_frame_focal else "shared focal")
+        focal = ("per-frame focal" if self.per_frame_focal else
+                 f"per-frame focal (smooth zoom, degree {self.zoom_degree})" if self.zoom_degree else "shared focal")
+        return (focal
                 + ("" if self.square else " (fx != fy)")
                 + (", fitted principal point" if self.free_pp else ", centred principal point"))
 
@@ -45,13 +52,11 @@ class IntrinsicsModel:
         """A [F,4,k]: how the k free parameters move each frame's (log phi_x, log phi_y, p_x, p_y)."""
         cols = []  # each column: [F,4]
         if not self.fixed:
-            nf = F if self.per_frame_focal else 1
-            for i in range(nf):
-                sel = torch.zeros(F, 1, dtype=F64, device=device)
-                if self.per_frame_focal:
-                    sel[i] = 1
-                else:
-                    sel[:] = 1
+            if self.per_frame_focal:
+                sels = list(torch.eye(F, dtype=F64, device=device)[:, :, None])
+            else:
+                sels = [legendre(F, k, device)[:, None] for k in range(self.zoom_degree + 1)]
+            for sel in sels:
                 if self.square:
                     cols.append(sel * torch.tensor([1.0, 1.0, 0, 0], dtype=F64, device=device))
                 else:
@@ -68,7 +73,14 @@ class IntrinsicsModel:
     def n_params(self, F: int) -> int:
         if self.fixed:
             return 0
-        return (F if self.per_frame_focal else 1) * (1 if self.square else 2) + (2 if self.free_pp else 0)
+        nf = F if self.per_frame_focal else 1 + self.zoom_degree
+        return nf * (1 if self.square else 2) + (2 if self.free_pp else 0)
+
+
+def legendre(F: int, k: int, device=None) -> torch.Tensor:
+    """Legendre polynomial of degree k (0-3) at the frame times mapped to [-1, 1]: [F] float64."""
+    t = torch.linspace(-1, 1, F, dtype=F64, device=device)
+    return [torch.ones_like(t), t, (3 * t * t - 1) / 2, (5 * t**3 - 3 * t) / 2][k]
 
 
 def rays(kap: torch.Tensor, uh: torch.Tensor, vh: torch.Tensor):
