@@ -222,3 +222,46 @@ def test_heavy_outliers_are_never_a_silent_wrong_answer():
             continue
         fe, re, _ = errors(fit, sc)
         assert (fe < 0.02 and re < 1.0) or (fit.info["confidence"] == "low" and warns)
+
+
+def test_blur_and_flying_pixels_at_depth_edges():
+    sc = make_heldout_scene(49, 60, 90, seed=SEED + 7, **SETTINGS["edges (blur + flying), 0.5%"])
+    assert float(sc.outlier_mask.float().mean()) > 0.01  # the scene has depth edges
+    fit, warns = fit_quiet(sc.points)
+    fe, re, mre = errors(fit, sc)
+    assert fe < 0.02 and re < 1.0 and mre < 0.3
+    # depth at clean pixels follows the ground truth (z in the map's units)
+    clean = ~sc.outlier_mask
+    rel = ((fit.depth - sc.depth).abs() / sc.depth)[clean]
+    assert float(rel.median()) < 0.01
+
+
+def test_per_frame_recentring_and_scale_jitter():
+    """4DNeX re-centres every frame (and the VAE jitters its scale): K and rotations are those of
+    the ground truth, and the depth follows each frame's own scale."""
+    sc = make_heldout_scene(49, 60, 90, seed=SEED + 8, **SETTINGS["re-centring jitter 2%, 0.5%"])
+    fit, warns = fit_quiet(sc.points)
+    fe, re, mre = errors(fit, sc)
+    assert fe < 0.02 and re < 1.0 and mre < 0.2
+    assert fit.info["confidence"] == "high" and not warns
+    ratio = (fit.depth / sc.depth).reshape(49, -1).median(1).values  # per-frame scale of the depth
+    torch.testing.assert_close(ratio, torch.ones(49), atol=0.01, rtol=0)
+    # camera centres in each frame's own (re-centred, rescaled) map frame
+    c_err = (fit.cam_to_world[:, :3, 3] - sc.cam_to_world[:, :3, 3]).norm(dim=-1)
+    assert float(c_err.max()) < 0.05 * sc.scale
+
+
+def test_a_per_frame_similarity_of_the_maps_moves_only_the_camera_centres():
+    """Invariance: scaling and translating each frame's map (what per-frame normalisation does)
+    leaves K and the rotations unchanged; the camera centres and depth follow the similarity."""
+    sc = make_heldout_scene(12, 40, 60, seed=SEED + 9, noise=0.005)
+    g = torch.Generator().manual_seed(9)
+    s = 0.5 + torch.rand(12, generator=g)
+    T = torch.randn(12, 3, generator=g)
+    moved = sc.points * s[:, None, None, None] + T[:, None, None]
+    a, _ = fit_quiet(sc.points)
+    b, _ = fit_quiet(moved)
+    torch.testing.assert_close(b.K, a.K, rtol=1e-4, atol=1e-3)
+    assert float(rotation_angle_deg(b.cam_to_world[:, :3, :3], a.cam_to_world[:, :3, :3]).max()) < 1e-3
+    torch.testing.assert_close(b.cam_to_world[:, :3, 3], a.cam_to_world[:, :3, 3] * s[:, None] + T, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.depth, a.depth * s[:, None, None], rtol=1e-4, atol=1e-5)

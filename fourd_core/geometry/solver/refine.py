@@ -1,7 +1,12 @@
 """Level 3: refinement.  Levenberg-Marquardt on the point-to-ray residuals, inside IRLS.
 
-The cost at fixed weights is ``sum_f c_f sum_i w_fi |r_fi|^2`` (``c_f = sig_f^2 / n``: world
-units, per pixel) plus an optional temporal smoothness term.  The normal equations have an arrow
+The cost at fixed weights is ``sum_f c_f sum_i w_fi |r_fi|^2`` plus an optional temporal
+smoothness term.  ``c_f = sig_f^2 / n * (s / s_f)^2``: world units per pixel, times the inverse
+noise variance of the frame (its noise scale ``s_f`` in world units, re-estimated every IRLS
+round, over the median ``s`` of the frames).  So every frame counts by its information
+(chi-square units: maximum likelihood when the noise differs between frames, e.g. later frames
+of a video model), and the fit is invariant to a per-frame similarity (scale and translation) of
+the maps, the per-frame re-centring of 4DNeX output.  The normal equations have an arrow
 structure: a 6x6 block per frame (its pose) and a small dense block for the free intrinsics;
 without smoothness the poses are eliminated frame by frame (Schur complement), so a step costs
 O(F) (plus O(k^3) for k free intrinsics).  With smoothness the system is solved densely.
@@ -54,9 +59,11 @@ class Problem:
     smooth: float = 0.0
     chunk: int = 0  # frames per Jacobian chunk; 0: as many as fit in ~0.6 M floats (a few MB: cache-sized)
     A: torch.Tensor = field(init=False)
+    cf0: torch.Tensor = field(init=False)  # cf without the per-frame noise factor
 
     def __post_init__(self):
         self.A = self.model.tie(self.q.shape[0], self.q.device)
+        self.cf0 = self.cf
         if self.chunk <= 0:
             # the Jacobian of a chunk stays in the L2 cache and its buffers are reused by the
             # allocator (large ones are fresh pages every call): ~1.7x faster than one big chunk
@@ -217,6 +224,13 @@ def levenberg_marquardt(P: Problem, S: State, w: torch.Tensor, max_iter: int = 2
     return S, it, converged
 
 
+def set_frame_factors(P: Problem, scale: torch.Tensor) -> None:
+    """``P.cf = cf0 * (s / s_f)^2`` for noise scales ``scale`` [F] (normalised units): each frame
+    weighted by its inverse noise variance (see the module docstring)."""
+    noise = scale * P.sig
+    P.cf = P.cf0 * (torch.median(noise) / noise) ** 2
+
+
 def param_change(Sa: State, Sb: State) -> float:
     """Largest change of rotation (chordal), camera centre and log focal / principal point."""
     dR = float(torch.linalg.matrix_norm(Sa.R - Sb.R).max())
@@ -238,6 +252,7 @@ def irls(P: Problem, S: State, *, robust: str, delta: Optional[torch.Tensor], re
     for rounds in range(1, max_rounds + 1):
         r = residual_norms(P, S)
         scale = rb.noise_scale(r, P.valid, scale_floor)
+        set_frame_factors(P, scale)
         w = rb.weights(r, P.valid, scale, robust, delta, reject)
         if first_weights is not None:  # prior weights (the neighbour test), every round
             w = w * first_weights
