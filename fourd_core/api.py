@@ -30,7 +30,7 @@ class GeometryConfig:
     square_pixels: bool = True
     #: None: fitted when the data determine it, centred otherwise; True/False force it
     centered_principal_point: bool | None = None
-    robust: str = "huber"
+    robust: str = "auto"
     temporal_smoothness: float = 0.0
     #: when the maps admit no perspective camera (e.g. random weights, a mirrored or flat map),
     #: fall back to reading them in the camera frame instead of raising (see :func:`camera_frame_fallback`)

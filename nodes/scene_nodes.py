@@ -51,7 +51,9 @@ class FourDRecoverCameras:
             "square_pixels": ("BOOLEAN", {"default": True, "tooltip": "fx = fy."}),
             "principal_point": (list(PRINCIPAL_POINT), {"default": "auto", "tooltip": "auto: fitted when the maps "
                                 "determine it, else the image centre. centred / free force it."}),
-            "robust_loss": (["huber", "cauchy", "tukey", "none"], {"tooltip": "Down-weights outlier points."}),
+            "robust_loss": (["auto", "huber", "cauchy", "tukey", "none"], {"default": "auto", "tooltip": "Down-weights "
+                            "outlier points. auto: Huber, then Tukey (outliers get weight 0) when the maps hold gross "
+                            "outliers (flying pixels, decoding errors); reported in the fit's info."}),
             "temporal_smoothness": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                     "tooltip": "Penalise jerky camera trajectories (0 = independent frames)."}),
         }}

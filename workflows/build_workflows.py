@@ -177,7 +177,7 @@ def image_to_4d(tiny: bool) -> dict:
             "links": {"model": (4, 0), "image": (5, 0), "xyz_init": (5, 1), "prompt": (1, 1)}},
         7: {"type": "FourDDecode", "pos": [1240, 60], "values": {"joint_decode": False}, "links": {"model": (4, 0), "latent": (6, 0)}},
         8: {"type": "FourDRecoverCameras", "pos": [1240, 260], "values": {"intrinsics": "auto", "square_pixels": True,
-            "principal_point": "auto", "robust_loss": "huber", "temporal_smoothness": 0.0}, "links": {"scene": (7, 2)}},
+            "principal_point": "auto", "robust_loss": "auto", "temporal_smoothness": 0.0}, "links": {"scene": (7, 2)}},
         9: {"type": "FourDExport", "pos": [1640, 60], "size": [340, 300],
             "values": {"filename_prefix": "fourd/tiny_demo" if tiny else "fourd/scene", "fps": 24.0, "ply": True,
                        "glb": True, "min_confidence": 0.0, "voxel_size": 0.0, "outlier_neighbors": 0, "max_points": 0},

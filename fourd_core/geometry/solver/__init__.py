@@ -9,7 +9,9 @@ Read in this order; each module only uses the ones above it:
 ``model``              intrinsics models and the point-to-ray residual with its Jacobian
 ``init``               robust linear hypotheses (DLT, least median of squares, homography)
 ``refine``             Levenberg-Marquardt (Schur complement on the poses) inside IRLS
+``checks``             option checks, the focal sanity check
 ``observability``      model selection (BIC), standard errors, the honesty thresholds
+``selection``          which focal model: one focal, a smooth zoom, or one per frame
 ``outputs``            the per-pixel pass: depth, residual, confidence, snapped points
 ``fit``                :func:`fit_cameras`, which chains the levels
 =====================  =====================================================================

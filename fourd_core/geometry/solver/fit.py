@@ -9,9 +9,11 @@ then this module, which chains them:
 1. checks; a regular sub-grid of about ``sample_pixels`` pixels per frame, normalised per frame;
 2. robust initialisation per frame (:mod:`.init`);
 3. coarse level: IRLS on that sub-grid with one focal and a centred principal point;
-4. model selection (unless the caller fixed the model): one focal or one per frame, then a
-   centred or a fitted principal point (BIC), each fitted from the previous solution;
-5. fine level: IRLS with the chosen model on a sub-grid of about ``refine_pixels`` pixels;
+4. model selection (unless the caller fixed the model): one focal, a smooth zoom or one per
+   frame (:mod:`.selection`), then a centred or a fitted principal point (BIC), each fitted from
+   the previous solution;
+5. fine level: IRLS with the chosen model on a sub-grid of about ``refine_pixels`` pixels
+   (with ``robust="auto"``, Tukey weights when the coarse fit saw gross outliers);
 6. standard errors and the honesty checks (:mod:`.observability`);
 7. one pass over every pixel for depth, residual, confidence and the snapped points.
 """
@@ -26,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ...errors import CancelledError, GeometryError, InputError
+from ...errors import CancelledError, GeometryError
 from . import robust as rb
 from .data import (
     F64,
@@ -40,8 +42,9 @@ from .data import (
     pixel_norm,
     sample_grid,
 )
+from .checks import check_focal, fixed_kappa, validate_options
 from .init import initialise, propagate_poses
-from .model import IntrinsicsModel, K_from_kappa, kappa_from_K
+from .model import IntrinsicsModel, K_from_kappa
 from .observability import (
     focal_profile,
     prefer_richer,
@@ -104,45 +107,6 @@ def _callback(callback, step, total):
         raise CancelledError("Camera fitting was cancelled by the caller (callback returned False).")
 
 
-def _validate(robust, huber_delta, temporal_smoothness, iterations):
-    if robust not in rb.ROBUST:
-        raise InputError(f"robust must be one of {rb.ROBUST}; got {robust!r}.")
-    if huber_delta is not None and not (math.isfinite(huber_delta) and huber_delta > 0):
-        raise InputError(f"huber_delta must be a positive finite number (world units) or None; got {huber_delta}.")
-    if not (math.isfinite(temporal_smoothness) and temporal_smoothness >= 0):
-        raise InputError(f"temporal_smoothness must be >= 0; got {temporal_smoothness}.")
-    if int(iterations) < 1:
-        raise InputError(f"iterations must be >= 1; got {iterations}.")
-
-
-def _fixed_kappa(K, F, s, c0x, c0y, dev):
-    Kt = torch.as_tensor(K, device=dev).to(F64)
-    if Kt.shape[-2:] != (3, 3) or Kt.dim() not in (2, 3) or (Kt.dim() == 3 and Kt.shape[0] not in (1, F)):
-        raise InputError(f"K must be [3,3] or [F,3,3] with F={F}; got {tuple(Kt.shape)}.")
-    Kt = Kt.expand(F, 3, 3)
-    if not torch.isfinite(Kt).all() or (Kt[:, 0, 0] <= 0).any() or (Kt[:, 1, 1] <= 0).any():
-        raise InputError("K must be finite with positive focal lengths.")
-    if (Kt[:, 0, 1].abs() > 1e-9 * Kt[:, 0, 0]).any():
-        raise InputError("K with skew is not supported; set K[0,1] = 0.")
-    return kappa_from_K(Kt, s, c0x, c0y)
-
-
-def _check_focal(kap, H, W):
-    if not torch.isfinite(kap).all():
-        raise GeometryError(
-            "the fitted focal length is not finite: the map does not look like a perspective view (a mirrored map, or "
-            "an affine/orthographic one such as the XYZ initialisation plane). Check the axis convention "
-            "(x right, y down, z forward) or pass a known K."
-        )
-    fmax = float(torch.exp(kap[:, :2]).max()) * max(H, W) / 2
-    if fmax > 100 * max(H, W):
-        raise GeometryError(
-            f"the fitted focal length ({fmax:.3g} px) is unbounded: the map is (nearly) an affine image of the pixel "
-            "grid (orthographic, a plane facing the camera, or the XYZ initialisation plane), so the focal length is "
-            "unobservable. Pass a known K, or check the decoded XYZ."
-        )
-
-
 def fit_cameras(
     points: torch.Tensor,
     *,
@@ -150,7 +114,7 @@ def fit_cameras(
     shared_intrinsics: Optional[bool] = None,
     square_pixels: bool = True,
     centered_principal_point: Optional[bool] = None,
-    robust: str = "huber",
+    robust: str = "auto",
     huber_delta: Optional[float] = None,
     temporal_smoothness: float = 0.0,
     iterations: int = 2,
@@ -173,6 +137,14 @@ def fit_cameras(
     point on its ray.  Replaces the official 1500-step Adam loop (4dnex.md section 8; kept as a
     baseline in :mod:`fourd_core.geometry.baselines`).  See the package docstring for the stages.
 
+    Per-frame re-centring: 4DNeX normalises every frame's map on its own (bounding-box centre,
+    and a scale the VAE may jitter), so each frame may carry its own similarity (scale and
+    translation).  Each frame has its own pose and is normalised by its own centre and spread,
+    and frames are weighted by their own noise (chi-square units), so the fit is invariant to
+    such a similarity: K and the rotations do not change, and each camera centre and depth map
+    come out in that frame's own map frame, like the points.  Putting the frames in one common
+    world needs cross-frame registration of the maps, which this function does not attempt.
+
     Args:
         points: [F,H,W,3] (or [H,W,3]) world points, float16/32/64, any units.  4DNeX output goes
             through :func:`~fourd_core.geometry.registration.prepare_4dnex_points` first.  Pixel
@@ -184,8 +156,9 @@ def fit_cameras(
         square_pixels: fx = fy.
         centered_principal_point: True: (cx, cy) = ((W-1)/2, (H-1)/2); False: fitted; None
             (default): fitted when the data determine it (BIC), centred otherwise.
-        robust: "huber" (default), "cauchy", "tukey" (IRLS weights) or "none" (plain least squares
-            after a robust start).
+        robust: "auto" (default: Huber, then Tukey at the fine level when more than 1 % of the
+            residuals are gross outliers; reported in ``info["robust_loss"]``), "huber", "cauchy",
+            "tukey" (IRLS weights) or "none" (plain least squares after a robust start).
         huber_delta: robust threshold in world units; default 2.0 (Huber), 2.385 (Cauchy) or 4.685
             (Tukey) times the per-frame noise scale estimated from the median residual.
         temporal_smoothness: weight lambda >= 0 of ``sum_f ||c_{f-1} - 2c_f + c_{f+1}||^2 + rho^2
@@ -232,14 +205,14 @@ def fit_cameras(
     """
     t_start = time.perf_counter()
     timings = {}
-    _validate(robust, huber_delta, temporal_smoothness, iterations)
+    validate_options(robust, huber_delta, temporal_smoothness, iterations)
     points, valid, _single = check_inputs(points, valid_mask, device)
     dev = points.device
     F, H, W, _ = points.shape
     s_pix, c0x, c0y = pixel_norm(H, W)
     total_steps = 6
     _callback(callback, 0, total_steps)
-    fixed_kap = None if K is None else _fixed_kappa(K, F, s_pix, c0x, c0y, dev)
+    fixed_kap = None if K is None else fixed_kappa(K, F, s_pix, c0x, c0y, dev)
 
     # ---- 1. sample grid, normalisation -----------------------------------------------------
     t0 = time.perf_counter()
@@ -286,7 +259,7 @@ def fit_cameras(
     # ---- 3. coarse IRLS --------------------------------------------------------------------
     t0 = time.perf_counter()
     reject = None if (robust == "none" or outlier_threshold is None) else float(outlier_threshold)
-    robust_c = robust if robust != "none" else "huber"
+    robust_c = robust if robust not in ("none", "auto") else "huber"
     reject_c = float(outlier_threshold) if outlier_threshold is not None else None
     n_pix = float(coarse.valid.sum(1).to(F64).mean())
     cf = sig**2 / n_pix
@@ -321,7 +294,7 @@ def fit_cameras(
         rescued += int(changed.sum())
         Pc, S, w, scale, _, n_lm = fit_model(base, State(R2, t2, S.kap), coarse, 10, robust_c, reject_c, keep_w)
         lm_total += n_lm
-    _check_focal(S.kap, H, W)
+    check_focal(S.kap, H, W)
     timings["coarse"] = time.perf_counter() - t0
     _callback(callback, 2, total_steps)
 
@@ -376,10 +349,14 @@ def fit_cameras(
     fstride = grid_stride(int(n_valid.min()), refine_pixels)
     fine = coarse if fstride == stride else sample_grid(points, valid, fstride, mu, sig)
     keep_f = keep_w if fine is coarse else neighbour_keep(fine).to(F64)
-    Pf, S, w, scale, n_rounds, n_lm = fit_model(model, S, fine, max(int(iterations), 1), robust, reject, keep_f,
+    robust_f = robust
+    if robust == "auto":
+        gross = rb.gross_fraction(residual_norms(Pc, S), Pc.valid, scale)
+        robust_f = "tukey" if gross > rb.AUTO_GROSS_FRACTION else "huber"
+    Pf, S, w, scale, n_rounds, n_lm = fit_model(model, S, fine, max(int(iterations), 1), robust_f, reject, keep_f,
                                                 lm_iter=2)
     lm_total += n_lm
-    _check_focal(S.kap, H, W)
+    check_focal(S.kap, H, W)
     timings["fine"] = time.perf_counter() - t0
     _callback(callback, 4, total_steps)
 
@@ -474,6 +451,7 @@ def fit_cameras(
         "principal_point_std_px": (unc.pp * s_pix).to(torch.float32).cpu(),
         "rotation_std_deg": unc.rotation_deg.to(torch.float32).cpu(),
         "misfit": misfit,
+        "robust_loss": robust_f,
         "inlier_fraction": inlier,
         "iterations": n_rounds,
         "lm_iterations": lm_total,

@@ -16,7 +16,18 @@ import torch
 
 RAYLEIGH_MEDIAN = math.sqrt(2 * math.log(2))  # median of |n| for n ~ N(0, I_2): 1.1774
 TUNING = {"huber": 2.0, "cauchy": 2.385, "tukey": 4.685}
-ROBUST = ("huber", "cauchy", "tukey", "none")
+ROBUST = ("auto", "huber", "cauchy", "tukey", "none")
+#: "auto": Huber (convex: a safe start), then Tukey (redescending: gross outliers get weight 0, so
+#: they do not bias the cameras) at the fine level when more than this fraction of the residuals
+#: are gross (beyond 4 noise scales: 0.03 % of Gaussian noise)
+AUTO_GROSS_FRACTION = 0.01
+AUTO_GROSS_SCALES = 4.0
+
+
+def gross_fraction(r: torch.Tensor, valid: torch.Tensor, scale: torch.Tensor) -> float:
+    """Fraction of valid residual norms r [F,N] beyond ``AUTO_GROSS_SCALES`` noise scales [F]."""
+    gross = (r > AUTO_GROSS_SCALES * scale[:, None]) & valid
+    return float(gross.sum()) / max(int(valid.sum()), 1)
 
 
 def noise_scale(r: torch.Tensor, valid: torch.Tensor, floor: torch.Tensor | float = 0.0) -> torch.Tensor:
