@@ -21,7 +21,8 @@ Prints, in one run (one process, plus one child process per full-size memory mea
    1500 Adam steps, 4dnex.md sec. 8) at 49 x 480x720, run in this process: a few iterations,
    their steady time per iteration scaled to 1500.
 
-Usage:  python bench/bench_registration.py [--seeds 32] [--threads 2] [--skip-full] [--settings ...]
+Usage:  python bench/bench_registration.py [--seeds 32] [--threads 1] [--full-threads 2] [--skip-full]
+        [--skip-robustness] [--skip-crlb] [--settings ...]
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ print(f"{best:.3f} {peak:.3f} {base:.3f} {cpu:.3f}")
 
 def full_size(args):
     print()
-    print(f"2. Full size, 0.5 % noise, default options, torch threads {args.threads} (child process per size)")
+    print(f"2. Full size, 0.5 % noise, default options, torch threads {args.full_threads} (child process per size), "
+          f"load avg {os.getloadavg()[0]:.2f}")
     hdr = (f"{'frames x size':>16} | {'time (best of 2)':>16} | {'s / frame':>9} | {'CPU s (best of 2)':>17} | "
            f"{'peak RSS (input incl.)':>22} | {'input':>7}")
     print(hdr)
@@ -185,7 +187,7 @@ def full_size(args):
             import numpy as np
 
             np.save(path, pts.numpy())
-            res = subprocess.run([sys.executable, "-c", CHILD, root, path, str(args.threads)], capture_output=True,
+            res = subprocess.run([sys.executable, "-c", CHILD, root, path, str(args.full_threads)], capture_output=True,
                                  text=True, check=True)
             t, peak, base, cpu = (float(x) for x in res.stdout.split())
             out[F] = t
@@ -211,7 +213,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=32, help="held-out scenes per setting (>= 32 for the issue's table)")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--size", default="49x60x90")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the robustness table")
+    ap.add_argument("--full-threads", type=int, default=2, help="torch threads of the full-size runs and the baseline")
     ap.add_argument("--baseline-iters", type=int, default=6)
     ap.add_argument("--skip-full", action="store_true", help="only the robustness table")
     ap.add_argument("--skip-robustness", action="store_true")
@@ -224,6 +227,7 @@ def main():
     if not args.skip_robustness:
         robustness(args)
     if not args.skip_full:
+        torch.set_num_threads(args.full_threads)
         pts49, t49 = full_size(args)
         speedup(args, pts49, t49)
     print(f"\nload avg at the end {os.getloadavg()[0]:.2f}")
