@@ -64,7 +64,7 @@ def robustness(args):
     print(f"1. Robustness at {args.size}, default options, held-out seeds {FIRST_HELDOUT_SEED}.."
           f"{FIRST_HELDOUT_SEED + args.seeds - 1} ({args.seeds} per setting); success = rotation < 1 deg and focal < 2 %")
     hdr = (f"{'setting':>28} | {'ok':>3} {'flag':>4} {'raise':>5} {'SILENT':>6} | {'focal med':>9} {'worst':>8} | "
-           f"{'rot med':>7} {'worst':>6} {'mean-rot worst':>14} | {'model (most frequent)':>38} | time")
+           f"{'rot med':>7} {'worst':>6} {'mean-rot worst':>14} | {'model (most frequent)':>70} | time")
     print(hdr)
     print("-" * len(hdr))
     F, H, W = (int(x) for x in args.size.lower().split("x"))
@@ -107,7 +107,7 @@ def robustness(args):
         top = max(models, key=models.get) if models else "-"
         top = f"{top} ({models.get(top, 0)}/{len(fes)})" if models else "-"
         print(f"{name:>28} | {c['ok']:>3} {c['flag']:>4} {c['raised']:>5} {c['silent']:>6} | {med(fes):9.2e} "
-              f"{mx(fes):8.2e} | {med(res):7.3f} {mx(res):6.3f} {mx(mres):14.3f} | {top:>38} | {med(times):.2f}s",
+              f"{mx(fes):8.2e} | {med(res):7.3f} {mx(res):6.3f} {mx(mres):14.3f} | {top:>70} | {med(times):.2f}s",
               flush=True)
     print(f"  total: {totals['ok']} ok, {totals['flag']} flagged (low confidence + warning), {totals['raised']} raised, "
           f"{totals['silent']} silent failures")
