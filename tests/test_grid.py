@@ -298,14 +298,16 @@ def test_fused_flex_dense_and_gather_paths_agree_with_masked_softmax():
     scores = torch.einsum("qhd,khd->hqk", q[0], k[0]) / math.sqrt(12)
     ref = torch.einsum("hqk,khd->qhd", scores.masked_fill(~allowed, float("-inf")).softmax(-1), vv[0])[None]
 
-    class _Tr:  # the geometry only needs the rope and the patch size
-        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-        config = type("C", (), {"patch_size": (1, 2, 2)})
-        rope = WanRotaryPosEmbed(12, (1, 2, 2), 1024)
-
     for backend in ("dense", "gather", "flex"):
-        geo = FusedGeometry(_Tr, v_n, t_n, hl, wl, backend, torch.device("cpu"))
+        geo = FusedGeometry(v_n, t_n, s_n, backend, torch.device("cpu"))
         torch.testing.assert_close(fused_attention(q, k, vv, geo), ref, rtol=1e-5, atol=1e-5)
+        # a batch of two grids: each one attends within itself
+        q2, k2, v2 = (torch.cat([t, t.flip(1)]) for t in (q, k, vv))
+        out2 = fused_attention(q2, k2, v2, geo)
+        torch.testing.assert_close(out2[:1], ref, rtol=1e-5, atol=1e-5)
+        scores2 = torch.einsum("qhd,khd->hqk", q2[1], k2[1]) / math.sqrt(12)
+        ref2 = torch.einsum("hqk,khd->qhd", scores2.masked_fill(~allowed, float("-inf")).softmax(-1), v2[1])
+        torch.testing.assert_close(out2[1], ref2, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_rope_gives_each_token_time_position_view_plus_time(stock_tr):

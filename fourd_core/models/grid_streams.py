@@ -312,20 +312,38 @@ def fused_dense_mask(views: int, times: int, tokens_per_frame: int, device=None,
     return (qv[:, None] == vv[None, :]) | (qt[:, None] == tt[None, :])
 
 
+def fused_time_positions(views: int, times: int) -> torch.Tensor:
+    """RoPE time position of every fused frame ``f = v * T + tau``: ``tau + v``, ``[V*T]`` int64
+    (4Real-Video-V2: same-view pairs see their time offset, same-time pairs their view offset)."""
+    return (torch.arange(views)[:, None] + torch.arange(times)[None, :]).reshape(-1)
+
+
+def select_rope_frames(table: torch.Tensor, frames: int, positions: torch.Tensor) -> torch.Tensor:
+    """Pick whole frames of a RoPE table laid out ``[B, frames * S, ...]`` (frame-major).
+
+    Args:
+        table: a stock table for a clip of ``frames`` frames (diffusers' ``cos``/``sin``
+            ``[1, F*S, 1, d]`` or ComfyUI's ``rope_encode`` ``[1, F*S, 1, d/2, 2, 2]``).
+        positions: ``[N]`` frame indices into the table.
+    Returns:
+        ``[B, N * S, ...]``: frame ``i`` of the result is frame ``positions[i]`` of the table.
+    """
+    b, n = table.shape[:2]
+    s = n // frames
+    rest = table.shape[2:]
+    out = table.reshape(b, frames, s, *rest)[:, positions.to(table.device)]
+    return out.reshape(b, positions.numel() * s, *rest)
+
+
 def fused_rope(transformer, views: int, times: int, height: int, width: int):
     """RoPE for the fused layout: time position ``tau + v`` for token (v, tau), stock h/w positions.
 
     Returns ``(cos, sin)``, each ``[1, V*T*S, 1, head_dim]`` in fused token order.
     """
-    cos, sin = stock_rope(transformer, views + times - 1, height, width)
     frames = views + times - 1
-    s = cos.shape[1] // frames
-    pos = (torch.arange(views)[:, None] + torch.arange(times)[None, :]).reshape(-1)
-
-    def gather(f):
-        return f.reshape(frames, s, f.shape[-1])[pos].reshape(1, views * times * s, 1, f.shape[-1])
-
-    return gather(cos), gather(sin)
+    cos, sin = stock_rope(transformer, frames, height, width)
+    pos = fused_time_positions(views, times)
+    return select_rope_frames(cos, frames, pos), select_rope_frames(sin, frames, pos)
 
 
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -371,24 +389,54 @@ def flex_available() -> bool:
     return True
 
 
-class FusedGeometry:
-    """What the fused processors need for one window: sizes, RoPE, mask (shared by all blocks)."""
+def fused_backend_for(requested: str, device: torch.device) -> str:
+    """The fused-attention path for ``device``: ``requested``, or for ``"auto"`` flex on CUDA (when
+    available) and the exact gathered-keys path elsewhere.
 
-    def __init__(self, transformer, views: int, times: int, height: int, width: int, backend: str, device):
-        p_t, p_h, p_w = transformer.config.patch_size
-        self.key = (views, times, height, width, torch.device(device))
-        self.views, self.times = views, times
-        self.tokens_per_frame = (height // p_h) * (width // p_w)
-        cos, sin = fused_rope(transformer, views, times, height, width)
-        self.rope = (cos.to(device), sin.to(device))
+    Raises:
+        InputError: an unknown backend, or ``"flex"`` on a PyTorch without flex attention.
+    """
+    if requested not in FUSED_BACKENDS:
+        raise InputError(f"fused backend must be one of {FUSED_BACKENDS}, got {requested!r}.")
+    if requested == "flex" and not flex_available():
+        raise InputError("This PyTorch has no flex attention (needs torch >= 2.5); use backend 'dense' or 'gather'.")
+    if requested != "auto":
+        return requested
+    return "flex" if torch.device(device).type == "cuda" and flex_available() else "gather"
+
+
+class FusedGeometry:
+    """What fused attention needs for one window: sizes, the mask (shared by all blocks) and, for
+    the diffusers processors, the RoPE table.
+
+    Args:
+        views, times: grid window size (``T`` in latent frames). tokens_per_frame: ``S``.
+        backend: ``"flex"`` | ``"dense"`` | ``"gather"`` (see :func:`fused_attention`).
+        rope: optional ``(cos, sin)`` of the fused layout (:func:`fused_rope`).
+    """
+
+    def __init__(self, views: int, times: int, tokens_per_frame: int, backend: str, device, rope=None):
+        self.key = (views, times, tokens_per_frame, torch.device(device))
+        self.views, self.times, self.tokens_per_frame = views, times, tokens_per_frame
+        self.rope = rope
         self.backend = backend
         self.block_mask = None
         if backend == "flex":
             from torch.nn.attention.flex_attention import create_block_mask
 
-            n = views * times * self.tokens_per_frame
-            self.block_mask = create_block_mask(fused_mask_mod(views, times, self.tokens_per_frame), None, None, n, n,
+            n = views * times * tokens_per_frame
+            self.block_mask = create_block_mask(fused_mask_mod(views, times, tokens_per_frame), None, None, n, n,
                                                 device=device)
+
+    @classmethod
+    def for_transformer(cls, transformer, views: int, times: int, height: int, width: int, backend: str,
+                        device) -> "FusedGeometry":
+        """The geometry of a window of ``height x width`` latent pixels on a diffusers Wan DiT (with
+        the fused RoPE table on ``device``)."""
+        p_t, p_h, p_w = transformer.config.patch_size
+        cos, sin = fused_rope(transformer, views, times, height, width)
+        return cls(views, times, (height // p_h) * (width // p_w), backend, device,
+                   rope=(cos.to(device), sin.to(device)))
 
 
 class FusedSelfAttnProcessor:
@@ -410,12 +458,17 @@ class FusedSelfAttnProcessor:
 
 
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: FusedGeometry) -> torch.Tensor:
-    """Sparse view-time attention of ``q, k, v`` ``[1, L, H, d]`` -> ``[1, L, H, d]``.
+    """Sparse view-time attention of ``q, k, v`` ``[B, L, H, d]`` -> ``[B, L, H, d]`` (``L = V*T*S``,
+    each batch entry one grid).
 
     ``g.backend == "flex"``: flex attention with the block mask; ``"dense"``: SDPA with the dense
     boolean mask, one view row of queries at a time (mask memory ``T*S x L`` per call; cost
     ``L^2``); ``"gather"``: the allowed keys gathered per query frame (:func:`_gather_attention`).
+    Used by the diffusers processors and by the native path's attention override.
     """
+    if q.shape[1] != g.views * g.times * g.tokens_per_frame:
+        raise ValueError(f"fused attention got {q.shape[1]} tokens for a {g.views} x {g.times} grid of "
+                         f"{g.tokens_per_frame} tokens per frame")
     if g.backend == "gather":
         return _gather_attention(q, k, v, g)
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
@@ -438,19 +491,20 @@ def _gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Fuse
     ``(T + V - 1) * S`` keys. Exact (each allowed key once); cost ``L * (T + V - 1) * S``."""
     views, times, s = g.views, g.times, g.tokens_per_frame
     b, n, heads, d = q.shape
-    qf, kf, vf = (rearrange(t, "1 (v t s) h d -> v t s h d", v=views, t=times, s=s) for t in (q, k, v))
+    qf, kf, vf = (rearrange(t, "b (v t s) h d -> b v t s h d", v=views, t=times, s=s) for t in (q, k, v))
     outs = []
     for r in range(views):
         others = [u for u in range(views) if u != r]
 
         def keys(t):
-            row = repeat(t[r], "t s h d -> tau (t s) h d", tau=times)   # row r: the same keys for every tau
-            col = rearrange(t[others], "v t s h d -> t (v s) h d")       # column tau: the other views
-            return rearrange(torch.cat([row, col], dim=1), "t n h d -> t h n d")  # [T, H, (T+V-1)S, d]
+            row = repeat(t[:, r], "b t s h d -> b tau (t s) h d", tau=times)   # row r: the same keys for every tau
+            col = rearrange(t[:, others], "b v t s h d -> b t (v s) h d")       # column tau: the other views
+            return rearrange(torch.cat([row, col], dim=2), "b t n h d -> (b t) h n d")  # [B*T, H, (T+V-1)S, d]
 
-        o = F.scaled_dot_product_attention(qf[r].transpose(1, 2), keys(kf), keys(vf))  # [T, H, S, d]
-        outs.append(o.transpose(1, 2))
-    return torch.stack(outs).reshape(b, n, heads, d)
+        qr = rearrange(qf[:, r], "b t s h d -> (b t) h s d")
+        o = F.scaled_dot_product_attention(qr, keys(kf), keys(vf))  # [B*T, H, S, d]
+        outs.append(rearrange(o, "(b t) h s d -> b t s h d", b=b))
+    return rearrange(torch.stack(outs, dim=1), "b v t s h d -> b (v t s) h d")
 
 
 class FusedCrossAttnProcessor:
@@ -508,22 +562,18 @@ class FusedEngine:
     """
 
     def __init__(self, transformer, backend: str = "auto"):
-        if backend not in FUSED_BACKENDS:
-            raise InputError(f"fused backend must be one of {FUSED_BACKENDS}, got {backend!r}.")
-        if backend == "flex" and not flex_available():
-            raise InputError("This PyTorch has no flex attention (needs torch >= 2.5); use backend 'dense'.")
+        fused_backend_for(backend, torch.device("cpu"))  # validates the name (and flex availability)
         self.transformer, self.requested_backend = transformer, backend
         self.geometry: FusedGeometry | None = None
+        self._geometry_key = None
         self.mode = "fused"
         self.column_clip = None  # unused; for a uniform engine interface
         self._saved: list = []
 
     def backend_for(self, device: torch.device) -> str:
         """The fused-attention path for ``device``: the requested one, or for ``"auto"`` flex on CUDA
-        (when available) and the exact gathered-keys path elsewhere."""
-        if self.requested_backend != "auto":
-            return self.requested_backend
-        return "flex" if device.type == "cuda" and flex_available() else "gather"
+        (when available) and the exact gathered-keys path elsewhere (:func:`fused_backend_for`)."""
+        return fused_backend_for(self.requested_backend, device)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["FusedEngine"]:
@@ -549,9 +599,10 @@ class FusedEngine:
         """Same contract as :meth:`TwoStreamEngine.predict` (row layout in and out)."""
         views, c, times, h, w = latent_input.shape
         key = (views, times, h, w, latent_input.device)
-        if self.geometry is None or self.geometry.key != key:
-            self.geometry = FusedGeometry(self.transformer, views, times, h, w,
-                                          self.backend_for(latent_input.device), latent_input.device)
+        if self.geometry is None or self._geometry_key != key:
+            self.geometry = FusedGeometry.for_transformer(self.transformer, views, times, h, w,
+                                                          self.backend_for(latent_input.device), latent_input.device)
+            self._geometry_key = key
         x = rearrange(latent_input, "v c t h w -> 1 c (v t) h w")  # the whole grid as one video
         clip = None if row_clip is None else row_clip.reshape(1, -1, row_clip.shape[-1])
         tr = self.transformer
