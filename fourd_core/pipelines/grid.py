@@ -395,32 +395,67 @@ def sample_window(pipe, engine, pixels: torch.Tensor, known: torch.Tensor, text:
 
     scheduler = make_scheduler(pipe, config.scheduler, config.shift)
     scheduler.set_timesteps(config.steps, device=device)
-    sigmas = scheduler.sigmas.float()
     noise = randn_tensor(tuple(cond.shape), generator=generator, device=device, dtype=torch.float32)
-    keep = full[:, None, :, None, None]
-
-    def known_at(sig):
-        return (1 - sig) * cond + sig * noise
-
-    latents = noise
-    if config.replace_known:
-        latents = torch.where(keep, known_at(sigmas[0]), latents)
     prompt, negative = text["prompt_embeds"].to(device, dtype), text.get("negative_prompt_embeds")
-    cfg = config.guidance_scale > 1.0 and negative is not None
-    total = total_steps or config.steps
+    if negative is not None:
+        negative = negative.to(device, dtype)
+    latents = denoise_window(engine, scheduler, noise, cond, mask, full, prompt, negative, row_clip,
+                             config.guidance_scale, config.replace_known, dtype, callback, step_offset,
+                             total_steps or config.steps)
+    return latents, full
+
+
+def known_latents_at(sigma, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Clean latents ``cond`` noised to flow-matching level ``sigma`` with the window's own noise:
+    ``(1 - sigma) cond + sigma noise`` (what replaces known latent frames at every step)."""
+    return (1 - sigma) * cond + sigma * noise
+
+
+@torch.no_grad()
+def denoise_window(engine, scheduler, noise: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor,
+                   full: torch.Tensor, prompt: torch.Tensor, negative: torch.Tensor | None,
+                   row_clip: torch.Tensor | None, guidance_scale: float, replace_known: bool, dtype,
+                   callback: StepCallback | None = None, step_offset: int = 0, total_steps: int | None = None
+                   ) -> torch.Tensor:
+    """The denoising loop of one window (after :func:`sample_window` encoded its conditions).
+
+    Known-latent replacement (``replace_known``): the latent frames in ``full`` start as
+    :func:`known_latents_at` ``sigma_0`` and are replaced after every step by the clean latents
+    noised to the next sigma with the *same* ``noise``; after the loop they are pasted exactly.
+    (ComfyUI's KSampler does the same with a LATENT ``noise_mask``: before every model call it sets
+    the masked latents to ``(1 - sigma) latent + sigma noise`` and pastes the clean latents into the
+    denoised output, see ``nodes/native/grid.py``.)
+
+    Args:
+        engine: an installed grid engine. scheduler: a flow-matching scheduler with
+            ``set_timesteps`` already called (``timesteps``, ``sigmas``, ``step``).
+        noise, cond: ``[V, 16, T_lat, h, w]`` float32 (initial noise, normalised clean condition
+            latents). mask: ``[V, 4, T_lat, h, w]`` Wan I2V mask channels (1 = known).
+        full: ``[V, T_lat]`` bool, the fully known latent frames.
+        prompt, negative: ``[1, 512, D_text]`` text embeddings (negative None: no CFG).
+        row_clip: ``[V, N_img, C_img]`` or None.
+    Returns:
+        the latents ``[V, 16, T_lat, h, w]`` float32, fully known frames pasted exactly.
+    """
+    sigmas = scheduler.sigmas.float()
+    keep = full[:, None, :, None, None]
+    latents = noise
+    if replace_known:
+        latents = torch.where(keep, known_latents_at(sigmas[0], cond, noise), latents)
+    cfg = guidance_scale > 1.0 and negative is not None
+    total = total_steps or len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
         inp = torch.cat([latents, mask, cond], dim=1).to(dtype)
         pred = engine.predict(inp, t, prompt, row_clip, "cond")
         if cfg:
-            uncond = engine.predict(inp, t, negative.to(device, dtype), row_clip, "uncond")
-            pred = uncond + config.guidance_scale * (pred - uncond)
+            uncond = engine.predict(inp, t, negative, row_clip, "uncond")
+            pred = uncond + guidance_scale * (pred - uncond)
         latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-        if config.replace_known and i + 1 < len(sigmas):
-            latents = torch.where(keep, known_at(sigmas[i + 1]), latents)
+        if replace_known and i + 1 < len(sigmas):
+            latents = torch.where(keep, known_latents_at(sigmas[i + 1], cond, noise), latents)
         if callback is not None:
             callback(step_offset + i + 1, total, latents)
-    latents = torch.where(keep, cond, latents.float())
-    return latents, full
+    return torch.where(keep, cond, latents.float())
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ Registered by ``nodes/__init__.py`` from :data:`NODE_CLASS_MAPPINGS` / :data:`NO
 from .apply import FourDApply4DNeXNative
 from .conditioning import FourD4DNeXConditioningNative, FourD4DNeXTextEncodeNative
 from .decode import FourDDecode6DNative
-from .folders import register_tiny_model_folders
+from .folders import register_sync_folder, register_tiny_model_folders
 from .grid import FourDGridConditioningNative, FourDGridModelNative
 from .tiny import FourDTinyCLIPVisionNative, FourDTinyEncodersNative, FourDTinyVAENative
 
@@ -33,4 +33,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDGridConditioningNative": "FourD Grid Conditioning (native)",
 }
 
+register_sync_folder()
 register_tiny_model_folders()
