@@ -399,7 +399,7 @@ def native_image_to_grid(tiny: bool) -> dict:
                         "frame": 0}, "links": {"scene": (18, 0)}},
         34: {"type": "FourDRenderViews", "pos": [1540, 360], "values": {"frame": 0, "point_size": 2},
              "links": {"scene": (18, 0), "cameras": (33, 0)}},
-        35: {"type": "FourDGridConditioningNative", "pos": [1920, 60], "size": [340, 200],
+        35: {"type": "FourDGridConditioningNative", "pos": [1920, 60], "size": [340, 200], "values": {"paste_known": True},
              "links": {"positive": pos, "negative": neg, "vae": (3, 0), "clip_vision": cv, "fixed_view": (13, 0),
                        "freeze_time": (34, 0), "holes": (34, 1)}},
         36: {"type": "FourDGridModelNative", "pos": [1920, 300], "values": {"mode": "soft_avg"},
@@ -417,8 +417,10 @@ def native_image_to_grid(tiny: bool) -> dict:
     info = ("Native grid, CPU demo: the native tiny 4DNeX scene, an orbit of 3 views, and the 3 x 13 grid sampled by core "
             "KSampler on the stock tiny MODEL with FourD Grid Model (native). Meaningless pictures." if tiny else
             "Native grid: 4DNeX scene on the native MODEL, frame 0 rendered along a 30 degree orbit, then the 8-view grid "
-            "sampled by core KSampler on the same loaded Wan model (stock clone + FourD Grid Model (native)). One window: "
-            "the whole 8 x 49 grid at once (the diffusers grid sampler has sliding windows).")
+            "sampled by core KSampler on the same loaded Wan model (stock clone + FourD Grid Model (native)); the known row "
+            "and column are pasted at every step (noise_mask). Modes: two-stream sync (trained sync weights from "
+            "models/fourd_sync optional) or fused view-time attention. One window: the whole 8 x 49 grid at once (the "
+            "diffusers grid sampler has sliding windows).")
     return {"nodes": nodes, "info": info}
 
 
