@@ -215,6 +215,61 @@ def plan_windows(num_views: int, num_times: int, config: GridConfig) -> list[tup
     return out
 
 
+@dataclasses.dataclass
+class GridCanvas:
+    """The grid while it is generated window by window (Sec. 3.3): what is known and what is written.
+
+    Attributes:
+        pixels: ``[V, T, H, W, 3]`` float32 in [0, 1]: the inputs, then every generated frame.
+        known: ``[V, T, H, W]`` float32 in {0, 1}: 1 = a known pixel (the input row and column
+            minus holes, and every written frame).
+        written: ``[V, T]`` bool: frames some window has generated.
+        out: ``[V, T, H, W, 3]``: the generated frames (0 where none is written yet).
+    """
+
+    pixels: torch.Tensor
+    known: torch.Tensor
+    written: torch.Tensor
+    out: torch.Tensor
+
+    @classmethod
+    def start(cls, fixed_view: torch.Tensor, freeze_time: torch.Tensor, holes: torch.Tensor | None = None) -> "GridCanvas":
+        """Row 0 = ``fixed_view`` ``[T, H, W, 3]`` (all known), column 0 = ``freeze_time[1:]``
+        ``[V, H, W, 3]`` (known where ``holes`` ``[V, H, W]`` <= 0.5; ``freeze_time[0]`` is ignored)."""
+        num_t, num_v = fixed_view.shape[0], freeze_time.shape[0]
+        h, w = fixed_view.shape[1:3]
+        pixels = torch.zeros(num_v, num_t, h, w, 3)
+        known = torch.zeros(num_v, num_t, h, w)
+        pixels[0] = fixed_view.float().cpu().clamp(0, 1)
+        known[0] = 1.0
+        pixels[1:, 0] = freeze_time[1:].float().cpu().clamp(0, 1)
+        known[1:, 0] = 1.0 if holes is None else (holes[1:].float().cpu() <= 0.5).float()
+        return cls(pixels, known, torch.zeros(num_v, num_t, dtype=torch.bool), torch.zeros(num_v, num_t, h, w, 3))
+
+    def window(self, window: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pixels [V_w, T_w, H, W, 3], known [V_w, T_w, H, W])`` of window ``(v0, v1, t0, t1)``."""
+        v0, v1, t0, t1 = window
+        return self.pixels[v0:v1, t0:t1], self.known[v0:v1, t0:t1]
+
+    def write(self, window: tuple[int, int, int, int], frames: torch.Tensor) -> None:
+        """Write a sampled window's decoded frames ``[V_w, T_w, H, W, 3]`` in place: frames not yet
+        written become generated and known (frames an earlier window wrote are kept)."""
+        v0, v1, t0, t1 = window
+        if tuple(frames.shape[:2]) != (v1 - v0, t1 - t0) or frames.shape[2:] != self.pixels.shape[2:]:
+            raise InputError(f"window {window} needs frames [{v1 - v0}, {t1 - t0}, {self.pixels.shape[2]}, "
+                             f"{self.pixels.shape[3]}, 3], got {list(frames.shape)}.")
+        frames = frames.float().cpu()
+        new = ~self.written[v0:v1, t0:t1]
+        self.out[v0:v1, t0:t1][new] = frames[new]
+        self.pixels[v0:v1, t0:t1][new] = frames[new]
+        self.known[v0:v1, t0:t1][new] = 1.0
+        self.written[v0:v1, t0:t1] = True
+
+    def copy(self) -> "GridCanvas":
+        """A deep copy (node outputs are cached by ComfyUI and must never change)."""
+        return GridCanvas(*(t.clone() for t in (self.pixels, self.known, self.written, self.out)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Model state
 @contextlib.contextmanager
@@ -493,14 +548,7 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
     h, w = fixed_view.shape[1:3]
     windows = plan_windows(num_v, num_t, config)
 
-    pixels = torch.zeros(num_v, num_t, h, w, 3)
-    known = torch.zeros(num_v, num_t, h, w)
-    pixels[0] = fixed_view.float().cpu().clamp(0, 1)
-    known[0] = 1.0
-    pixels[1:, 0] = freeze_time[1:].float().cpu().clamp(0, 1)
-    known[1:, 0] = 1.0 if holes is None else (holes[1:].cpu() <= 0.5).float()
-    written = torch.zeros(num_v, num_t, dtype=torch.bool)
-    out = torch.zeros(num_v, num_t, h, w, 3)
+    canvas = GridCanvas.start(fixed_view, freeze_time, holes)
 
     device = pipe._execution_device
     with contextlib.ExitStack() as stack:
@@ -518,15 +566,11 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
         with engine.installed():
             for k, (v0, v1, t0, t1) in enumerate(windows):
                 generator = torch.Generator("cpu").manual_seed(int(config.seed) + k)
-                latents, _ = sample_window(pipe, engine, pixels[v0:v1, t0:t1], known[v0:v1, t0:t1], text, config,
-                                           generator, callback, step_offset=k * config.steps, total_steps=total)
-                frames = decode_rows(pipe, latents)
-                new = ~written[v0:v1, t0:t1]
-                out[v0:v1, t0:t1][new] = frames[new]
-                pixels[v0:v1, t0:t1][new] = frames[new]
-                known[v0:v1, t0:t1][new] = 1.0
-                written[v0:v1, t0:t1] = True
-    return GridResult(frames=out, windows=windows, mode=config.mode)
+                pixels, known = canvas.window((v0, v1, t0, t1))
+                latents, _ = sample_window(pipe, engine, pixels, known, text, config, generator, callback,
+                                           step_offset=k * config.steps, total_steps=total)
+                canvas.write((v0, v1, t0, t1), decode_rows(pipe, latents))
+    return GridResult(frames=canvas.out, windows=windows, mode=config.mode)
 
 
 def grid_latent_preview(latents: torch.Tensor, view: int = -1, frame: int | None = None) -> torch.Tensor:

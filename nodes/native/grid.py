@@ -31,7 +31,7 @@ from ...fourd_core.models.sync import read_sync_weights
 from ...fourd_core.native.grid_patches import (GRID_STATE, NATIVE_GRID_MODES, SYNC_MODES,  # noqa: F401 (re-exported)
                                                GridBlockPatch, GridForwardWrapper)
 from ...fourd_core.native.layout import known_noise_mask
-from ...fourd_core.pipelines.grid import fully_known_latents, latent_mask
+from ...fourd_core.pipelines.grid import GridCanvas, fully_known_latents, latent_mask
 from .. import comfy_bridge as cb
 from .apply import NATIVE_CATEGORY
 from .conditioning import set_cond_values
@@ -152,31 +152,50 @@ class FourDGridConditioningNative:
         }
 
     def encode(self, positive, negative, vae, clip_vision, fixed_view, freeze_time, holes=None, paste_known=True):
-        fixed, freeze = to_rgb(fixed_view).float().cpu(), to_rgb(freeze_time).float().cpu()
-        num_t, num_v = fixed.shape[0], freeze.shape[0]
-        h, w = fixed.shape[1:3]
-        if (num_t - 1) % 4:
-            raise InputError(f"fixed_view has {num_t} frames; the grid needs 4k+1 (e.g. 9, 25, 49).")
-        if h % 16 or w % 16 or tuple(freeze.shape[1:3]) != (h, w) or num_v < 2:
-            raise InputError(f"fixed_view ({w}x{h}) and freeze_time ({freeze.shape[2]}x{freeze.shape[1]}, {num_v} views) "
-                             "must have the same size, a multiple of 16, and at least 2 views.")
-        pixels = torch.zeros(num_v, num_t, h, w, 3)
-        known = torch.zeros(num_v, num_t, h, w)
-        pixels[0], known[0] = fixed.clamp(0, 1), 1.0
-        pixels[1:, 0] = freeze[1:].clamp(0, 1)
-        if holes is None:
-            known[1:, 0] = 1.0
-        else:
-            m = holes.float().cpu().reshape(-1, *holes.shape[-2:])
-            if tuple(m.shape) != (num_v, h, w):
-                raise InputError(f"holes must be [{num_v}, {h}, {w}] (one mask per view), got {tuple(holes.shape)}.")
-            known[1:, 0] = (m[1:] <= 0.5).float()
-        gray = pixels * known[..., None] + 0.5 * (1 - known[..., None])      # unknown pixels: mid-gray (0 in [-1, 1])
-        concat = torch.cat([vae.encode(gray[v]) for v in range(num_v)], dim=0)
-        cvo = clip_vision.encode_image(pixels[:, 0])
-        values = {"concat_latent_image": concat, "concat_mask": 1.0 - latent_mask(known),
-                  "clip_vision_output": cvo}
-        latent = {"samples": concat}
-        if paste_known:
-            latent["noise_mask"] = known_noise_mask(fully_known_latents(known), *concat.shape[-2:])
-        return (set_cond_values(positive, values), set_cond_values(negative, values), latent, num_v)
+        fixed, freeze, holes = grid_inputs(fixed_view, freeze_time, holes)
+        if (fixed.shape[0] - 1) % 4:
+            raise InputError(f"fixed_view has {fixed.shape[0]} frames; the grid needs 4k+1 (e.g. 9, 25, 49).")
+        canvas = GridCanvas.start(fixed, freeze, holes)
+        return (*window_conditioning(positive, negative, vae, clip_vision, canvas.pixels, canvas.known, paste_known),
+                freeze.shape[0])
+
+
+def grid_inputs(fixed_view, freeze_time, holes=None) -> tuple:
+    """Checked CPU float ``(fixed [T, H, W, 3], freeze [V, H, W, 3], holes [V, H, W] or None)``.
+
+    Raises:
+        InputError: sizes that differ or are not multiples of 16, fewer than 2 views, a holes mask of
+            the wrong shape.
+    """
+    fixed, freeze = to_rgb(fixed_view).float().cpu(), to_rgb(freeze_time).float().cpu()
+    num_v = freeze.shape[0]
+    h, w = fixed.shape[1:3]
+    if h % 16 or w % 16 or tuple(freeze.shape[1:3]) != (h, w) or num_v < 2:
+        raise InputError(f"fixed_view ({w}x{h}) and freeze_time ({freeze.shape[2]}x{freeze.shape[1]}, {num_v} views) "
+                         "must have the same size, a multiple of 16, and at least 2 views.")
+    if holes is not None:
+        holes = holes.float().cpu().reshape(-1, *holes.shape[-2:])
+        if tuple(holes.shape) != (num_v, h, w):
+            raise InputError(f"holes must be [{num_v}, {h}, {w}] (one mask per view), got {tuple(holes.shape)}.")
+    return fixed, freeze, holes
+
+
+def window_conditioning(positive, negative, vae, clip_vision, pixels: torch.Tensor, known: torch.Tensor,
+                        paste_known: bool = True) -> tuple:
+    """``(positive, negative, latent)`` of a grid window (see FourD Grid Conditioning (native)).
+
+    Args:
+        pixels: ``[V, F, H, W, 3]`` in [0, 1]; known: ``[V, F, H, W]`` in {0, 1} (row 0 known).
+    Returns:
+        the conditionings with ``concat_latent_image`` (each row's known pixels, mid-gray elsewhere,
+        VAE-encoded), ``concat_mask`` and per-row ``clip_vision_output``; the LATENT holds the encoded rows
+        and, with ``paste_known``, the ``noise_mask`` of the fully known latent frames.
+    """
+    gray = pixels * known[..., None] + 0.5 * (1 - known[..., None])      # unknown pixels: mid-gray (0 in [-1, 1])
+    concat = torch.cat([vae.encode(gray[v]) for v in range(pixels.shape[0])], dim=0)
+    cvo = clip_vision.encode_image(pixels[:, 0])
+    values = {"concat_latent_image": concat, "concat_mask": 1.0 - latent_mask(known), "clip_vision_output": cvo}
+    latent = {"samples": concat}
+    if paste_known:
+        latent["noise_mask"] = known_noise_mask(fully_known_latents(known), *concat.shape[-2:])
+    return set_cond_values(positive, values), set_cond_values(negative, values), latent
