@@ -126,7 +126,7 @@ class FourDGridSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        syncs = [cb.NONE] + [f for f in cb.file_list("loras") if "sync" in f.lower()]
+        syncs = [cb.NONE] + cb.file_list("fourd_sync") + [f for f in cb.file_list("loras") if "sync" in f.lower()]
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "Wan2.1-I2V (the 4DNeX model works if its LoRA is not fused)."}),
@@ -154,8 +154,8 @@ class FourDGridSampler:
             },
             "optional": {
                 "holes": ("MASK", {"tooltip": "Holes of the freeze-time images (1 = unknown pixel), from FourD Render Views."}),
-                "sync_weights": (syncs, {"tooltip": "Trained sync layers (.safetensors with 'sync' in the name, in "
-                                         "models/loras/) for mode hard/soft; none = training-free."}),
+                "sync_weights": (syncs, {"tooltip": "Trained sync layers (.safetensors in models/fourd_sync/, or with "
+                                         "'sync' in the name in models/loras/) for mode hard/soft; none = training-free."}),
                 "scheduler": (["unipc", "euler"], {"tooltip": "Flow-matching UniPC or Euler."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt for CFG."}),
                 "fused_backend": (list(FUSED_BACKENDS), {"tooltip": "Fused mode: flex attention (GPU, compiled), a "
@@ -188,7 +188,8 @@ class FourDGridSampler:
         if sync_weights and sync_weights != cb.NONE:
             if mode not in ("hard", "soft"):
                 raise InputError(f"Sync weights are for mode 'hard' or 'soft'; mode is {mode!r}.")
-            sync = load_sync_weights(cb.resolve_model("loras", sync_weights), pipe.transformer, mode=mode)
+            kind = "fourd_sync" if sync_weights in cb.file_list("fourd_sync") else "loras"
+            sync = load_sync_weights(cb.resolve_model(kind, sync_weights), pipe.transformer, mode=mode)
         windows = len(plan_windows(num_v, num_t, config))
         progress = cb.Progress(windows * steps)
         progress(0)

@@ -11,11 +11,8 @@
   pastes them every step (per-step known-latent replacement, as the diffusers sampler's
   ``replace_known``; see the node's doc for why the two agree).
 
-Not native: sliding windows over grids larger than one window. Each window needs the decoded
-pixels of earlier windows as its known frames (VAE decode, paste into the grid, re-encode the
-next window's condition) between two complete sampling runs; a ComfyUI graph is static, so a
-native version would need one KSampler + VAE Decode + window node chain per window, wired by hand
-for each grid size. The diffusers FourD 4D Grid Sampler does windows in one node.
+Grids larger than one window: the window nodes in ``nodes/native/grid_windows.py`` (one
+window / KSampler / VAE Decode / merge group per window).
 """
 
 from __future__ import annotations
