@@ -200,3 +200,15 @@ def test_known_latent_pasting_with_core_sampler_matches_diffusers_window_loop(co
     keep = full[:, None, :, None, None].expand_as(cond)
     torch.testing.assert_close(native[keep], cond[keep], rtol=1e-5, atol=1e-5)   # known frames come back
     assert (native[~keep] - cond[~keep]).abs().mean() > 0.1
+
+
+def test_ksampler_seed_plus_k_is_the_diffusers_window_noise(comfy):
+    """FourD Grid Window (native) tells users to give window k the KSampler seed 42 + k: core's noise
+    for that seed is the diffusers grid sampler's noise of window k (CPU generator seeded seed + k)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    latent = torch.zeros(V, 16, LAT_T, LAT_H, LAT_W)
+    for k in range(2):
+        ref = randn_tensor(tuple(latent.shape), generator=torch.Generator("cpu").manual_seed(42 + k), device="cpu",
+                           dtype=torch.float32)
+        assert torch.equal(comfy.sample.prepare_noise(latent, 42 + k), ref)
