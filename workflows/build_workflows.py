@@ -403,7 +403,8 @@ def native_image_to_grid(tiny: bool) -> dict:
              "links": {"positive": pos, "negative": neg, "vae": (3, 0), "clip_vision": cv, "fixed_view": (13, 0),
                        "freeze_time": (34, 0), "holes": (34, 1)}},
         36: {"type": "FourDGridModelNative", "pos": [1920, 300], "values": {"mode": "soft_avg"},
-             "links": {"model": (2, 0), "views": (35, 3)}, "title": "FourD Grid Model (native, on the stock MODEL)"},
+             "links": {"model": (2, 0), "views": (35, 3), "column_clip": (35, 4)},
+             "title": "FourD Grid Model (native, on the stock MODEL)"},
         37: {"type": "ModelSamplingSD3", "pos": [1920, 440], "values": {"shift": 3.0}, "links": {"model": (36, 0)}},
         38: {"type": "KSampler", "pos": [2300, 60], "size": [320, 300],
              "values": {"seed": 42, "steps": grid_steps, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
@@ -436,6 +437,8 @@ def native_image_to_grid_windows(tiny: bool) -> dict:
     for k in (35, 38, 39):
         del nodes[k]
     nodes[36]["links"]["views"] = (50, 2)
+    nodes[36]["links"]["column_clip"] = (51, 4)
+    nodes[36]["title"] = "FourD Grid Model (native) for window 0"
     nodes[50] = {"type": "FourDGridCanvasNative", "pos": [1920, 60], "size": [340, 200],
                  "values": {"window_views": window_views, "window_frames": frames, "overlap_views": 2, "overlap_frames": 5},
                  "links": {"fixed_view": (13, 0), "freeze_time": (34, 0), "holes": (34, 1)}}
@@ -446,10 +449,17 @@ def native_image_to_grid_windows(tiny: bool) -> dict:
         nodes[w] = {"type": "FourDGridWindowNative", "pos": [x, 60], "size": [340, 160], "values": {"window": k},
                     "links": {"grid": grid, "positive": pos, "negative": neg, "vae": (3, 0), "clip_vision": cv},
                     "title": f"FourD Grid Window (native) {k}"}
+        model = (37, 0)
+        if k:                            # each window's columns have their own CLIP: one grid model per window
+            nodes[60] = {"type": "FourDGridModelNative", "pos": [x, 900], "values": {"mode": "soft_avg"},
+                         "links": {"model": (2, 0), "views": (50, 2), "column_clip": (w, 4)},
+                         "title": f"FourD Grid Model (native) for window {k}"}
+            nodes[61] = {"type": "ModelSamplingSD3", "pos": [x, 1040], "values": {"shift": 3.0}, "links": {"model": (60, 0)}}
+            model = (61, 0)
         nodes[ks] = {"type": "KSampler", "pos": [x, 260], "size": [320, 300],
                      "values": {"seed": 42 + k, "steps": grid_steps, "cfg": 5.0, "sampler_name": "uni_pc",
                                 "scheduler": "simple", "denoise": 1.0},
-                     "links": {"model": (37, 0), "positive": (w, 0), "negative": (w, 1), "latent_image": (w, 2)},
+                     "links": {"model": model, "positive": (w, 0), "negative": (w, 1), "latent_image": (w, 2)},
                      "title": f"KSampler (window {k}: seed 42 + {k})"}
         nodes[dec] = {"type": "VAEDecode", "pos": [x, 600], "links": {"samples": (ks, 0), "vae": (3, 0)}}
         nodes[mg] = {"type": "FourDGridWindowMergeNative", "pos": [x, 700], "links": {"grid": (w, 3), "images": (dec, 0)}}

@@ -20,7 +20,7 @@ node in ``nodes/native/grid.py`` installs them on a clone, so the loaded model i
 
   - two streams (4Real-Video Sec. 3.2): the row stream is the block's own call on the ``V`` rows;
     the column stream runs the *same block* on the column layout ``[T, V*S, D]`` with row 0's
-    context and modulation; merged as in
+    modulation and text, and per-column CLIP tokens when ``column_clip`` is given (else row 0's); merged as in
     :class:`~fourd_core.models.grid_streams.TwoStreamEngine`: ``hard`` (Eq. 8; averaging, or the
     trained :class:`~fourd_core.models.sync.GridSync` layer), ``soft`` (Eqs. 9-10 with trained
     layers; independent streams without), ``soft_avg`` (supp. Eq. 13), ``sequential`` (Eq. 5),
@@ -78,13 +78,19 @@ class GridForwardWrapper:
     Args:
         views: ``V``. mode: one of :data:`NATIVE_GRID_MODES`. fused_backend: ``"auto"`` |
             ``"flex"`` | ``"dense"`` | ``"gather"`` (fused mode).
+        column_clip: two-stream modes: raw CLIP features ``[T, N_img, C_img]`` of the columns (one per
+            latent time; the diffusers engine's ``column_clip``), embedded by the model's ``img_emb``
+            and put before row 0's text for the column stream; None = the columns use row 0's
+            context (its CLIP included).
     """
 
-    def __init__(self, views: int, mode: str = "soft_avg", fused_backend: str = "auto"):
+    def __init__(self, views: int, mode: str = "soft_avg", fused_backend: str = "auto",
+                 column_clip: torch.Tensor | None = None):
         if mode not in NATIVE_GRID_MODES:
             raise InputError(f"mode must be one of {NATIVE_GRID_MODES}, got {mode!r}.")
         fused_backend_for(fused_backend, torch.device("cpu"))      # validates the name
         self.views, self.mode, self.fused_backend = int(views), mode, fused_backend
+        self.column_clip = column_clip
         self._geometry: dict = {}
 
     def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
@@ -100,8 +106,23 @@ class GridForwardWrapper:
             return self._fused(executor, wan, x, timestep, context, clip_fea, time_dim_concat, opts, **kwargs)
         opts[GRID_STATE] = {"mode": self.mode, "views": self.views, "times": times,
                             "sigma": call_sigma(opts, timestep), "feats": None,
-                            "col_freqs": wan.rope_encode(self.views, h, w, device=x.device, dtype=x.dtype), "x_t": {}}
+                            "col_freqs": wan.rope_encode(self.views, h, w, device=x.device, dtype=x.dtype), "x_t": {},
+                            "col_img": self._column_image_tokens(wan, clip_fea, times, x)}
         return executor(x, timestep, context, clip_fea, time_dim_concat, opts, **kwargs)
+
+    def _column_image_tokens(self, wan, clip_fea, times: int, x: torch.Tensor):
+        """``img_emb(column_clip)`` ``[T, N_img, D]`` for the column stream, or None."""
+        if self.column_clip is None or self.mode in ("rows", "fused"):
+            return None
+        if clip_fea is None or getattr(wan, "img_emb", None) is None:
+            raise InputError("column_clip needs an image-to-video model with CLIP conditioning (clip_vision_output on "
+                             "the conditioning, from FourD Grid Conditioning (native)).")
+        col = self.column_clip
+        if col.shape[0] != times or tuple(col.shape[1:]) != tuple(clip_fea.shape[1:]):
+            raise InputError(f"column_clip has {col.shape[0]} entries of {list(col.shape[1:])} for {times} latent times "
+                             f"of {list(clip_fea.shape[1:])}: connect the column_clip of the same FourD Grid "
+                             "Conditioning / Window (native) as the conditioning.")
+        return wan.img_emb(col.to(device=x.device, dtype=x.dtype))
 
     def geometry(self, times: int, tokens_per_frame: int, device) -> FusedGeometry:
         """The fused-attention geometry (mask / flex BlockMask), built once per size and device."""
@@ -226,9 +247,14 @@ class GridBlockPatch:
         x, txt, vec = args["img"], args["txt"], args["vec"]
         block = extra["original_block"]
 
+        col_img = st.get("col_img")
+
         def column_run(tokens, group):
             r = slice(group * views, group * views + 1)
-            out = block({"img": rows_to_columns(tokens, views, times), "txt": txt[r].expand(times, *txt.shape[1:]),
+            ctx = txt[r].expand(times, *txt.shape[1:])
+            if col_img is not None:                            # per-column CLIP tokens, then row 0's text
+                ctx = torch.cat([col_img.to(txt.dtype), ctx[:, col_img.shape[1]:]], dim=1)
+            out = block({"img": rows_to_columns(tokens, views, times), "txt": ctx,
                          "vec": vec[r].expand(times, *vec.shape[1:]), "pe": st["col_freqs"],
                          "transformer_options": args["transformer_options"]})["img"]
             return columns_to_rows(out, views, times)

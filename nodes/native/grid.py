@@ -68,9 +68,13 @@ class FourDGridModelNative:
             "fused_backend": (list(FUSED_BACKENDS), {
                 "tooltip": "Fused mode: flex attention (GPU, compiled), a dense mask (reference), or gathered keys "
                            "(exact, no mask); auto: flex on CUDA, else gather."}),
+            "column_clip": ("CLIP_VISION_OUTPUT", {
+                "tooltip": "Two-stream modes: CLIP of row 0 at every latent time, from FourD Grid Conditioning / Window "
+                           "(native), so each column sees the image of its own instant (as the diffusers grid sampler); "
+                           "unconnected: every column uses row 0's first frame."}),
         }}
 
-    def patch(self, model, views, mode, sync_weights=cb.NONE, fused_backend="auto"):
+    def patch(self, model, views, mode, sync_weights=cb.NONE, fused_backend="auto", column_clip=None):
         from comfy.patcher_extension import WrappersMP
 
         from .apply import wan_i2v_model
@@ -93,7 +97,9 @@ class FourDGridModelNative:
             log.warning("FourD grid: mode 'soft' without sync_weights keeps the two streams independent (the rows "
                         "are denoised on their own); use soft_avg for training-free soft sync.")
         out = model.clone()
-        out.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, GRID_WRAPPER_KEY, GridForwardWrapper(views, mode, fused_backend))
+        col = None if column_clip is None else column_clip.penultimate_hidden_states
+        out.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, GRID_WRAPPER_KEY,
+                                 GridForwardWrapper(views, mode, fused_backend, col))
         replaces = out.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         for i in range(n):
             out.set_model_patch_replace(GridBlockPatch(i, n, mode, replaces.get(("double_block", i)), sync), "dit",
@@ -121,11 +127,13 @@ class FourDGridConditioningNative:
                    "One window: the whole grid is denoised at once (for larger grids use the diffusers FourD 4D Grid "
                    "Sampler, which has sliding windows).")
     CATEGORY = NATIVE_CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT")
-    RETURN_NAMES = ("positive", "negative", "latent", "views")
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT", "CLIP_VISION_OUTPUT")
+    RETURN_NAMES = ("positive", "negative", "latent", "views", "column_clip")
     OUTPUT_TOOLTIPS = ("Positive conditioning with the grid condition.", "Negative conditioning with the same condition.",
                        "Latent [V, 16, (T-1)/4+1, H/8, W/8] (one row per view): the encoded known frames, with a noise_mask "
-                       "of the fully known latent frames when paste_known is on.", "V, for FourD Grid Model (native).")
+                       "of the fully known latent frames when paste_known is on.", "V, for FourD Grid Model (native).",
+                       "CLIP of row 0 at every latent time (pixel frame 4 tau), for FourD Grid Model (native)'s column "
+                       "stream.")
     FUNCTION = "encode"
 
     @classmethod
@@ -153,8 +161,9 @@ class FourDGridConditioningNative:
         if (fixed.shape[0] - 1) % 4:
             raise InputError(f"fixed_view has {fixed.shape[0]} frames; the grid needs 4k+1 (e.g. 9, 25, 49).")
         canvas = GridCanvas.start(fixed, freeze, holes)
-        return (*window_conditioning(positive, negative, vae, clip_vision, canvas.pixels, canvas.known, paste_known),
-                freeze.shape[0])
+        pos, neg, latent, column_clip = window_conditioning(positive, negative, vae, clip_vision, canvas.pixels,
+                                                            canvas.known, paste_known)
+        return pos, neg, latent, freeze.shape[0], column_clip
 
 
 def grid_inputs(fixed_view, freeze_time, holes=None) -> tuple:
@@ -179,14 +188,15 @@ def grid_inputs(fixed_view, freeze_time, holes=None) -> tuple:
 
 def window_conditioning(positive, negative, vae, clip_vision, pixels: torch.Tensor, known: torch.Tensor,
                         paste_known: bool = True) -> tuple:
-    """``(positive, negative, latent)`` of a grid window (see FourD Grid Conditioning (native)).
+    """``(positive, negative, latent, column_clip)`` of a grid window (see FourD Grid Conditioning (native)).
 
     Args:
         pixels: ``[V, F, H, W, 3]`` in [0, 1]; known: ``[V, F, H, W]`` in {0, 1} (row 0 known).
     Returns:
         the conditionings with ``concat_latent_image`` (each row's known pixels, mid-gray elsewhere,
         VAE-encoded), ``concat_mask`` and per-row ``clip_vision_output``; the LATENT holds the encoded rows
-        and, with ``paste_known``, the ``noise_mask`` of the fully known latent frames.
+        and, with ``paste_known``, the ``noise_mask`` of the fully known latent frames; ``column_clip`` =
+        CLIP of row 0 at pixel frames ``4 tau`` (one per latent time, as the diffusers sampler's columns).
     """
     gray = pixels * known[..., None] + 0.5 * (1 - known[..., None])      # unknown pixels: mid-gray (0 in [-1, 1])
     concat = torch.cat([vae.encode(gray[v]) for v in range(pixels.shape[0])], dim=0)
@@ -195,4 +205,6 @@ def window_conditioning(positive, negative, vae, clip_vision, pixels: torch.Tens
     latent = {"samples": concat}
     if paste_known:
         latent["noise_mask"] = known_noise_mask(fully_known_latents(known), *concat.shape[-2:])
-    return set_cond_values(positive, values), set_cond_values(negative, values), latent
+    cols = [min(4 * tau, pixels.shape[1] - 1) for tau in range(concat.shape[2])]
+    column_clip = clip_vision.encode_image(pixels[0, cols])
+    return set_cond_values(positive, values), set_cond_values(negative, values), latent, column_clip

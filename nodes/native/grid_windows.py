@@ -8,7 +8,7 @@ the same per-window condition and known-latent ``noise_mask`` as FourD Grid Cond
 runs each node once:
 
 FourD Grid Canvas (native) -> for window k = 0, 1, ...: FourD Grid Window (native) (window k's
-conditioning and LATENT) -> KSampler (seed + k reproduces the diffusers seeds) -> VAE Decode ->
+conditioning, LATENT and column CLIP for that window's FourD Grid Model (native)) -> KSampler (seed + k reproduces the diffusers seeds) -> VAE Decode ->
 FourD Grid Window Merge (native) (writes the frames no earlier window wrote; they become known
 frames of the next windows) -> the next FourD Grid Window. The canvas says how many windows the
 grid needs; a merge reports how many are left.
@@ -78,11 +78,12 @@ class FourDGridWindowNative:
                    "KSampler keep the fully known latent frames. Sample with KSampler on FourD Grid Model (native), "
                    "decode with VAE Decode, then FourD Grid Window Merge (native).")
     CATEGORY = NATIVE_CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", GRID_TYPE)
-    RETURN_NAMES = ("positive", "negative", "latent", "grid")
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", GRID_TYPE, "CLIP_VISION_OUTPUT")
+    RETURN_NAMES = ("positive", "negative", "latent", "grid", "column_clip")
     OUTPUT_TOOLTIPS = ("Positive conditioning of the window.", "Negative conditioning of the window.",
                        "The window's latent [V_w, 16, T_lat, H/8, W/8] with its noise_mask.",
-                       "The grid, marked with this window, for FourD Grid Window Merge (native).")
+                       "The grid, marked with this window, for FourD Grid Window Merge (native).",
+                       "CLIP of the window's row 0 at every latent time, for this window's FourD Grid Model (native).")
     FUNCTION = "encode"
 
     @classmethod
@@ -112,8 +113,9 @@ class FourDGridWindowNative:
             raise InputError(f"window {window} needs windows {earlier} merged first (their frames are known frames of "
                              "this one): chain FourD Grid Window Merge (native) of each earlier window into this grid.")
         pixels, known = grid["canvas"].window(windows[window])
-        pos, neg, latent = window_conditioning(positive, negative, vae, clip_vision, pixels, known, paste_known)
-        return (pos, neg, latent, {**grid, "current": window})
+        pos, neg, latent, column_clip = window_conditioning(positive, negative, vae, clip_vision, pixels, known,
+                                                            paste_known)
+        return (pos, neg, latent, {**grid, "current": window}, column_clip)
 
 
 class FourDGridWindowMergeNative:

@@ -81,6 +81,26 @@ def test_native_grid_matches_diffusers_two_stream_engine(comfy, pack, base, mode
     assert (v_rows - v_native).abs().max() > 1e-3          # the sync really couples the views
 
 
+@pytest.mark.parametrize("mode", ["hard", "soft_avg"])
+def test_native_grid_column_clip_matches_diffusers_column_clip(comfy, pack, base, mode):
+    """Per-column CLIP (FourD Grid Conditioning's column_clip into FourD Grid Model) = the diffusers
+    engine's ``column_clip``: each column of the column stream sees the image of its own instant."""
+    from fourd_core.models.grid_streams import TwoStreamEngine
+
+    inp = grid_inputs(pack)
+    col = torch.randn(LAT_T, 257, 1280, generator=torch.Generator().manual_seed(9))
+    stock = comfy.sd.load_diffusion_model(str(base))
+    node = pack.NODE_CLASS_MAPPINGS["FourDGridModelNative"]()
+    cvo = pack.nodes.native.tiny.clip_vision_output(col)
+    v_native = grid_velocity(comfy, node.patch(stock, V, mode, column_clip=cvo)[0], inp)
+    engine = TwoStreamEngine(diffusers_transformer(base), mode)
+    engine.column_clip = col
+    v_diffusers = diffusers_velocity(engine, inp)
+    print(f"native grid ({mode}, column CLIP) vs diffusers: max abs diff {(v_native - v_diffusers).abs().max():.2e}")
+    torch.testing.assert_close(v_native, v_diffusers, rtol=1e-4, atol=1e-4)
+    assert (grid_velocity(comfy, node.patch(stock, V, mode)[0], inp) - v_native).abs().max() > 1e-3
+
+
 @pytest.fixture(scope="module")
 def sync_files(comfy, pack, tmp_path_factory):
     """Random, far-from-neutral hard and soft sync weights in a registered fourd_sync folder."""
