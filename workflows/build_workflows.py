@@ -420,8 +420,8 @@ def native_image_to_grid(tiny: bool) -> dict:
             "Native grid: 4DNeX scene on the native MODEL, frame 0 rendered along a 30 degree orbit, then the 8-view grid "
             "sampled by core KSampler on the same loaded Wan model (stock clone + FourD Grid Model (native)); the known row "
             "and column are pasted at every step (noise_mask). Modes: two-stream sync (trained sync weights from "
-            "models/fourd_sync optional) or fused view-time attention. One window: the whole 8 x 49 grid at once (the "
-            "diffusers grid sampler has sliding windows).")
+            "models/fourd_sync optional) or fused view-time attention. One window: the whole 8 x 49 grid at once (larger "
+            "grids: fourd_native_image_to_grid_windows).")
     return {"nodes": nodes, "info": info}
 
 

@@ -124,8 +124,8 @@ class FourDGridConditioningNative:
                    "I2V condition with a per-pixel-frame mask, and each row gets the CLIP-vision features of its first "
                    "frame, on both conditionings. The LATENT holds the encoded rows and (paste_known) a noise_mask of "
                    "the fully known latent frames, which core KSampler keeps at the current noise level every step. "
-                   "One window: the whole grid is denoised at once (for larger grids use the diffusers FourD 4D Grid "
-                   "Sampler, which has sliding windows).")
+                   "One window: the whole grid is denoised at once (for larger grids use FourD Grid Canvas / Window "
+                   "(native), which sample it window by window).")
     CATEGORY = NATIVE_CATEGORY
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT", "CLIP_VISION_OUTPUT")
     RETURN_NAMES = ("positive", "negative", "latent", "views", "column_clip")
