@@ -47,8 +47,9 @@ MODE_HELP = ("soft_avg: training-free soft sync (weighted averaging, deeper laye
 class FourDGridModelNative:
     DESCRIPTION = ("The 4D grid on a core Wan2.1-I2V MODEL (the base model from Load Diffusion Model, without 4DNeX): "
                    "adds 4Real-Video's column stream and sync (training-free or trained sync layers) to every block, or "
-                   "4Real-Video-V2's fused view-time attention, so core KSampler denoises all views of the grid together. Use with FourD Grid Conditioning (native) and the same number of "
-                   "views; decode with core VAE Decode (row-major: frame (view v, time t) at v * T + t).")
+                   "4Real-Video-V2's fused view-time attention, so core KSampler denoises all views of the grid "
+                   "together. Use with FourD Grid Conditioning (native) and the same number of views; decode with core "
+                   "VAE Decode (row-major: frame (view v, time t) at v * T + t).")
     CATEGORY = NATIVE_CATEGORY
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -113,9 +114,10 @@ class FourDGridConditioningNative:
     diffusers sampler. Core KSampler with a ``noise_mask`` (``KSamplerX0Inpaint``) sets those latents to
     ``(1 - sigma) z + sigma n`` before every model call (``n`` = the sampling noise, ``z`` = the clean
     latents) and puts ``z`` in the denoised output; the diffusers sampler replaces them after every step
-    with the next sigma's value. The model sees the same inputs at every sigma, and for a flow-matching
-    step the replaced denoised output lands exactly on ``(1 - sigma') z + sigma' n``, so the unknown
-    latents follow the same trajectory; both end with ``z`` (its VAE round trip) in the known frames.
+    with the next sigma's value. The model sees the same inputs at every sigma and samplers update each
+    latent on its own, so the unknown latents follow the same trajectory (for an Euler step the pasted
+    denoised output even lands exactly on ``(1 - sigma') z + sigma' n``); both end with ``z`` (its VAE
+    round trip) in the known frames.
     The only difference: KSampler starts from ``sigma_0 n + (1 - sigma_0) samples`` everywhere, so with
     denoise < 1 the unknown latents start from the gray-filled condition instead of pure noise."""
 
