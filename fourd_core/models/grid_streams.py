@@ -384,11 +384,22 @@ class FusedGeometry:
         self.backend = backend
         self.block_mask = None
         if backend == "flex":
-            from torch.nn.attention.flex_attention import create_block_mask
+            self.block_mask = fused_block_mask(views, times, self.tokens_per_frame, device)
 
-            n = views * times * self.tokens_per_frame
-            self.block_mask = create_block_mask(fused_mask_mod(views, times, self.tokens_per_frame), None, None, n, n,
-                                                device=device)
+
+def fused_block_mask(views: int, times: int, tokens_per_frame: int, device):
+    """flex ``BlockMask`` of the fused pattern over ``L = V*T*S`` tokens.
+
+    Eager ``create_block_mask`` materialises the ``[L, L]`` boolean mask (and its two comparison
+    terms): ~60 GB at a real grid (8 views x 13 latent frames x 1,350 tokens = 140,400 tokens). On
+    CUDA it is therefore compiled, which computes the block summary without the dense mask (torch's
+    documented way for long sequences); elsewhere the eager path (small test sizes).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    n = views * times * tokens_per_frame
+    build = torch.compile(create_block_mask) if torch.device(device).type == "cuda" else create_block_mask
+    return build(fused_mask_mod(views, times, tokens_per_frame), None, None, n, n, device=device)
 
 
 class FusedSelfAttnProcessor:
