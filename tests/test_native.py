@@ -10,6 +10,7 @@ import copy
 import sys
 import types
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 import torch
@@ -355,9 +356,14 @@ def test_export_adds_file3d_outputs_only_where_comfyui_has_them(pack, fake, monk
 
     assert pack.NODE_CLASS_MAPPINGS["FourDExport"].RETURN_TYPES == ("STRING", "STRING")   # this fake has no File3D
 
-    class File3D:
+    class File3D:      # what core SaveGLB uses of Types.File3D (comfyanonymous/ComfyUI 84254b3): format, save_to
         def __init__(self, source, file_format=""):
             self.source, self.format = source, file_format
+
+        def save_to(self, path):
+            self.source.seek(0)
+            Path(path).write_bytes(self.source.read())
+            return path
 
     io_mod = types.SimpleNamespace(File3DGLB=types.SimpleNamespace(io_type="FILE_3D_GLB"),
                                    File3DPointCloudAny=types.SimpleNamespace(io_type="FILE_3D_POINT_CLOUD_ANY"))
@@ -375,6 +381,8 @@ def test_export_adds_file3d_outputs_only_where_comfyui_has_them(pack, fake, monk
     assert glb.format == "glb" and glb.source.getvalue() == (folder / "frame_00000.glb").read_bytes()
     assert ply.format == "ply" and ply.source.getvalue() == (folder / "frame_00000.ply").read_bytes()
     assert out[0].endswith("frame_00000.glb")
+    saved = Path(glb.save_to(str(fake.root / "saved.glb")))           # as core SaveGLB writes it
+    assert saved.read_bytes()[:4] == b"glTF" and saved.read_bytes() == (folder / "frame_00000.glb").read_bytes()
 
 
 # ----------------------------------------------------------------------------------------------

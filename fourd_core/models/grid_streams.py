@@ -405,6 +405,21 @@ def fused_backend_for(requested: str, device: torch.device) -> str:
     return "flex" if torch.device(device).type == "cuda" and flex_available() else "gather"
 
 
+def fused_block_mask(views: int, times: int, tokens_per_frame: int, device):
+    """flex ``BlockMask`` of the fused pattern over ``L = V*T*S`` tokens.
+
+    Eager ``create_block_mask`` materialises the ``[L, L]`` boolean mask (and its two comparison
+    terms): ~60 GB at a real grid (8 views x 13 latent frames x 1,350 tokens = 140,400 tokens). On
+    CUDA it is therefore compiled, which computes the block summary without the dense mask (torch's
+    documented way for long sequences); elsewhere the eager path (small test sizes).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    n = views * times * tokens_per_frame
+    build = torch.compile(create_block_mask) if torch.device(device).type == "cuda" else create_block_mask
+    return build(fused_mask_mod(views, times, tokens_per_frame), None, None, n, n, device=device)
+
+
 class FusedGeometry:
     """What fused attention needs for one window: sizes, the mask (shared by all blocks) and, for
     the diffusers processors, the RoPE table.
@@ -422,11 +437,7 @@ class FusedGeometry:
         self.backend = backend
         self.block_mask = None
         if backend == "flex":
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            n = views * times * tokens_per_frame
-            self.block_mask = create_block_mask(fused_mask_mod(views, times, tokens_per_frame), None, None, n, n,
-                                                device=device)
+            self.block_mask = fused_block_mask(views, times, self.tokens_per_frame, device)
 
     @classmethod
     def for_transformer(cls, transformer, views: int, times: int, height: int, width: int, backend: str,
