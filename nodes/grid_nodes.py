@@ -12,7 +12,8 @@ from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.novel_view import PATHS, render_scene_views, scene_camera_path
 from ..fourd_core.io.images import to_rgb
 from ..fourd_core.models.cache import PIPELINES
-from ..fourd_core.models.grid_streams import FUSED_BACKENDS, MODES
+from ..fourd_core.models.grid_fused import FUSED_BACKENDS
+from ..fourd_core.models.grid_streams import MODES
 from ..fourd_core.models.sync import load_sync_weights
 from ..fourd_core.pipelines.fourdnex import to_pil
 from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview, plan_windows

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from fourd_core.errors import CancelledError, InputError, WeightsError
-from fourd_core.models.grid_streams import (FusedEngine, TwoStreamEngine, fused_dense_mask, fused_mask_mod,
-                                            fused_rope, make_engine)
+from fourd_core.models.grid_fused import FusedEngine, fused_dense_mask, fused_mask_mod, fused_rope
+from fourd_core.models.grid_streams import TwoStreamEngine
 from fourd_core.models.sync import GridSync, load_sync_weights, save_sync_weights
 from fourd_core.pipelines import grid as G
+from fourd_core.pipelines.grid import make_engine
 
 V, T, HL, WL = 3, 2, 4, 6          # views, latent times, latent height/width of the block-level tests
 S = (HL // 2) * (WL // 2)          # tokens per frame
@@ -287,7 +288,7 @@ def test_fused_mask_allows_exactly_same_frame_view_or_time_pairs():
 
 def test_fused_flex_dense_and_gather_paths_agree_with_masked_softmax():
     pytest.importorskip("torch.nn.attention.flex_attention")
-    from fourd_core.models.grid_streams import FusedGeometry, fused_attention
+    from fourd_core.models.grid_fused import FusedGeometry, fused_attention
 
     v_n, t_n, hl, wl = 3, 2, 4, 6
     s_n = (hl // 2) * (wl // 2)

@@ -606,7 +606,7 @@ def _plain_attention(q, k, v, heads, **kw):
 def test_fused_attention_override_masks_self_attention_and_splits_clip_per_view(native, perr):
     import math
 
-    from fourd_core.models.grid_streams import FusedGeometry, fused_dense_mask
+    from fourd_core.models.grid_fused import FusedGeometry, fused_dense_mask
 
     grid = _grid_patches(native)
     views, times, s, heads, dh, n_img = 3, 2, 4, 2, 8, 5

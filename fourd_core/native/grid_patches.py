@@ -12,7 +12,7 @@ node in ``nodes/native/grid.py`` installs them on a clone, so the loaded model i
   - ``"fused"``: every group of ``V`` rows becomes one video of ``V * T`` latent frames (frame
     ``f = v * T + tau``), with one timestep and text per group and the ``V`` rows' CLIP features
     concatenated; the fused RoPE table (time position ``tau + v``,
-    :func:`~fourd_core.models.grid_streams.fused_time_positions`) and the fused-attention
+    :func:`~fourd_core.models.grid_fused.fused_time_positions`) and the fused-attention
     geometry are recorded; the output is split back into rows.
 
 * :class:`GridBlockPatch` (a ``("dit", "double_block", i)`` replace, protocol
@@ -33,7 +33,7 @@ node in ``nodes/native/grid.py`` installs them on a clone, so the loaded model i
   ...)`` for one block call): a Wan block makes its attention calls in a fixed order (self
   attention; for I2V the CLIP image cross-attention, then the text cross-attention). Call 0 is
   replaced by the masked view-time attention
-  (:func:`~fourd_core.models.grid_streams.fused_attention`: flex on CUDA, the exact gathered-keys
+  (:func:`~fourd_core.models.grid_fused.fused_attention`: flex on CUDA, the exact gathered-keys
   path elsewhere, or the dense reference); call 1 of an I2V block runs ComfyUI's attention per
   view (queries of view ``v`` see only view ``v``'s CLIP tokens); the text call is unchanged.
   Shapes are checked at every call, so a changed call order is an error, never a silent mix-up.
@@ -45,15 +45,14 @@ import torch
 from einops import rearrange
 
 from ..errors import InputError
-from ..models.grid_streams import (
+from ..models.grid_fused import (
     FusedGeometry,
-    columns_to_rows,
     fused_attention,
     fused_backend_for,
     fused_time_positions,
-    rows_to_columns,
     select_rope_frames,
 )
+from ..models.grid_streams import columns_to_rows, rows_to_columns
 from ..models.sync import GridSync, sigma_features, soft_average_weight
 
 GRID_STATE = "fourd_grid_state"

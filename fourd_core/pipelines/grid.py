@@ -61,7 +61,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import InputError
-from ..models.grid_streams import FUSED_BACKENDS, MODES, make_engine
+from ..models.grid_fused import FUSED_BACKENDS, FusedEngine
+from ..models.grid_streams import MODES, TwoStreamEngine
 from ..models.patches import is_fourdnex_patched, set_fourdnex_enabled
 from ..models.sync import GridSync
 from .fourdnex import make_scheduler, to_pil, vae_latent_stats, validate_sampler_settings
@@ -87,7 +88,7 @@ class GridConfig:
         replace_known: replace fully known latent frames by their noised clean latents every step.
         soft_readout: soft modes: predict from the row stream (``"row"``) or the mean of both.
         fused_backend: ``"auto"`` | ``"flex"`` | ``"dense"`` | ``"gather"`` (fused mode, see
-            :class:`~fourd_core.models.grid_streams.FusedEngine`).
+            :class:`~fourd_core.models.grid_fused.FusedEngine`).
     """
 
     mode: str = "soft_avg"
@@ -126,6 +127,16 @@ class GridConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Output order
+def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_readout: str = "row",
+                fused_backend: str = "auto", num_train_timesteps: int = 1000):
+    """The engine for a grid mode (one of :data:`MODES`)."""
+    if mode == "fused":
+        if sync is not None:
+            raise InputError("Fused view-time attention has no sync layers; sync weights apply to 'hard'/'soft'.")
+        return FusedEngine(transformer, fused_backend)
+    return TwoStreamEngine(transformer, mode, sync, soft_readout, num_train_timesteps)
+
+
 def grid_index(view: int, time: int, num_times: int) -> int:
     """Index of frame ``I[view, time]`` in the row-major IMAGE batch: ``view * T + time``."""
     return view * num_times + time
@@ -421,7 +432,7 @@ def sample_window(pipe, engine, pixels: torch.Tensor, known: torch.Tensor, text:
 
     Args:
         pipe: the Wan I2V pipeline (base model mode, see :func:`base_model_mode`).
-        engine: an installed engine from :func:`~fourd_core.models.grid_streams.make_engine`.
+        engine: an installed engine from :func:`make_engine`.
         pixels: ``[V, F, H, W, 3]`` in [0, 1]; only pixels with ``known == 1`` are used.
         known: ``[V, F, H, W]`` in {0, 1}; row 0 must be fully known (the column stream's first
             "frame"), as must every first frame up to holes.

@@ -23,7 +23,7 @@ import torch
 
 from ...fourd_core.errors import InputError
 from ...fourd_core.io.images import to_rgb
-from ...fourd_core.models.grid_streams import FUSED_BACKENDS
+from ...fourd_core.models.grid_fused import FUSED_BACKENDS
 from ...fourd_core.models.sync import read_sync_weights
 from ...fourd_core.native.grid_patches import (GRID_STATE, NATIVE_GRID_MODES, SYNC_MODES,  # noqa: F401 (re-exported)
                                                GridBlockPatch, GridForwardWrapper)
