@@ -16,7 +16,8 @@ from ..fourd_core.models.grid_fused import FUSED_BACKENDS
 from ..fourd_core.models.grid_streams import MODES
 from ..fourd_core.models.sync import load_sync_weights
 from ..fourd_core.pipelines.fourdnex import to_pil
-from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview, plan_windows
+from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview
+from ..fourd_core.pipelines.grid_canvas import plan_windows
 from . import comfy_bridge as cb
 from . import validation as v
 from .types import CAMERAS, CATEGORY, MODEL, SCENE, FourDCameras, FourDModel

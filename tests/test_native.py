@@ -463,7 +463,7 @@ def test_grid_model_node_installs_a_wrapper_and_one_patch_per_block(pack, fake, 
 
 
 def test_grid_conditioning_node_known_rows_and_columns(pack, perr):  # noqa: F811
-    from fourd_core.pipelines.grid import latent_mask
+    from fourd_core.pipelines.grid_canvas import latent_mask
 
     vae = TinyWanVAE(0)
     seen = {}
@@ -718,7 +718,7 @@ def test_grid_conditioning_latent_pastes_fully_known_latent_frames(pack):  # noq
 
 
 def test_grid_windows_chain_conditions_each_window_on_the_frames_written_before(pack, perr):  # noqa: F811
-    from fourd_core.pipelines.grid import latent_mask
+    from fourd_core.pipelines.grid_canvas import latent_mask
 
     vae = TinyWanVAE(0)
     clips = []

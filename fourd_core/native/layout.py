@@ -89,7 +89,7 @@ def known_noise_mask(full: torch.Tensor, latent_height: int, latent_width: int) 
 
     Args:
         full: ``[V, T]`` bool, True = latent frame ``t`` of row ``v`` is known
-            (:func:`fourd_core.pipelines.grid.fully_known_latents`).
+            (:func:`fourd_core.pipelines.grid_canvas.fully_known_latents`).
     Returns:
         ``[V, 1, T, h, w]`` float32 at the latent size, so ComfyUI's ``reshape_mask`` leaves it
         unchanged (no interpolation).

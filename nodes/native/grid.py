@@ -28,7 +28,7 @@ from ...fourd_core.models.sync import read_sync_weights
 from ...fourd_core.native.grid_patches import (GRID_STATE, NATIVE_GRID_MODES, SYNC_MODES,  # noqa: F401 (re-exported)
                                                GridBlockPatch, GridForwardWrapper)
 from ...fourd_core.native.layout import known_noise_mask
-from ...fourd_core.pipelines.grid import GridCanvas, fully_known_latents, latent_mask
+from ...fourd_core.pipelines.grid_canvas import GridCanvas, fully_known_latents, latent_mask
 from .. import comfy_bridge as cb
 from .apply import NATIVE_CATEGORY
 from .conditioning import set_cond_values
@@ -110,7 +110,7 @@ class FourDGridModelNative:
 
 class FourDGridConditioningNative:
     """Known latents: a latent frame of a row is *fully known* when its pixel frames and all earlier ones of
-    the row are known (causal VAE; :func:`~fourd_core.pipelines.grid.fully_known_latents`), as in the
+    the row are known (causal VAE; :func:`~fourd_core.pipelines.grid_canvas.fully_known_latents`), as in the
     diffusers sampler. Core KSampler with a ``noise_mask`` (``KSamplerX0Inpaint``) sets those latents to
     ``(1 - sigma) z + sigma n`` before every model call (``n`` = the sampling noise, ``z`` = the clean
     latents) and puts ``z`` in the denoised output; the diffusers sampler replaces them after every step

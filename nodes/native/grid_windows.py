@@ -2,7 +2,7 @@
 time"): grids larger than one window, sampled window by window with core KSampler.
 
 The plan, the bookkeeping and the conditioning are the diffusers sampler's
-(:func:`fourd_core.pipelines.grid.plan_windows`, :class:`fourd_core.pipelines.grid.GridCanvas`,
+(:func:`fourd_core.pipelines.grid_canvas.plan_windows`, :class:`fourd_core.pipelines.grid_canvas.GridCanvas`,
 the same per-window condition and known-latent ``noise_mask`` as FourD Grid Conditioning
 (native)); what the diffusers sampler loops over is a chain of nodes here, because a ComfyUI graph
 runs each node once:
@@ -17,7 +17,8 @@ grid needs; a merge reports how many are left.
 from __future__ import annotations
 
 from ...fourd_core.errors import InputError
-from ...fourd_core.pipelines.grid import GridCanvas, GridConfig, grid_to_batch, plan_windows
+from ...fourd_core.pipelines.grid import GridConfig
+from ...fourd_core.pipelines.grid_canvas import GridCanvas, grid_to_batch, plan_windows
 from .apply import NATIVE_CATEGORY
 from .grid import grid_inputs, window_conditioning
 
