@@ -30,8 +30,8 @@ MODES = ["rows", "hard", "hard+w", "soft_avg", "soft+w", "sequential", "fused/ga
 
 
 def make_engines(tr, flex):
-    from fourd_core.models.grid_streams import make_engine
     from fourd_core.models.sync import GridSync
+    from fourd_core.pipelines.grid import make_engine
 
     def weighted(mode):
         sync = GridSync.neutral(mode, tr)

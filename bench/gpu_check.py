@@ -303,7 +303,7 @@ def check_decode(report: Report, pipe, latents: torch.Tensor, device: torch.devi
 
 
 def check_grid_attention(report: Report, sizes: Sizes, tr, device: torch.device, repeats: int = 3) -> None:
-    from fourd_core.models.grid_streams import FusedGeometry, flex_available, fused_attention
+    from fourd_core.models.grid_fused import FusedGeometry, flex_available, fused_attention
     from fourd_core.models.patches import set_fourdnex_enabled
 
     if report.over_budget():
@@ -314,7 +314,7 @@ def check_grid_attention(report: Report, sizes: Sizes, tr, device: torch.device,
     set_fourdnex_enabled(tr, False)  # the grid runs the stock Wan positions
     try:
         backends = ["gather"] + (["flex"] if flex_available() else [])
-        geometry = {b: FusedGeometry(tr, v, t, h, w, b, device) for b in backends}
+        geometry = {b: FusedGeometry.for_transformer(tr, v, t, h, w, b, device) for b in backends}
     finally:
         set_fourdnex_enabled(tr, True)
     n = v * t * geometry["gather"].tokens_per_frame

@@ -12,10 +12,12 @@ from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.novel_view import PATHS, render_scene_views, scene_camera_path
 from ..fourd_core.io.images import to_rgb
 from ..fourd_core.models.cache import PIPELINES
-from ..fourd_core.models.grid_streams import FUSED_BACKENDS, MODES
+from ..fourd_core.models.grid_fused import FUSED_BACKENDS
+from ..fourd_core.models.grid_streams import MODES
 from ..fourd_core.models.sync import load_sync_weights
 from ..fourd_core.pipelines.fourdnex import to_pil
-from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview, plan_windows
+from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview
+from ..fourd_core.pipelines.grid_canvas import plan_windows
 from . import comfy_bridge as cb
 from . import validation as v
 from .types import CAMERAS, CATEGORY, MODEL, SCENE, FourDCameras, FourDModel
@@ -126,7 +128,7 @@ class FourDGridSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        syncs = [cb.NONE] + [f for f in cb.file_list("loras") if "sync" in f.lower()]
+        syncs = [cb.NONE] + cb.file_list("fourd_sync") + [f for f in cb.file_list("loras") if "sync" in f.lower()]
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "Wan2.1-I2V (the 4DNeX model works if its LoRA is not fused)."}),
@@ -154,8 +156,8 @@ class FourDGridSampler:
             },
             "optional": {
                 "holes": ("MASK", {"tooltip": "Holes of the freeze-time images (1 = unknown pixel), from FourD Render Views."}),
-                "sync_weights": (syncs, {"tooltip": "Trained sync layers (.safetensors with 'sync' in the name, in "
-                                         "models/loras/) for mode hard/soft; none = training-free."}),
+                "sync_weights": (syncs, {"tooltip": "Trained sync layers (.safetensors in models/fourd_sync/, or with "
+                                         "'sync' in the name in models/loras/) for mode hard/soft; none = training-free."}),
                 "scheduler": (["unipc", "euler"], {"tooltip": "Flow-matching UniPC or Euler."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt for CFG."}),
                 "fused_backend": (list(FUSED_BACKENDS), {"tooltip": "Fused mode: flex attention (GPU, compiled), a "
@@ -188,7 +190,8 @@ class FourDGridSampler:
         if sync_weights and sync_weights != cb.NONE:
             if mode not in ("hard", "soft"):
                 raise InputError(f"Sync weights are for mode 'hard' or 'soft'; mode is {mode!r}.")
-            sync = load_sync_weights(cb.resolve_model("loras", sync_weights), pipe.transformer, mode=mode)
+            kind = "fourd_sync" if sync_weights in cb.file_list("fourd_sync") else "loras"
+            sync = load_sync_weights(cb.resolve_model(kind, sync_weights), pipe.transformer, mode=mode)
         windows = len(plan_windows(num_v, num_t, config))
         progress = cb.Progress(windows * steps)
         progress(0)

@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from fourd_core.errors import CancelledError, InputError, WeightsError
-from fourd_core.models.grid_streams import (FusedEngine, TwoStreamEngine, fused_dense_mask, fused_mask_mod,
-                                            fused_rope, make_engine)
+from fourd_core.models.grid_fused import FusedEngine, fused_dense_mask, fused_mask_mod, fused_rope
+from fourd_core.models.grid_streams import TwoStreamEngine
 from fourd_core.models.sync import GridSync, load_sync_weights, save_sync_weights
 from fourd_core.pipelines import grid as G
+from fourd_core.pipelines import grid_canvas as C
+from fourd_core.pipelines.grid import make_engine
 
 V, T, HL, WL = 3, 2, 4, 6          # views, latent times, latent height/width of the block-level tests
 S = (HL // 2) * (WL // 2)          # tokens per frame
@@ -287,7 +289,7 @@ def test_fused_mask_allows_exactly_same_frame_view_or_time_pairs():
 
 def test_fused_flex_dense_and_gather_paths_agree_with_masked_softmax():
     pytest.importorskip("torch.nn.attention.flex_attention")
-    from fourd_core.models.grid_streams import FusedGeometry, fused_attention
+    from fourd_core.models.grid_fused import FusedGeometry, fused_attention
 
     v_n, t_n, hl, wl = 3, 2, 4, 6
     s_n = (hl // 2) * (wl // 2)
@@ -298,14 +300,16 @@ def test_fused_flex_dense_and_gather_paths_agree_with_masked_softmax():
     scores = torch.einsum("qhd,khd->hqk", q[0], k[0]) / math.sqrt(12)
     ref = torch.einsum("hqk,khd->qhd", scores.masked_fill(~allowed, float("-inf")).softmax(-1), vv[0])[None]
 
-    class _Tr:  # the geometry only needs the rope and the patch size
-        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-        config = type("C", (), {"patch_size": (1, 2, 2)})
-        rope = WanRotaryPosEmbed(12, (1, 2, 2), 1024)
-
     for backend in ("dense", "gather", "flex"):
-        geo = FusedGeometry(_Tr, v_n, t_n, hl, wl, backend, torch.device("cpu"))
+        geo = FusedGeometry(v_n, t_n, s_n, backend, torch.device("cpu"))
         torch.testing.assert_close(fused_attention(q, k, vv, geo), ref, rtol=1e-5, atol=1e-5)
+        # a batch of two grids: each one attends within itself
+        q2, k2, v2 = (torch.cat([t, t.flip(1)]) for t in (q, k, vv))
+        out2 = fused_attention(q2, k2, v2, geo)
+        torch.testing.assert_close(out2[:1], ref, rtol=1e-5, atol=1e-5)
+        scores2 = torch.einsum("qhd,khd->hqk", q2[1], k2[1]) / math.sqrt(12)
+        ref2 = torch.einsum("hqk,khd->qhd", scores2.masked_fill(~allowed, float("-inf")).softmax(-1), v2[1])
+        torch.testing.assert_close(out2[1], ref2, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_rope_gives_each_token_time_position_view_plus_time(stock_tr):
@@ -416,28 +420,28 @@ def test_latent_mask_and_known_latent_frames_follow_the_wan_i2v_layout():
     known[1, 0] = 1.0                   # only the first frame...
     known[1, 0, :8, :8] = 0.0           # ...with a hole in the top-left 8x8 patch
     known[1, 5:9] = 1.0                 # and latent frame 2's pixel frames, but not 1-4
-    m = G.latent_mask(known)
+    m = C.latent_mask(known)
     assert m.shape == (2, 4, 3, 2, 2)
     assert torch.all(m[0] == 1)
     # row 1: latent 0 = pixel frame 0 repeated 4x (minus the hole), latent 1 = frames 1-4, latent 2 = 5-8
     assert torch.all(m[1, :, 0, 0, 0] == 0) and torch.all(m[1, :, 0, 1, 1] == 1)
     assert torch.all(m[1, :, 1] == 0) and torch.all(m[1, :, 2] == 1)
-    full = G.fully_known_latents(known)
+    full = C.fully_known_latents(known)
     assert full.tolist() == [[True, True, True], [False, False, False]]   # causal: needs the prefix
     known[1, 0] = 1.0
-    assert G.fully_known_latents(known)[1].tolist() == [True, False, False]
+    assert C.fully_known_latents(known)[1].tolist() == [True, False, False]
 
 
 def test_window_plan():
     cfg = G.GridConfig(window_views=4, window_frames=9, overlap_views=1, overlap_frames=5)
-    assert G.window_starts(10, 4, 1) == [0, 3, 6]
-    assert G.window_starts(11, 4, 1) == [0, 3, 6, 7]
-    assert G.window_starts(3, 4, 1) == [0]
-    wins = G.plan_windows(6, 17, cfg)
+    assert C.window_starts(10, 4, 1) == [0, 3, 6]
+    assert C.window_starts(11, 4, 1) == [0, 3, 6, 7]
+    assert C.window_starts(3, 4, 1) == [0]
+    wins = C.plan_windows(6, 17, cfg)
     assert wins == [(v0, v0 + 4, t0, t0 + 9) for v0 in (0, 2) for t0 in (0, 4, 8)]
-    assert G.plan_windows(3, 5, cfg) == [(0, 3, 0, 5)]     # smaller than a window: one window
+    assert C.plan_windows(3, 5, cfg) == [(0, 3, 0, 5)]     # smaller than a window: one window
     with pytest.raises(InputError, match="4k\\+1"):
-        G.plan_windows(3, 6, cfg)
+        C.plan_windows(3, 6, cfg)
     for bad in (dict(window_frames=8), dict(overlap_views=4, window_views=4), dict(mode="nope"), dict(steps=0)):
         with pytest.raises(InputError):
             G.GridConfig(**bad).validate()
@@ -449,16 +453,16 @@ def test_output_order_is_row_major():
     for v in range(v_n):
         for t in range(t_n):
             frames[v, t] = 10 * v + t
-    batch = G.grid_to_batch(frames)
+    batch = C.grid_to_batch(frames)
     for v in range(v_n):
         for t in range(t_n):
-            assert G.grid_index(v, t, t_n) == v * t_n + t
+            assert C.grid_index(v, t, t_n) == v * t_n + t
             assert float(batch[v * t_n + t, 0, 0, 0]) == 10 * v + t
-    res = G.GridResult(frames=frames, windows=[], mode="hard")
+    res = C.GridResult(frames=frames, windows=[], mode="hard")
     torch.testing.assert_close(res.view(2), batch[2 * t_n:3 * t_n])
-    torch.testing.assert_close(G.batch_to_grid(batch, v_n, t_n), frames)
+    torch.testing.assert_close(C.batch_to_grid(batch, v_n, t_n), frames)
     with pytest.raises(InputError):
-        G.batch_to_grid(batch, 5, 5)
+        C.batch_to_grid(batch, 5, 5)
 
 
 # ----------------------------------------------------------------------------------------------

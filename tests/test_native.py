@@ -10,6 +10,7 @@ import copy
 import sys
 import types
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 import torch
@@ -355,9 +356,14 @@ def test_export_adds_file3d_outputs_only_where_comfyui_has_them(pack, fake, monk
 
     assert pack.NODE_CLASS_MAPPINGS["FourDExport"].RETURN_TYPES == ("STRING", "STRING")   # this fake has no File3D
 
-    class File3D:
+    class File3D:      # what core SaveGLB uses of Types.File3D (comfyanonymous/ComfyUI 84254b3): format, save_to
         def __init__(self, source, file_format=""):
             self.source, self.format = source, file_format
+
+        def save_to(self, path):
+            self.source.seek(0)
+            Path(path).write_bytes(self.source.read())
+            return path
 
     io_mod = types.SimpleNamespace(File3DGLB=types.SimpleNamespace(io_type="FILE_3D_GLB"),
                                    File3DPointCloudAny=types.SimpleNamespace(io_type="FILE_3D_POINT_CLOUD_ANY"))
@@ -375,6 +381,8 @@ def test_export_adds_file3d_outputs_only_where_comfyui_has_them(pack, fake, monk
     assert glb.format == "glb" and glb.source.getvalue() == (folder / "frame_00000.glb").read_bytes()
     assert ply.format == "ply" and ply.source.getvalue() == (folder / "frame_00000.ply").read_bytes()
     assert out[0].endswith("frame_00000.glb")
+    saved = Path(glb.save_to(str(fake.root / "saved.glb")))           # as core SaveGLB writes it
+    assert saved.read_bytes()[:4] == b"glTF" and saved.read_bytes() == (folder / "frame_00000.glb").read_bytes()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,25 +463,28 @@ def test_grid_model_node_installs_a_wrapper_and_one_patch_per_block(pack, fake, 
 
 
 def test_grid_conditioning_node_known_rows_and_columns(pack, perr):  # noqa: F811
-    from fourd_core.pipelines.grid import latent_mask
+    from fourd_core.pipelines.grid_canvas import latent_mask
 
     vae = TinyWanVAE(0)
     seen = {}
 
     class FakeClipVision:
         def encode_image(self, images):
-            seen["images"] = images
-            return types.SimpleNamespace(penultimate_hidden_states=torch.zeros(images.shape[0], 257, 1280))
+            seen.setdefault("images", []).append(images)
+            return types.SimpleNamespace(penultimate_hidden_states=torch.full((images.shape[0], 257, 1280), len(seen["images"])))
 
     fixed, freeze = torch.rand(5, 32, 48, 3), torch.rand(3, 32, 48, 3)
     holes = torch.zeros(3, 32, 48)
     holes[2, :8, :8] = 1
     text = [[torch.zeros(1, 4, 4096), {}]]
-    pos, neg, latent, views = pack.NODE_CLASS_MAPPINGS["FourDGridConditioningNative"]().encode(
+    pos, neg, latent, views, column_clip = pack.NODE_CLASS_MAPPINGS["FourDGridConditioningNative"]().encode(
         text, text, vae, FakeClipVision(), fixed, freeze, holes)
     assert views == 3 and latent["samples"].shape == (3, 16, 2, 4, 6)
-    torch.testing.assert_close(seen["images"][0], fixed[0])          # row 0 starts with the video's first frame
-    torch.testing.assert_close(seen["images"][1:], freeze[1:])
+    rows, cols = seen["images"]
+    torch.testing.assert_close(rows[0], fixed[0])          # row 0 starts with the video's first frame
+    torch.testing.assert_close(rows[1:], freeze[1:])
+    torch.testing.assert_close(cols, fixed[[0, 4]])          # columns: row 0 at pixel frames 4 tau
+    assert column_clip.penultimate_hidden_states.eq(2).all() and pos[0][1]["clip_vision_output"].penultimate_hidden_states.eq(1).all()
     known = torch.zeros(3, 5, 32, 48)
     known[0], known[1:, 0] = 1, 1
     known[2, 0, :8, :8] = 0
@@ -492,3 +503,268 @@ def test_conditioning_length_is_checked_at_queue_time(pack):  # noqa: F811
     cls = pack.NODE_CLASS_MAPPINGS["FourD4DNeXConditioningNative"]
     assert cls.VALIDATE_INPUTS(length=49, batch_size=1) is True and cls.VALIDATE_INPUTS(length=None) is True
     assert "4k+1" in cls.VALIDATE_INPUTS(length=48) and "batch_size" in cls.VALIDATE_INPUTS(length=5, batch_size=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Grid on a native MODEL: trained sync layers, fused view-time attention, known-latent pasting
+def _grid_patches(native):
+    """The pack's patch module (as the nodes import it, so error classes match ``perr``)."""
+    return import_module(native.__name__.rsplit(".nodes", 1)[0] + ".fourd_core.native.grid_patches")
+
+
+def _random_sync(mode, layers, dim, seed=0):
+    from fourd_core.models.sync import GridSync
+
+    sync = GridSync(mode, layers, dim)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sync.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return sync
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_grid_block_patches_with_trained_sync_follow_eqs_8_to_10(native, mode):
+    from fourd_core.models.grid_streams import columns_to_rows, rows_to_columns
+    from fourd_core.models.sync import sigma_features
+
+    grid = _grid_patches(native)
+    views, times, s, d, layers, sigma = 3, 2, 4, 8, 3, 0.37
+    sync = _random_sync(mode, layers, d)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(views, times * s, d, generator=g)
+    txt, vec = torch.randn(views, 5, d, generator=g), torch.randn(views, 1, 6, d, generator=g)
+    pe_row, pe_col = torch.randn(1, times * s, 1, 2, generator=g), torch.randn(1, views * s, 1, 2, generator=g)
+    opts = {grid.GRID_STATE: {"views": views, "times": times, "col_freqs": pe_col, "x_t": {}, "sigma": sigma}}
+    x = x0
+    for i in range(layers):
+        x = grid.GridBlockPatch(i, layers, mode, sync=sync)({"img": x, "txt": txt, "vec": vec, "pe": pe_row,
+                                                            "transformer_options": opts}, {"original_block": _fake_block})["img"]
+
+    def col(tokens):
+        out = _fake_block({"img": rows_to_columns(tokens, views, times), "txt": txt[:1].expand(times, -1, -1),
+                           "vec": vec[:1].expand(times, -1, -1, -1), "pe": pe_col})["img"]
+        return columns_to_rows(out, views, times)
+
+    phi = sigma_features(sigma, 32)
+    xv = xt = x0
+    with torch.no_grad():
+        for i in range(layers):
+            lay = sync.layers[i]
+            yv, yt = _fake_block({"img": xv, "txt": txt, "vec": vec, "pe": pe_row})["img"], col(xv if mode == "hard" else xt)
+            m = lay.mod.weight @ phi + lay.mod.bias
+            if mode == "hard":                                  # Eq. 8: per-channel sigma-modulated weights
+                xv = (lay.w_v + m[:d]) * yv + (lay.w_t + m[d:]) * yt
+            else:                                               # Eqs. 9-10: ModLinear on [y_v, y_t]
+                h = torch.cat([yv, yt], -1) * (1 + m[:2 * d]) + m[2 * d:]
+                out = h @ lay.linear.weight.T + lay.linear.bias
+                xv, xt = yv + out[..., :d], yt + out[..., d:]
+    torch.testing.assert_close(x, xv, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_wrapper_makes_one_video_per_group_with_view_plus_time_positions(native, perr):
+    grid = _grid_patches(native)
+    views, t, h, w = 3, 2, 4, 6
+    wrapper = grid.GridForwardWrapper(views, "fused", "dense")
+    seen = {}
+
+    def inner(executor, x, ts, ctx, clip, tdc, opts, **kw):
+        seen.update(x=x, ts=ts, ctx=ctx, clip=clip, opts=opts)
+        return x[:, :16] * 2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * views, 36, t, h, w, generator=g)
+    ts = torch.tensor([700.0] * views + [700.0] * views)
+    ctx = torch.randn(2 * views, 7, 32, generator=g)
+    clip = torch.randn(2 * views, 5, 1280, generator=g)
+    out = FakeExecutor(None, FakeWan(), [wrapper, inner], 0).execute(x, ts, ctx, clip, None, {})
+    torch.testing.assert_close(out, x[:, :16] * 2)                      # rows come back in their order
+    assert seen["x"].shape == (2, 36, views * t, h, w)
+    for v in range(views):                                               # frame v*T + tau of group k = row k*V + v
+        torch.testing.assert_close(seen["x"][1, :, v * t:(v + 1) * t], x[views + v])
+    assert seen["ts"].tolist() == [700.0, 700.0]
+    torch.testing.assert_close(seen["ctx"], ctx[::views])
+    torch.testing.assert_close(seen["clip"][1].reshape(views, 5, 1280), clip[views:])
+    st = seen["opts"][grid.GRID_STATE]
+    s = (h // 2) * (w // 2)
+    pos = st["fused_freqs"].reshape(views, t, s, 3)                     # FakeWan's table holds (t, h, w) ids
+    for v in range(views):
+        for tau in range(t):
+            assert pos[v, tau, :, 0].eq(v + tau).all()
+    assert st["geometry"].backend == "dense" and st["geometry"].tokens_per_frame == s and st["img_tokens"] == views * 5
+    with pytest.raises(perr.InputError, match="batches of 3"):
+        FakeExecutor(None, FakeWan(), [wrapper, inner], 0).execute(x[:4], ts[:4], ctx[:4], clip[:4], None, {})
+
+
+def _plain_attention(q, k, v, heads, **kw):
+    """ComfyUI's attention contract: ``[B, L, H*d]`` in and out."""
+    b, n, hd = q.shape
+    q, k, v = (t.reshape(b, -1, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, hd)
+
+
+def test_fused_attention_override_masks_self_attention_and_splits_clip_per_view(native, perr):
+    import math
+
+    from fourd_core.models.grid_fused import FusedGeometry, fused_dense_mask
+
+    grid = _grid_patches(native)
+    views, times, s, heads, dh, n_img = 3, 2, 4, 2, 8, 5
+    n = views * times * s
+    geo = FusedGeometry(views, times, s, "gather", "cpu")
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, n, heads * dh, generator=g) for _ in range(3))
+    ki, vi = (torch.randn(2, views * n_img, heads * dh, generator=g) for _ in range(2))
+    kt, vt = (torch.randn(2, 9, heads * dh, generator=g) for _ in range(2))
+    override = grid.FusedBlockAttention({"geometry": geo, "img_tokens": views * n_img})
+    calls = []
+
+    def func(*a, **kw):
+        calls.append(a[1].shape[1])
+        return _plain_attention(*a, **kw)
+
+    out_self = override(func, q, k, v, heads=heads, transformer_options={})
+    out_img = override(func, q, ki, vi, heads=heads, transformer_options={})
+    out_txt = override(func, q, kt, vt, heads=heads, transformer_options={})
+    allowed = fused_dense_mask(views, times, s)
+    qh, kh, vh = (t.reshape(2, -1, heads, dh) for t in (q, k, v))
+    sc = torch.einsum("bqhd,bkhd->bhqk", qh, kh) / math.sqrt(dh)
+    ref = torch.einsum("bhqk,bkhd->bqhd", sc.masked_fill(~allowed, float("-inf")).softmax(-1), vh).reshape(2, n, -1)
+    torch.testing.assert_close(out_self, ref, rtol=1e-5, atol=1e-5)
+    per = n // views
+    for vw in range(views):                          # queries of view v see only view v's CLIP tokens
+        sl, si = slice(vw * per, (vw + 1) * per), slice(vw * n_img, (vw + 1) * n_img)
+        torch.testing.assert_close(out_img[:, sl], _plain_attention(q[:, sl], ki[:, si], vi[:, si], heads), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_txt, _plain_attention(q, kt, vt, heads))
+    assert calls == [n_img, 9]                        # self-attention never reaches ComfyUI's (unmasked) function
+    bad = grid.FusedBlockAttention({"geometry": geo, "img_tokens": views * n_img})
+    with pytest.raises(perr.InputError, match="self-attention over 24 tokens first"):
+        bad(func, q, kt, vt, heads=heads, transformer_options={})
+
+
+def test_fused_block_patch_swaps_rope_and_attention_for_the_call_only(native):
+    grid = _grid_patches(native)
+    st = {"fused_freqs": torch.ones(1), "geometry": None, "img_tokens": 0}
+    opts = {grid.GRID_STATE: st, "other": 1}
+    seen = {}
+
+    def block(args):
+        seen.update(args)
+        return {"img": args["img"] + 1}
+
+    out = grid.GridBlockPatch(0, 2, "fused")({"img": torch.zeros(1, 3), "txt": None, "vec": None, "pe": torch.zeros(1),
+                                             "transformer_options": opts}, {"original_block": block})
+    assert out["img"].eq(1).all() and seen["pe"] is st["fused_freqs"]
+    assert isinstance(seen["transformer_options"]["optimized_attention_override"], grid.FusedBlockAttention)
+    assert seen["transformer_options"]["other"] == 1 and "optimized_attention_override" not in opts
+
+
+def test_grid_model_node_loads_sync_weights_from_fourd_sync_with_clear_errors(pack, fake, fake_core, native, perr):  # noqa: F811
+    from fourd_core.models.sync import GridSync, save_sync_weights
+
+    folder = fake.root / "models" / "fourd_sync"
+    folder.mkdir(parents=True, exist_ok=True)
+    layers = NATIVE_TINY["num_layers"]
+    save_sync_weights(_random_sync("hard", layers, D), folder / "good_hard_sync.safetensors")
+    save_sync_weights(GridSync("hard", layers + 1, D), folder / "deeper_sync.safetensors")
+    save_sync_weights(GridSync("hard", layers, D * 2), folder / "wider_sync.safetensors")
+    cls = pack.NODE_CLASS_MAPPINGS["FourDGridModelNative"]
+    opt = cls.INPUT_TYPES()["optional"]
+    assert "good_hard_sync.safetensors" in opt["sync_weights"][0] and opt["sync_weights"][0][0] == "(none)"
+    assert all("tooltip" in spec[1] for spec in opt.values())
+    assert "fused" in cls.INPUT_TYPES()["required"]["mode"][0] and "soft" in cls.INPUT_TYPES()["required"]["mode"][0]
+    stock = FakePatcher(FakeWan())
+    out = cls().patch(stock, 4, "hard", sync_weights="good_hard_sync.safetensors")[0]
+    patches = out.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert all(patches[("double_block", i)].sync is patches[("double_block", 0)].sync for i in range(layers))
+    assert patches[("double_block", 0)].sync.mode == "hard"
+    assert not stock.wrappers and stock.model_options == {"transformer_options": {}}     # the input MODEL is untouched
+    with pytest.raises(perr.WeightsError, match=f"{layers + 1} blocks of width {D}; this MODEL has {layers} blocks.*"
+                                                "trained for this base model"):
+        cls().patch(stock, 4, "hard", sync_weights="deeper_sync.safetensors")
+    with pytest.raises(perr.WeightsError, match=f"width {2 * D}; this MODEL"):
+        cls().patch(stock, 4, "hard", sync_weights="wider_sync.safetensors")
+    with pytest.raises(perr.WeightsError, match="holds 'hard' sync weights.*Choose mode 'hard'"):
+        cls().patch(stock, 4, "soft", sync_weights="good_hard_sync.safetensors")
+    with pytest.raises(perr.InputError, match="for mode 'hard' or 'soft'.*\\(none\\)"):
+        cls().patch(stock, 4, "soft_avg", sync_weights="good_hard_sync.safetensors")
+    with pytest.raises(perr.WeightsError, match="not found"):
+        cls().patch(stock, 4, "hard", sync_weights="missing_sync.safetensors")
+    with pytest.raises(perr.InputError, match="fused backend"):
+        cls().patch(stock, 4, "fused", fused_backend="fast")
+    assert not stock.wrappers and stock.model_options == {"transformer_options": {}}
+
+
+def test_grid_conditioning_latent_pastes_fully_known_latent_frames(pack):  # noqa: F811
+    vae = TinyWanVAE(0)
+
+    class FakeClipVision:
+        def encode_image(self, images):
+            return types.SimpleNamespace(penultimate_hidden_states=torch.zeros(images.shape[0], 257, 1280))
+
+    fixed, freeze = torch.rand(9, 32, 48, 3), torch.rand(3, 32, 48, 3)
+    holes = torch.zeros(3, 32, 48)
+    holes[2, 5, 7] = 1                                      # one hole pixel: frame 0 of row 2 is not fully known
+    text = [[torch.zeros(1, 4, 4096), {}]]
+    node = pack.NODE_CLASS_MAPPINGS["FourDGridConditioningNative"]()
+    pos, _, latent, _, _ = node.encode(text, text, vae, FakeClipVision(), fixed, freeze, holes)
+    m = latent["noise_mask"]
+    assert m.shape == (3, 1, 3, 4, 6) and m.dtype == torch.float32
+    assert m[0].eq(0).all()                                 # row 0: the whole video is known
+    assert m[1, :, 0].eq(0).all() and m[1, :, 1:].eq(1).all()     # row 1: only its freeze-time frame
+    assert m[2].eq(1).all()                                 # row 2: its frame 0 has a hole
+    assert latent["samples"] is pos[0][1]["concat_latent_image"]   # the known latents KSampler pastes
+    assert "noise_mask" not in node.encode(text, text, vae, FakeClipVision(), fixed, freeze, holes, paste_known=False)[2]
+
+
+def test_grid_windows_chain_conditions_each_window_on_the_frames_written_before(pack, perr):  # noqa: F811
+    from fourd_core.pipelines.grid_canvas import latent_mask
+
+    vae = TinyWanVAE(0)
+    clips = []
+
+    class FakeClipVision:
+        def encode_image(self, images):
+            clips.append(images.clone())
+            return types.SimpleNamespace(penultimate_hidden_states=torch.zeros(images.shape[0], 257, 1280))
+
+    m = pack.NODE_CLASS_MAPPINGS
+    g = torch.Generator().manual_seed(5)
+    fixed, freeze = torch.rand(9, 32, 48, 3, generator=g), torch.rand(4, 32, 48, 3, generator=g)
+    text = [[torch.zeros(1, 4, 4096), {}]]
+    grid, windows, wv = m["FourDGridCanvasNative"]().start(fixed, freeze, 3, 9, 2, 5)
+    assert (windows, wv) == (2, 3) and grid["windows"] == [(0, 3, 0, 9), (1, 4, 0, 9)]
+    win, merge = m["FourDGridWindowNative"](), m["FourDGridWindowMergeNative"]()
+    with pytest.raises(perr.InputError, match="needs windows \\[0\\] merged first"):
+        win.encode(grid, 1, text, text, vae, FakeClipVision())
+    pos0, _, lat0, g0, _ = win.encode(grid, 0, text, text, vae, FakeClipVision())
+    assert lat0["samples"].shape == (3, 16, 3, 4, 6)
+    assert lat0["noise_mask"][0].eq(0).all() and lat0["noise_mask"][1:, :, 0].eq(0).all() and lat0["noise_mask"][1:, :, 1:].eq(1).all()
+    with pytest.raises(perr.InputError, match="expected 27 images"):
+        merge.merge(g0, torch.rand(26, 32, 48, 3))
+    with pytest.raises(perr.InputError, match="grid output of FourD Grid Window"):
+        merge.merge(grid, torch.rand(27, 32, 48, 3))
+    frames0 = torch.rand(27, 32, 48, 3, generator=g)                      # "VAE Decode" of window 0, row-major
+    g1, images, left = merge.merge(g0, frames0)
+    assert left == 1 and images.shape == (36, 32, 48, 3)
+    torch.testing.assert_close(images[:27], frames0)
+    torch.testing.assert_close(images[27:], torch.zeros(9, 32, 48, 3))
+    assert not grid["canvas"].written.any() and not g0["canvas"].written.any()      # inputs never change
+    pos1, _, lat1, g1w, _ = win.encode(g1, 1, text, text, vae, FakeClipVision())
+    # window 1 = views 1..3: views 1 and 2 were generated by window 0 and are known; view 3 only at time 0
+    known = torch.zeros(3, 9, 32, 48)
+    known[:2], known[2, 0] = 1, 1
+    torch.testing.assert_close(pos1[0][1]["concat_mask"], 1 - latent_mask(known))
+    torch.testing.assert_close(pos1[0][1]["concat_latent_image"][:1], vae.encode(frames0[9:18]))
+    gray = torch.cat([freeze[3:4], torch.full((8, 32, 48, 3), 0.5)])
+    torch.testing.assert_close(pos1[0][1]["concat_latent_image"][2:], vae.encode(gray))
+    torch.testing.assert_close(clips[-2], torch.stack([frames0[9], frames0[18], freeze[3]]))   # rows
+    torch.testing.assert_close(clips[-1], frames0[[9, 13, 17]])                                 # columns: view 1 at 4 tau
+    assert lat1["noise_mask"][:2].eq(0).all() and lat1["noise_mask"][2, :, 0].eq(0).all()
+    frames1 = torch.rand(27, 32, 48, 3, generator=g)
+    _, images, left = merge.merge(g1w, frames1)
+    assert left == 0
+    torch.testing.assert_close(images[:27], frames0)                      # written frames are kept
+    torch.testing.assert_close(images[27:], frames1[18:])                 # view 3 from window 1
+    with pytest.raises(perr.InputError, match="this grid has 2 windows"):
+        win.encode(g1, 2, text, text, vae, FakeClipVision())

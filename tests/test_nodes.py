@@ -90,10 +90,11 @@ class FakeComfy:
         fp.get_folder_paths = lambda kind: [str(f) for f in folders(kind)]
         fp.get_full_path = full_path
         def add_folder(kind, path, is_default=False):
-            if Path(path) not in extra.setdefault(kind, []):
-                extra[kind].append(Path(path))
+            if Path(path) not in folders(kind):
+                extra.setdefault(kind, []).append(Path(path))
 
         fp.add_model_folder_path = add_folder
+        fp.models_dir = str(root / "models")
         fp.get_output_directory = lambda: str(root / "output")
         fp.get_temp_directory = lambda: str(root / "temp")
         fp.get_input_directory = lambda: str(root / "input")

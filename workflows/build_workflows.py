@@ -399,11 +399,12 @@ def native_image_to_grid(tiny: bool) -> dict:
                         "frame": 0}, "links": {"scene": (18, 0)}},
         34: {"type": "FourDRenderViews", "pos": [1540, 360], "values": {"frame": 0, "point_size": 2},
              "links": {"scene": (18, 0), "cameras": (33, 0)}},
-        35: {"type": "FourDGridConditioningNative", "pos": [1920, 60], "size": [340, 200],
+        35: {"type": "FourDGridConditioningNative", "pos": [1920, 60], "size": [340, 200], "values": {"paste_known": True},
              "links": {"positive": pos, "negative": neg, "vae": (3, 0), "clip_vision": cv, "fixed_view": (13, 0),
                        "freeze_time": (34, 0), "holes": (34, 1)}},
         36: {"type": "FourDGridModelNative", "pos": [1920, 300], "values": {"mode": "soft_avg"},
-             "links": {"model": (2, 0), "views": (35, 3)}, "title": "FourD Grid Model (native, on the stock MODEL)"},
+             "links": {"model": (2, 0), "views": (35, 3), "column_clip": (35, 4)},
+             "title": "FourD Grid Model (native, on the stock MODEL)"},
         37: {"type": "ModelSamplingSD3", "pos": [1920, 440], "values": {"shift": 3.0}, "links": {"model": (36, 0)}},
         38: {"type": "KSampler", "pos": [2300, 60], "size": [320, 300],
              "values": {"seed": 42, "steps": grid_steps, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
@@ -417,15 +418,69 @@ def native_image_to_grid(tiny: bool) -> dict:
     info = ("Native grid, CPU demo: the native tiny 4DNeX scene, an orbit of 3 views, and the 3 x 13 grid sampled by core "
             "KSampler on the stock tiny MODEL with FourD Grid Model (native). Meaningless pictures." if tiny else
             "Native grid: 4DNeX scene on the native MODEL, frame 0 rendered along a 30 degree orbit, then the 8-view grid "
-            "sampled by core KSampler on the same loaded Wan model (stock clone + FourD Grid Model (native)). One window: "
-            "the whole 8 x 49 grid at once (the diffusers grid sampler has sliding windows).")
+            "sampled by core KSampler on the same loaded Wan model (stock clone + FourD Grid Model (native)); the known row "
+            "and column are pasted at every step (noise_mask). Modes: two-stream sync (trained sync weights from "
+            "models/fourd_sync optional) or fused view-time attention. One window: the whole 8 x 49 grid at once (larger "
+            "grids: fourd_native_image_to_grid_windows).")
+    return {"nodes": nodes, "info": info}
+
+
+def native_image_to_grid_windows(tiny: bool) -> dict:
+    """The native grid graph with sliding windows: FourD Grid Canvas (native) -> two groups of FourD Grid Window
+    (native) -> KSampler (seed + k) -> VAE Decode -> FourD Grid Window Merge (native)."""
+    nodes = native_image_to_grid(tiny)["nodes"]
+    views, window_views, frames, grid_steps = (4, 3, 13, 4) if tiny else (12, 8, 49, 30)
+    nodes[33]["values"]["steps"] = views
+    nodes[33]["values"]["degrees"] = 45.0
+    pos, neg = nodes[35]["links"]["positive"], nodes[35]["links"]["negative"]
+    cv = nodes[35]["links"]["clip_vision"]
+    for k in (35, 38, 39):
+        del nodes[k]
+    nodes[36]["links"]["views"] = (50, 2)
+    nodes[36]["links"]["column_clip"] = (51, 4)
+    nodes[36]["title"] = "FourD Grid Model (native) for window 0"
+    nodes[50] = {"type": "FourDGridCanvasNative", "pos": [1920, 60], "size": [340, 200],
+                 "values": {"window_views": window_views, "window_frames": frames, "overlap_views": 2, "overlap_frames": 5},
+                 "links": {"fixed_view": (13, 0), "freeze_time": (34, 0), "holes": (34, 1)}}
+    grid = (50, 0)
+    for k in range(2):
+        w, ks, dec, mg = 51 + 4 * k, 52 + 4 * k, 53 + 4 * k, 54 + 4 * k
+        x = 2300 + 380 * k
+        nodes[w] = {"type": "FourDGridWindowNative", "pos": [x, 60], "size": [340, 160], "values": {"window": k},
+                    "links": {"grid": grid, "positive": pos, "negative": neg, "vae": (3, 0), "clip_vision": cv},
+                    "title": f"FourD Grid Window (native) {k}"}
+        model = (37, 0)
+        if k:                            # each window's columns have their own CLIP: one grid model per window
+            nodes[60] = {"type": "FourDGridModelNative", "pos": [x, 900], "values": {"mode": "soft_avg"},
+                         "links": {"model": (2, 0), "views": (50, 2), "column_clip": (w, 4)},
+                         "title": f"FourD Grid Model (native) for window {k}"}
+            nodes[61] = {"type": "ModelSamplingSD3", "pos": [x, 1040], "values": {"shift": 3.0}, "links": {"model": (60, 0)}}
+            model = (61, 0)
+        nodes[ks] = {"type": "KSampler", "pos": [x, 260], "size": [320, 300],
+                     "values": {"seed": 42 + k, "steps": grid_steps, "cfg": 5.0, "sampler_name": "uni_pc",
+                                "scheduler": "simple", "denoise": 1.0},
+                     "links": {"model": model, "positive": (w, 0), "negative": (w, 1), "latent_image": (w, 2)},
+                     "title": f"KSampler (window {k}: seed 42 + {k})"}
+        nodes[dec] = {"type": "VAEDecode", "pos": [x, 600], "links": {"samples": (ks, 0), "vae": (3, 0)}}
+        nodes[mg] = {"type": "FourDGridWindowMergeNative", "pos": [x, 700], "links": {"grid": (w, 3), "images": (dec, 0)}}
+        grid = (mg, 0)
+    nodes[40] = {"type": "PreviewImage", "pos": [3060, 60], "size": [400, 400], "links": {"images": (58, 1)},
+                 "title": "Grid (row-major: view v, time t at v * T + t)"}
+    info = (f"Native grid with sliding windows, CPU demo: an orbit of {views} views, sampled as 2 windows of {window_views} "
+            "views (overlap 2) by core KSampler on the stock tiny MODEL; window 1 is conditioned on the views window 0 "
+            "generated. Meaningless pictures." if tiny else
+            f"Native grid with sliding windows: {views} views x {frames} frames as 2 windows of {window_views} views "
+            "(overlap 2), each sampled by core KSampler (seed 42 + k) on the same loaded Wan model; each window's known "
+            "frames (input row and column, frames earlier windows generated) are pasted every step.")
     return {"nodes": nodes, "info": info}
 
 
 NATIVE_GRAPHS = {"fourd_native_image_to_4d": lambda: native_image_to_4d(False),
                  "fourd_native_tiny_demo_cpu": lambda: native_image_to_4d(True),
                  "fourd_native_image_to_grid": lambda: native_image_to_grid(False),
-                 "fourd_native_tiny_grid_cpu": lambda: native_image_to_grid(True)}
+                 "fourd_native_tiny_grid_cpu": lambda: native_image_to_grid(True),
+                 "fourd_native_image_to_grid_windows": lambda: native_image_to_grid_windows(False),
+                 "fourd_native_tiny_grid_windows_cpu": lambda: native_image_to_grid_windows(True)}
 
 
 def main() -> None:

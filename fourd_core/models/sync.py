@@ -204,17 +204,27 @@ def save_sync_weights(sync: GridSync, path: str | Path, base_model: str | None =
 
 
 def load_sync_weights(path: str | Path, transformer, mode: str | None = None) -> GridSync:
-    """Read a sync weights file and check it against ``transformer``.
+    """Read a sync weights file and check it against a diffusers ``WanTransformer3DModel``
+    (block count and inner dim); see :func:`read_sync_weights` for the rest."""
+    dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    return read_sync_weights(path, len(transformer.blocks), dim, mode)
+
+
+def read_sync_weights(path: str | Path, num_layers: int, inner_dim: int, mode: str | None = None,
+                      what: str = "this transformer") -> GridSync:
+    """Read a sync weights file and check it against the DiT it will run on.
 
     Args:
         path: ``.safetensors`` file in the documented format.
-        transformer: the ``WanTransformer3DModel`` the grid runs on (block count and inner dim).
+        num_layers, inner_dim: the DiT's block count and width (heads x head dim), from a diffusers
+            or a ComfyUI Wan model.
         mode: if given, the file must hold this sync mode (``"hard"`` / ``"soft"``).
+        what: how errors name the model.
     Returns:
         a float32 :class:`GridSync` on the CPU (the sampler moves it).
     Raises:
         WeightsError: missing/unreadable file, not a sync file, newer version, wrong mode, a block
-            count or inner dim that does not match the transformer, missing/unexpected keys, wrong
+            count or inner dim that does not match the model, missing/unexpected keys, wrong
             shapes, NaN/inf values.
     """
     from safetensors import safe_open
@@ -247,11 +257,9 @@ def load_sync_weights(path: str | Path, transformer, mode: str | None = None) ->
     if mode is not None and file_mode != mode:
         raise WeightsError(f"{path} holds {file_mode!r} sync weights, but the grid mode is {mode!r}. "
                            f"Choose mode '{file_mode}' or another file.")
-    want_layers = len(transformer.blocks)
-    want_dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-    if layers != want_layers or dim != want_dim:
-        raise WeightsError(f"{path} was made for a DiT with {layers} blocks of width {dim}; this transformer has "
-                           f"{want_layers} blocks of width {want_dim}. Use sync weights trained for this base model.")
+    if layers != num_layers or dim != inner_dim:
+        raise WeightsError(f"{path} was made for a DiT with {layers} blocks of width {dim}; {what} has "
+                           f"{num_layers} blocks of width {inner_dim}. Use sync weights trained for this base model.")
     if feats < 2 or feats % 2:
         raise WeightsError(f"{path}: sigma_features must be an even number >= 2, got {feats}.")
     sync = GridSync(file_mode, layers, dim, feats, rank)

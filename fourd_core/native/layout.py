@@ -84,6 +84,20 @@ def native_concat_mask(latent_frames: int, latent_height: int, fused_latent_widt
     return (1.0 - known[:, :1]).contiguous()
 
 
+def known_noise_mask(full: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
+    """A LATENT ``noise_mask`` (ComfyUI: 1 = denoise, 0 = keep) that keeps whole latent frames.
+
+    Args:
+        full: ``[V, T]`` bool, True = latent frame ``t`` of row ``v`` is known
+            (:func:`fourd_core.pipelines.grid_canvas.fully_known_latents`).
+    Returns:
+        ``[V, 1, T, h, w]`` float32 at the latent size, so ComfyUI's ``reshape_mask`` leaves it
+        unchanged (no interpolation).
+    """
+    keep = full.bool()[:, None, :, None, None].expand(-1, 1, -1, latent_height, latent_width)
+    return (~keep).float().contiguous()
+
+
 def shared_rope(freqs_half: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """4DNeX shared RoPE: positions of the half width repeated over both halves.
 

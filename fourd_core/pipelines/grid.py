@@ -6,7 +6,7 @@ From a fixed-view video (row 0 of the grid, e.g. the 4DNeX RGB video) and a free
 ``t`` seen from every viewpoint.
 
 Output order (everywhere in the pack): **row-major / view-major**. ``GridResult.frames`` is
-``[V, T, H, W, 3]``; the flat IMAGE batch (:func:`grid_to_batch`) has frame ``I[v, t]`` at index
+``[V, T, H, W, 3]``; the flat IMAGE batch (:func:`~fourd_core.pipelines.grid_canvas.grid_to_batch`) has frame ``I[v, t]`` at index
 ``v * T + t``, so ``batch[v*T : (v+1)*T]`` is the video of view ``v`` and ``batch[0:T]`` is the
 fixed-view input row.
 
@@ -57,14 +57,14 @@ import dataclasses
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
 from ..errors import InputError
-from ..models.grid_streams import FUSED_BACKENDS, MODES, make_engine
+from ..models.grid_fused import FUSED_BACKENDS, FusedEngine
+from ..models.grid_streams import MODES, TwoStreamEngine
 from ..models.patches import is_fourdnex_patched, set_fourdnex_enabled
 from ..models.sync import GridSync
 from .fourdnex import make_scheduler, to_pil, vae_latent_stats, validate_sampler_settings
+from .grid_canvas import GridCanvas, GridResult, fully_known_latents, latent_mask, plan_windows
 
 #: ``callback(step, total, latents)``; may raise (e.g. CancelledError) to stop sampling.
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -87,7 +87,7 @@ class GridConfig:
         replace_known: replace fully known latent frames by their noised clean latents every step.
         soft_readout: soft modes: predict from the row stream (``"row"``) or the mean of both.
         fused_backend: ``"auto"`` | ``"flex"`` | ``"dense"`` | ``"gather"`` (fused mode, see
-            :class:`~fourd_core.models.grid_streams.FusedEngine`).
+            :class:`~fourd_core.models.grid_fused.FusedEngine`).
     """
 
     mode: str = "soft_avg"
@@ -125,94 +125,15 @@ class GridConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Output order
-def grid_index(view: int, time: int, num_times: int) -> int:
-    """Index of frame ``I[view, time]`` in the row-major IMAGE batch: ``view * T + time``."""
-    return view * num_times + time
-
-
-def grid_to_batch(frames: torch.Tensor) -> torch.Tensor:
-    """``[V, T, H, W, C]`` -> ``[V*T, H, W, C]`` row-major (index ``v * T + t``)."""
-    if frames.ndim != 5:
-        raise InputError(f"grid frames must be [V, T, H, W, C], got {list(frames.shape)}.")
-    return rearrange(frames, "v t h w c -> (v t) h w c")
-
-
-def batch_to_grid(batch: torch.Tensor, num_views: int, num_times: int) -> torch.Tensor:
-    """Inverse of :func:`grid_to_batch`.
-
-    Raises:
-        InputError: if the batch does not hold ``num_views * num_times`` frames.
-    """
-    if batch.shape[0] != num_views * num_times:
-        raise InputError(f"a batch of {batch.shape[0]} frames is not a {num_views} x {num_times} grid.")
-    return rearrange(batch, "(v t) ... -> v t ...", v=num_views, t=num_times)
-
-
-@dataclasses.dataclass
-class GridResult:
-    """A generated grid.
-
-    Attributes:
-        frames: ``[V, T, H, W, 3]`` float32 in [0, 1] on the CPU; ``frames[v, t] = I[v, t]``.
-        windows: the windows sampled, ``(v0, v1, t0, t1)`` half-open, in order.
-        mode: the grid mode used.
-    """
-
-    frames: torch.Tensor
-    windows: list
-    mode: str
-
-    @property
-    def num_views(self) -> int:
-        return int(self.frames.shape[0])
-
-    @property
-    def num_times(self) -> int:
-        return int(self.frames.shape[1])
-
-    def batch(self) -> torch.Tensor:
-        """The row-major IMAGE batch ``[V*T, H, W, 3]`` (see :func:`grid_to_batch`)."""
-        return grid_to_batch(self.frames)
-
-    def view(self, v: int) -> torch.Tensor:
-        """The video of view ``v``: ``[T, H, W, 3]`` (= ``batch()[v*T:(v+1)*T]``)."""
-        return self.frames[v]
-
-
-# ----------------------------------------------------------------------------------------------
-# Windows
-def window_starts(length: int, size: int, overlap: int) -> list[int]:
-    """Start indices of windows of ``size`` covering ``[0, length)`` with at least ``overlap``
-    shared items; the last window is shifted back to end at ``length``. ``length <= size``: [0]."""
-    if length <= size:
-        return [0]
-    starts, s = [0], 0
-    while s + size < length:
-        s = min(s + size - overlap, length - size)
-        starts.append(s)
-    return starts
-
-
-def plan_windows(num_views: int, num_times: int, config: GridConfig) -> list[tuple[int, int, int, int]]:
-    """Windows ``(v0, v1, t0, t1)`` (half-open) in sampling order: views outer, time inner.
-
-    A grid no larger than a window is one window; a time axis shorter than ``window_frames`` must
-    itself be ``4k + 1`` frames.
-
-    Raises:
-        InputError: a time axis shorter than the window that is not ``4k + 1``.
-    """
-    if num_times < config.window_frames and (num_times - 1) % 4:
-        raise InputError(f"The fixed-view video has {num_times} frames; a grid shorter than one window "
-                         f"({config.window_frames}) needs 4k+1 frames (e.g. {(num_times - 1) // 4 * 4 + 1}). "
-                         "Trim the video.")
-    vw, tw = min(config.window_views, num_views), min(config.window_frames, num_times)
-    out = []
-    for v0 in window_starts(num_views, vw, config.overlap_views):
-        for t0 in window_starts(num_times, tw, config.overlap_frames):
-            out.append((v0, v0 + vw, t0, t0 + tw))
-    return out
+# Engines
+def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_readout: str = "row",
+                fused_backend: str = "auto", num_train_timesteps: int = 1000):
+    """The engine for a grid mode (one of :data:`MODES`)."""
+    if mode == "fused":
+        if sync is not None:
+            raise InputError("Fused view-time attention has no sync layers; sync weights apply to 'hard'/'soft'.")
+        return FusedEngine(transformer, fused_backend)
+    return TwoStreamEngine(transformer, mode, sync, soft_readout, num_train_timesteps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,38 +175,6 @@ def base_model_mode(pipe):
 
 # ----------------------------------------------------------------------------------------------
 # Conditions
-def latent_mask(known: torch.Tensor, temporal_stride: int = 4, spatial: int = 8) -> torch.Tensor:
-    """Wan I2V mask channels from per-pixel knowledge.
-
-    Args:
-        known: ``[V, F, H, W]`` in {0, 1} (1 = known pixel), ``F = 4k + 1`` pixel frames.
-    Returns:
-        ``[V, 4, T_lat, H/8, W/8]``: a latent pixel is known iff its whole ``8 x 8`` patch is;
-        channel ``c`` of latent frame ``tau >= 1`` is pixel frame ``4 (tau - 1) + 1 + c``; latent
-        frame 0 repeats pixel frame 0 four times (Wan I2V layout).
-    """
-    v, f, h, w = known.shape
-    m = 1.0 - F.max_pool2d(1.0 - known.float().reshape(v * f, 1, h, w), spatial)
-    m = m.reshape(v, f, h // spatial, w // spatial)
-    m = torch.cat([m[:, :1].repeat(1, temporal_stride, 1, 1), m[:, 1:]], dim=1)
-    m = m.reshape(v, -1, temporal_stride, h // spatial, w // spatial)
-    return m.transpose(1, 2).contiguous()
-
-
-def fully_known_latents(known: torch.Tensor, temporal_stride: int = 4) -> torch.Tensor:
-    """``[V, T_lat]`` bool: latent frame ``tau`` of row ``v`` is determined by known pixels, i.e.
-    pixel frames ``0 .. 4 tau`` of that row are completely known (causal VAE).
-
-    Args:
-        known: ``[V, F, H, W]`` in {0, 1}.
-    """
-    full = known.flatten(2).min(dim=-1).values >= 1.0  # [V, F]
-    prefix = torch.cumprod(full.to(torch.int64), dim=1).bool()
-    t_lat = (known.shape[1] - 1) // temporal_stride + 1
-    idx = torch.arange(t_lat) * temporal_stride
-    return prefix[:, idx]
-
-
 @torch.no_grad()
 def encode_rows(pipe, video: torch.Tensor) -> torch.Tensor:
     """VAE-encode every row on its own (posterior mode), normalised as the DiT sees latents.
@@ -366,7 +255,7 @@ def sample_window(pipe, engine, pixels: torch.Tensor, known: torch.Tensor, text:
 
     Args:
         pipe: the Wan I2V pipeline (base model mode, see :func:`base_model_mode`).
-        engine: an installed engine from :func:`~fourd_core.models.grid_streams.make_engine`.
+        engine: an installed engine from :func:`make_engine`.
         pixels: ``[V, F, H, W, 3]`` in [0, 1]; only pixels with ``known == 1`` are used.
         known: ``[V, F, H, W]`` in {0, 1}; row 0 must be fully known (the column stream's first
             "frame"), as must every first frame up to holes.
@@ -395,32 +284,67 @@ def sample_window(pipe, engine, pixels: torch.Tensor, known: torch.Tensor, text:
 
     scheduler = make_scheduler(pipe, config.scheduler, config.shift)
     scheduler.set_timesteps(config.steps, device=device)
-    sigmas = scheduler.sigmas.float()
     noise = randn_tensor(tuple(cond.shape), generator=generator, device=device, dtype=torch.float32)
-    keep = full[:, None, :, None, None]
-
-    def known_at(sig):
-        return (1 - sig) * cond + sig * noise
-
-    latents = noise
-    if config.replace_known:
-        latents = torch.where(keep, known_at(sigmas[0]), latents)
     prompt, negative = text["prompt_embeds"].to(device, dtype), text.get("negative_prompt_embeds")
-    cfg = config.guidance_scale > 1.0 and negative is not None
-    total = total_steps or config.steps
+    if negative is not None:
+        negative = negative.to(device, dtype)
+    latents = denoise_window(engine, scheduler, noise, cond, mask, full, prompt, negative, row_clip,
+                             config.guidance_scale, config.replace_known, dtype, callback, step_offset,
+                             total_steps or config.steps)
+    return latents, full
+
+
+def known_latents_at(sigma, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Clean latents ``cond`` noised to flow-matching level ``sigma`` with the window's own noise:
+    ``(1 - sigma) cond + sigma noise`` (what replaces known latent frames at every step)."""
+    return (1 - sigma) * cond + sigma * noise
+
+
+@torch.no_grad()
+def denoise_window(engine, scheduler, noise: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor,
+                   full: torch.Tensor, prompt: torch.Tensor, negative: torch.Tensor | None,
+                   row_clip: torch.Tensor | None, guidance_scale: float, replace_known: bool, dtype,
+                   callback: StepCallback | None = None, step_offset: int = 0, total_steps: int | None = None
+                   ) -> torch.Tensor:
+    """The denoising loop of one window (after :func:`sample_window` encoded its conditions).
+
+    Known-latent replacement (``replace_known``): the latent frames in ``full`` start as
+    :func:`known_latents_at` ``sigma_0`` and are replaced after every step by the clean latents
+    noised to the next sigma with the *same* ``noise``; after the loop they are pasted exactly.
+    (ComfyUI's KSampler does the same with a LATENT ``noise_mask``: before every model call it sets
+    the masked latents to ``(1 - sigma) latent + sigma noise`` and pastes the clean latents into the
+    denoised output, see ``nodes/native/grid.py``.)
+
+    Args:
+        engine: an installed grid engine. scheduler: a flow-matching scheduler with
+            ``set_timesteps`` already called (``timesteps``, ``sigmas``, ``step``).
+        noise, cond: ``[V, 16, T_lat, h, w]`` float32 (initial noise, normalised clean condition
+            latents). mask: ``[V, 4, T_lat, h, w]`` Wan I2V mask channels (1 = known).
+        full: ``[V, T_lat]`` bool, the fully known latent frames.
+        prompt, negative: ``[1, 512, D_text]`` text embeddings (negative None: no CFG).
+        row_clip: ``[V, N_img, C_img]`` or None.
+    Returns:
+        the latents ``[V, 16, T_lat, h, w]`` float32, fully known frames pasted exactly.
+    """
+    sigmas = scheduler.sigmas.float()
+    keep = full[:, None, :, None, None]
+    latents = noise
+    if replace_known:
+        latents = torch.where(keep, known_latents_at(sigmas[0], cond, noise), latents)
+    cfg = guidance_scale > 1.0 and negative is not None
+    total = total_steps or len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
         inp = torch.cat([latents, mask, cond], dim=1).to(dtype)
         pred = engine.predict(inp, t, prompt, row_clip, "cond")
         if cfg:
-            uncond = engine.predict(inp, t, negative.to(device, dtype), row_clip, "uncond")
-            pred = uncond + config.guidance_scale * (pred - uncond)
+            uncond = engine.predict(inp, t, negative, row_clip, "uncond")
+            pred = uncond + guidance_scale * (pred - uncond)
         latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-        if config.replace_known and i + 1 < len(sigmas):
-            latents = torch.where(keep, known_at(sigmas[i + 1]), latents)
+        if replace_known and i + 1 < len(sigmas):
+            latents = torch.where(keep, known_latents_at(sigmas[i + 1], cond, noise), latents)
         if callback is not None:
             callback(step_offset + i + 1, total, latents)
-    latents = torch.where(keep, cond, latents.float())
-    return latents, full
+    return torch.where(keep, cond, latents.float())
 
 
 @torch.no_grad()
@@ -458,14 +382,7 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
     h, w = fixed_view.shape[1:3]
     windows = plan_windows(num_v, num_t, config)
 
-    pixels = torch.zeros(num_v, num_t, h, w, 3)
-    known = torch.zeros(num_v, num_t, h, w)
-    pixels[0] = fixed_view.float().cpu().clamp(0, 1)
-    known[0] = 1.0
-    pixels[1:, 0] = freeze_time[1:].float().cpu().clamp(0, 1)
-    known[1:, 0] = 1.0 if holes is None else (holes[1:].cpu() <= 0.5).float()
-    written = torch.zeros(num_v, num_t, dtype=torch.bool)
-    out = torch.zeros(num_v, num_t, h, w, 3)
+    canvas = GridCanvas.start(fixed_view, freeze_time, holes)
 
     device = pipe._execution_device
     with contextlib.ExitStack() as stack:
@@ -483,15 +400,11 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
         with engine.installed():
             for k, (v0, v1, t0, t1) in enumerate(windows):
                 generator = torch.Generator("cpu").manual_seed(int(config.seed) + k)
-                latents, _ = sample_window(pipe, engine, pixels[v0:v1, t0:t1], known[v0:v1, t0:t1], text, config,
-                                           generator, callback, step_offset=k * config.steps, total_steps=total)
-                frames = decode_rows(pipe, latents)
-                new = ~written[v0:v1, t0:t1]
-                out[v0:v1, t0:t1][new] = frames[new]
-                pixels[v0:v1, t0:t1][new] = frames[new]
-                known[v0:v1, t0:t1][new] = 1.0
-                written[v0:v1, t0:t1] = True
-    return GridResult(frames=out, windows=windows, mode=config.mode)
+                pixels, known = canvas.window((v0, v1, t0, t1))
+                latents, _ = sample_window(pipe, engine, pixels, known, text, config, generator, callback,
+                                           step_offset=k * config.steps, total_steps=total)
+                canvas.write((v0, v1, t0, t1), decode_rows(pipe, latents))
+    return GridResult(frames=canvas.out, windows=windows, mode=config.mode)
 
 
 def grid_latent_preview(latents: torch.Tensor, view: int = -1, frame: int | None = None) -> torch.Tensor:

@@ -6,8 +6,9 @@ Registered by ``nodes/__init__.py`` from :data:`NODE_CLASS_MAPPINGS` / :data:`NO
 from .apply import FourDApply4DNeXNative
 from .conditioning import FourD4DNeXConditioningNative, FourD4DNeXTextEncodeNative
 from .decode import FourDDecode6DNative
-from .folders import register_tiny_model_folders
+from .folders import register_sync_folder, register_tiny_model_folders
 from .grid import FourDGridConditioningNative, FourDGridModelNative
+from .grid_windows import FourDGridCanvasNative, FourDGridWindowMergeNative, FourDGridWindowNative
 from .tiny import FourDTinyCLIPVisionNative, FourDTinyEncodersNative, FourDTinyVAENative
 
 NODE_CLASS_MAPPINGS = {
@@ -20,6 +21,9 @@ NODE_CLASS_MAPPINGS = {
     "FourDTinyCLIPVisionNative": FourDTinyCLIPVisionNative,
     "FourDGridModelNative": FourDGridModelNative,
     "FourDGridConditioningNative": FourDGridConditioningNative,
+    "FourDGridCanvasNative": FourDGridCanvasNative,
+    "FourDGridWindowNative": FourDGridWindowNative,
+    "FourDGridWindowMergeNative": FourDGridWindowMergeNative,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDApply4DNeXNative": "FourD Apply 4DNeX (native)",
@@ -31,6 +35,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDTinyCLIPVisionNative": "FourD Tiny CLIP Vision (native CPU demo)",
     "FourDGridModelNative": "FourD Grid Model (native, 4Real-Video sync)",
     "FourDGridConditioningNative": "FourD Grid Conditioning (native)",
+    "FourDGridCanvasNative": "FourD Grid Canvas (native, windows)",
+    "FourDGridWindowNative": "FourD Grid Window (native)",
+    "FourDGridWindowMergeNative": "FourD Grid Window Merge (native)",
 }
 
+register_sync_folder()
 register_tiny_model_folders()

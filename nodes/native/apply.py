@@ -75,9 +75,10 @@ class FourDApply4DNeXNative:
             raise WeightsError(f"No learnable_domain_embeddings.pt/.safetensors next to {lora_file}. Put the file from "
                                "the 4DNeX release there, or pick it in domain_embeddings.")
         lora = read_fourdnex_lora_comfy(lora_file)
-        # GGUF packs keep quantised tensors whose logical shape is ``tensor_shape``
-        shapes = {k: tuple(getattr(v, "tensor_shape", v.shape)) for k, v in model.model.state_dict().items()
-                  if k.startswith("diffusion_model.")}
+        # ComfyUI-GGUF keeps quantised parameters whose logical shape is ``tensor_shape`` (its
+        # state_dict() holds meta stand-ins of the packed shape, so read the parameters themselves)
+        shapes = {f"diffusion_model.{k}": tuple(getattr(v, "tensor_shape", v.shape))
+                  for k, v in model.model.diffusion_model.named_parameters()}
         check_lora_shapes(lora, shapes)
         emb = read_domain_embeddings(emb_file)
         if emb.shape[1] != dm.dim:

@@ -1,13 +1,29 @@
-"""The tiny native demo files as extra ComfyUI model folders (so core loaders list them)."""
+"""ComfyUI model folders of the native path: the tiny native demo files as extra folders (so core loaders
+list them) and the ``fourd_sync`` folder kind for grid sync weights."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 from ...fourd_core.native.tiny import ensure_native_tiny
 from .. import comfy_bridge as cb
 
 log = logging.getLogger(__name__)
+
+
+def register_sync_folder() -> bool:
+    """Inside ComfyUI: the ``fourd_sync`` model folder kind (``models/fourd_sync/``, ``.safetensors``; also
+    settable in extra_model_paths.yaml) for trained grid sync layers. False without ComfyUI."""
+    fp = cb._folder_paths()
+    models_dir = getattr(fp, "models_dir", None)
+    if models_dir is None or not hasattr(fp, "add_model_folder_path"):
+        return False
+    fp.add_model_folder_path("fourd_sync", os.path.join(models_dir, "fourd_sync"), is_default=True)
+    entry = getattr(fp, "folder_names_and_paths", {}).get("fourd_sync")
+    if entry is not None:
+        entry[1].add(".safetensors")
+    return True
 
 
 def register_tiny_model_folders() -> bool:

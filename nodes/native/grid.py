@@ -1,118 +1,59 @@
-"""The 4D grid (4Real-Video two-stream sync) on a core Wan ``MODEL``: block-replace patches and the
-grid conditioning, so the grid samples with core KSampler on the model the user already loaded.
+"""The 4D grid (4Real-Video two-stream sync, 4Real-Video-V2 fused view-time attention) on a core Wan
+``MODEL``, so the grid samples with core KSampler on the model the user already loaded.
 
-* :class:`GridForwardWrapper` (DIFFUSION_MODEL wrapper): records the grid geometry and the column
-  stream's RoPE table (``rope_encode`` over ``V`` "frames": the view index takes the place of time)
-  in ``transformer_options`` for the call, then runs the rest of the chain unchanged.
-* :class:`GridBlockPatch` (a ``("dit", "double_block", i)`` replace per block): the row stream is
-  the block's own call on the batch of ``V`` rows; the column stream runs the *same block* on the
-  column layout ``[T, V*S, D]`` with row 0's context and timestep modulation; the streams are
-  merged as in :class:`fourd_core.models.grid_streams.TwoStreamEngine` (4Real-Video Eqs. 4, 5, 8
-  and supp. Eq. 13). A batch of ``k*V`` (cond and uncond batched by ComfyUI) is handled per group
-  of ``V`` rows.
+* FourD Grid Model (native): a clone of the MODEL with the grid's DIFFUSION_MODEL wrapper and one
+  ``("dit", "double_block", i)`` replace per block (the callables live in
+  :mod:`fourd_core.native.grid_patches`); optional trained sync layers (``hard`` / ``soft``) from
+  ``models/fourd_sync/`` (:func:`fourd_core.models.sync.read_sync_weights`, checked against the
+  MODEL's block count and width).
+* FourD Grid Conditioning (native): Wan's I2V condition per row (row 0 and column 0 known), CLIP
+  per row, and a LATENT whose ``noise_mask`` marks the fully known latent frames, so core KSampler
+  pastes them every step (per-step known-latent replacement, as the diffusers sampler's
+  ``replace_known``; see the node's doc for why the two agree).
 
-Not (yet) native: trained sync layers (``soft`` / ``hard`` with weights), the fused view-time
-attention of 4Real-Video-V2, sliding windows and the per-step replacement of known latents; the
-diffusers grid sampler (FourD 4D Grid Sampler) has them.
+Grids larger than one window: the window nodes in ``nodes/native/grid_windows.py`` (one
+window / KSampler / VAE Decode / merge group per window).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from ...fourd_core.errors import InputError
 from ...fourd_core.io.images import to_rgb
-from ...fourd_core.models.grid_streams import columns_to_rows, rows_to_columns
-from ...fourd_core.models.sync import soft_average_weight
-from ...fourd_core.pipelines.grid import latent_mask
+from ...fourd_core.models.grid_fused import FUSED_BACKENDS
+from ...fourd_core.models.sync import read_sync_weights
+from ...fourd_core.native.grid_patches import (GRID_STATE, NATIVE_GRID_MODES, SYNC_MODES,  # noqa: F401 (re-exported)
+                                               GridBlockPatch, GridForwardWrapper)
+from ...fourd_core.native.layout import known_noise_mask
+from ...fourd_core.pipelines.grid_canvas import GridCanvas, fully_known_latents, latent_mask
+from .. import comfy_bridge as cb
 from .apply import NATIVE_CATEGORY
 from .conditioning import set_cond_values
 from .patches import is_fourdnex_patched
 
+log = logging.getLogger(__name__)
 GRID_WRAPPER_KEY = "fourd_grid_native"
-GRID_STATE = "fourd_grid_state"
-NATIVE_GRID_MODES = ("soft_avg", "hard", "sequential", "rows")
-
-
-class GridForwardWrapper:
-    """DIFFUSION_MODEL wrapper: per-call grid state for the block patches (see module doc)."""
-
-    def __init__(self, views: int):
-        self.views = int(views)
-
-    def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
-                 **kwargs):
-        wan = executor.class_obj
-        b, _, t, h, w = x.shape
-        if b % self.views:
-            raise InputError(f"The grid model expects batches of {self.views} rows (one per view), got a batch of {b}. "
-                             "Use the LATENT of FourD Grid Conditioning (native) with the same number of views.")
-        opts = dict(transformer_options or {})
-        opts[GRID_STATE] = {"views": self.views, "times": t // wan.patch_size[0],
-                            "col_freqs": wan.rope_encode(self.views, h, w, device=x.device, dtype=x.dtype),
-                            "x_t": {}}
-        return executor(x, timestep, context, clip_fea, time_dim_concat, opts, **kwargs)
-
-
-class GridBlockPatch:
-    """Two-stream replace for block ``index`` of ``num_blocks`` (see module doc).
-
-    Args:
-        mode: one of :data:`NATIVE_GRID_MODES`. previous: a replace already installed on this block
-            (run for the row stream instead of the plain block).
-    """
-
-    def __init__(self, index: int, num_blocks: int, mode: str, previous=None):
-        if mode not in NATIVE_GRID_MODES:
-            raise InputError(f"mode must be one of {NATIVE_GRID_MODES}, got {mode!r}.")
-        self.index, self.num_blocks, self.mode, self.previous = index, num_blocks, mode, previous
-
-    def __call__(self, args: dict, extra: dict) -> dict:
-        st = args["transformer_options"].get(GRID_STATE)
-        if st is None:
-            raise InputError("Grid block patch without its forward wrapper: apply FourD Grid Model (native) again.")
-        y_v = (self.previous(args, extra) if self.previous is not None else extra["original_block"](args))["img"]
-        if self.mode == "rows":
-            return {"img": y_v}
-        views, times = st["views"], st["times"]
-        x, txt, vec = args["img"], args["txt"], args["vec"]
-        block = extra["original_block"]
-
-        def column_run(tokens, group):
-            r = slice(group * views, group * views + 1)
-            out = block({"img": rows_to_columns(tokens, views, times), "txt": txt[r].expand(times, *txt.shape[1:]),
-                         "vec": vec[r].expand(times, *vec.shape[1:]), "pe": st["col_freqs"],
-                         "transformer_options": args["transformer_options"]})["img"]
-            return columns_to_rows(out, views, times)
-
-        outs = []
-        for g in range(x.shape[0] // views):
-            rows = slice(g * views, (g + 1) * views)
-            yv = y_v[rows]
-            if self.mode == "sequential":                      # Eq. 5
-                outs.append(column_run(yv, g))
-                continue
-            if self.mode == "hard":                            # Eq. 8, neutral weights = averaging
-                yt = column_run(x[rows], g)
-                outs.append(((yv.float() + yt.float()) * 0.5).to(yv.dtype))
-                continue
-            xt = st["x_t"].get(g, x[rows])                     # soft_avg, supp. Eq. 13
-            yt = column_run(xt, g)
-            w = soft_average_weight(self.index, self.num_blocks)
-            st["x_t"][g] = ((1 - w) * yt.float() + w * yv.float()).to(yt.dtype)
-            outs.append(((1 - w) * yv.float() + w * yt.float()).to(yv.dtype))
-        return {"img": torch.cat(outs, dim=0)}
+SYNC_FOLDER = "fourd_sync"
+MODE_HELP = ("soft_avg: training-free soft sync (weighted averaging, deeper layers sync more); hard: hard sync "
+             "(averaging, or the trained sync_weights); soft: ModLinear soft sync (needs sync_weights; without them "
+             "the streams stay independent); sequential: view then time per block; fused: 4Real-Video-V2 sparse "
+             "view-time attention (one attention over the whole grid: same view or same time); rows: every view "
+             "on its own (baseline).")
 
 
 class FourDGridModelNative:
     DESCRIPTION = ("The 4D grid on a core Wan2.1-I2V MODEL (the base model from Load Diffusion Model, without 4DNeX): "
-                   "adds 4Real-Video's column stream and training-free sync to every block, so core KSampler denoises "
-                   "all views of the grid together. Use with FourD Grid Conditioning (native) and the same number of "
-                   "views; decode with core VAE Decode (row-major: frame (view v, time t) at v * T + t).")
+                   "adds 4Real-Video's column stream and sync (training-free or trained sync layers) to every block, or "
+                   "4Real-Video-V2's fused view-time attention, so core KSampler denoises all views of the grid "
+                   "together. Use with FourD Grid Conditioning (native) and the same number of views; decode with core "
+                   "VAE Decode (row-major: frame (view v, time t) at v * T + t).")
     CATEGORY = NATIVE_CATEGORY
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("A clone of the MODEL with the two-stream grid patches.",)
+    OUTPUT_TOOLTIPS = ("A clone of the MODEL with the grid patches (the input MODEL is unchanged).",)
     FUNCTION = "patch"
 
     @classmethod
@@ -120,12 +61,21 @@ class FourDGridModelNative:
         return {"required": {
             "model": ("MODEL", {"tooltip": "Wan2.1-I2V from core Load Diffusion Model (not the 4DNeX-patched one)."}),
             "views": ("INT", {"default": 8, "min": 2, "max": 64, "tooltip": "Views V of the grid (rows of the batch)."}),
-            "mode": (list(NATIVE_GRID_MODES), {"tooltip": "soft_avg: soft sync by weighted averaging (deeper layers sync "
-                     "more); hard: rows and columns averaged after every block; sequential: view then time per block; "
-                     "rows: every view on its own (baseline)."}),
+            "mode": (list(NATIVE_GRID_MODES), {"tooltip": MODE_HELP}),
+        }, "optional": {
+            "sync_weights": ([cb.NONE] + cb.file_list(SYNC_FOLDER), {
+                "tooltip": "Trained sync layers (.safetensors in models/fourd_sync/, format in "
+                           "fourd_core/models/sync.py) for mode hard or soft; (none) = training-free."}),
+            "fused_backend": (list(FUSED_BACKENDS), {
+                "tooltip": "Fused mode: flex attention (GPU, compiled), a dense mask (reference), or gathered keys "
+                           "(exact, no mask); auto: flex on CUDA, else gather."}),
+            "column_clip": ("CLIP_VISION_OUTPUT", {
+                "tooltip": "Two-stream modes: CLIP of row 0 at every latent time, from FourD Grid Conditioning / Window "
+                           "(native), so each column sees the image of its own instant (as the diffusers grid sampler); "
+                           "unconnected: every column uses row 0's first frame."}),
         }}
 
-    def patch(self, model, views, mode):
+    def patch(self, model, views, mode, sync_weights=cb.NONE, fused_backend="auto", column_clip=None):
         from comfy.patcher_extension import WrappersMP
 
         from .apply import wan_i2v_model
@@ -134,27 +84,58 @@ class FourDGridModelNative:
         if is_fourdnex_patched(model):
             raise InputError("The grid runs the base Wan model: connect the MODEL from Load Diffusion Model, not the "
                              "output of FourD Apply 4DNeX (native).")
-        out = model.clone()
-        out.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, GRID_WRAPPER_KEY, GridForwardWrapper(views))
-        replaces = out.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        if mode not in NATIVE_GRID_MODES:
+            raise InputError(f"mode must be one of {NATIVE_GRID_MODES}, got {mode!r}.")
         n = len(dm.blocks)
+        sync = None
+        if sync_weights and sync_weights != cb.NONE:
+            if mode not in SYNC_MODES:
+                raise InputError(f"Sync weights are for mode 'hard' or 'soft'; mode is {mode!r}. Choose one of those "
+                                 "modes or set sync_weights to (none).")
+            sync = read_sync_weights(cb.resolve_model(SYNC_FOLDER, sync_weights), n, int(dm.dim), mode,
+                                     what="this MODEL")
+        elif mode == "soft":
+            log.warning("FourD grid: mode 'soft' without sync_weights keeps the two streams independent (the rows "
+                        "are denoised on their own); use soft_avg for training-free soft sync.")
+        out = model.clone()
+        col = None if column_clip is None else column_clip.penultimate_hidden_states
+        out.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, GRID_WRAPPER_KEY,
+                                 GridForwardWrapper(views, mode, fused_backend, col))
+        replaces = out.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         for i in range(n):
-            out.set_model_patch_replace(GridBlockPatch(i, n, mode, replaces.get(("double_block", i))), "dit",
+            out.set_model_patch_replace(GridBlockPatch(i, n, mode, replaces.get(("double_block", i)), sync), "dit",
                                         "double_block", i)
         return (out,)
 
 
 class FourDGridConditioningNative:
+    """Known latents: a latent frame of a row is *fully known* when its pixel frames and all earlier ones of
+    the row are known (causal VAE; :func:`~fourd_core.pipelines.grid_canvas.fully_known_latents`), as in the
+    diffusers sampler. Core KSampler with a ``noise_mask`` (``KSamplerX0Inpaint``) sets those latents to
+    ``(1 - sigma) z + sigma n`` before every model call (``n`` = the sampling noise, ``z`` = the clean
+    latents) and puts ``z`` in the denoised output; the diffusers sampler replaces them after every step
+    with the next sigma's value. The model sees the same inputs at every sigma and samplers update each
+    latent on its own, so the unknown latents follow the same trajectory (for an Euler step the pasted
+    denoised output even lands exactly on ``(1 - sigma') z + sigma' n``); both end with ``z`` (its VAE
+    round trip) in the known frames.
+    The only difference: KSampler starts from ``sigma_0 n + (1 - sigma_0) samples`` everywhere, so with
+    denoise < 1 the unknown latents start from the gray-filled condition instead of pure noise."""
+
     DESCRIPTION = ("Grid conditioning for the native grid: row 0 = the fixed-view video (all frames known), column 0 = "
                    "the freeze-time images (known except their holes). Each row's known frames are VAE-encoded as Wan's "
                    "I2V condition with a per-pixel-frame mask, and each row gets the CLIP-vision features of its first "
-                   "frame, on both conditionings. Returns the empty LATENT of V rows. One window: the whole grid is "
-                   "denoised at once (for larger grids use the diffusers FourD 4D Grid Sampler, which has windows).")
+                   "frame, on both conditionings. The LATENT holds the encoded rows and (paste_known) a noise_mask of "
+                   "the fully known latent frames, which core KSampler keeps at the current noise level every step. "
+                   "One window: the whole grid is denoised at once (for larger grids use FourD Grid Canvas / Window "
+                   "(native), which sample it window by window).")
     CATEGORY = NATIVE_CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT")
-    RETURN_NAMES = ("positive", "negative", "latent", "views")
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT", "INT", "CLIP_VISION_OUTPUT")
+    RETURN_NAMES = ("positive", "negative", "latent", "views", "column_clip")
     OUTPUT_TOOLTIPS = ("Positive conditioning with the grid condition.", "Negative conditioning with the same condition.",
-                       "Empty latent [V, 16, (T-1)/4+1, H/8, W/8] (one row per view).", "V, for FourD Grid Model (native).")
+                       "Latent [V, 16, (T-1)/4+1, H/8, W/8] (one row per view): the encoded known frames, with a noise_mask "
+                       "of the fully known latent frames when paste_known is on.", "V, for FourD Grid Model (native).",
+                       "CLIP of row 0 at every latent time (pixel frame 4 tau), for FourD Grid Model (native)'s column "
+                       "stream.")
     FUNCTION = "encode"
 
     @classmethod
@@ -169,34 +150,63 @@ class FourDGridConditioningNative:
                 "freeze_time": ("IMAGE", {"tooltip": "Column 0: instant 0 from every viewpoint (FourD Render Views); "
                                           "its first image is replaced by the video's first frame."}),
             },
-            "optional": {"holes": ("MASK", {"tooltip": "Holes of the freeze-time images (1 = unknown), from FourD "
-                                            "Render Views."})},
+            "optional": {
+                "holes": ("MASK", {"tooltip": "Holes of the freeze-time images (1 = unknown), from FourD Render Views."}),
+                "paste_known": ("BOOLEAN", {"default": True, "tooltip": "Give the LATENT a noise_mask so KSampler "
+                                "replaces the fully known latent frames (row 0, column 0 without holes) by their clean "
+                                "latents at the current noise level every step and returns them exactly."}),
+            },
         }
 
-    def encode(self, positive, negative, vae, clip_vision, fixed_view, freeze_time, holes=None):
-        fixed, freeze = to_rgb(fixed_view).float().cpu(), to_rgb(freeze_time).float().cpu()
-        num_t, num_v = fixed.shape[0], freeze.shape[0]
-        h, w = fixed.shape[1:3]
-        if (num_t - 1) % 4:
-            raise InputError(f"fixed_view has {num_t} frames; the grid needs 4k+1 (e.g. 9, 25, 49).")
-        if h % 16 or w % 16 or tuple(freeze.shape[1:3]) != (h, w) or num_v < 2:
-            raise InputError(f"fixed_view ({w}x{h}) and freeze_time ({freeze.shape[2]}x{freeze.shape[1]}, {num_v} views) "
-                             "must have the same size, a multiple of 16, and at least 2 views.")
-        pixels = torch.zeros(num_v, num_t, h, w, 3)
-        known = torch.zeros(num_v, num_t, h, w)
-        pixels[0], known[0] = fixed.clamp(0, 1), 1.0
-        pixels[1:, 0] = freeze[1:].clamp(0, 1)
-        if holes is None:
-            known[1:, 0] = 1.0
-        else:
-            m = holes.float().cpu().reshape(-1, *holes.shape[-2:])
-            if tuple(m.shape) != (num_v, h, w):
-                raise InputError(f"holes must be [{num_v}, {h}, {w}] (one mask per view), got {tuple(holes.shape)}.")
-            known[1:, 0] = (m[1:] <= 0.5).float()
-        gray = pixels * known[..., None] + 0.5 * (1 - known[..., None])      # unknown pixels: mid-gray (0 in [-1, 1])
-        concat = torch.cat([vae.encode(gray[v]) for v in range(num_v)], dim=0)
-        cvo = clip_vision.encode_image(pixels[:, 0])
-        values = {"concat_latent_image": concat, "concat_mask": 1.0 - latent_mask(known),
-                  "clip_vision_output": cvo}
-        latent = {"samples": torch.zeros_like(concat)}
-        return (set_cond_values(positive, values), set_cond_values(negative, values), latent, num_v)
+    def encode(self, positive, negative, vae, clip_vision, fixed_view, freeze_time, holes=None, paste_known=True):
+        fixed, freeze, holes = grid_inputs(fixed_view, freeze_time, holes)
+        if (fixed.shape[0] - 1) % 4:
+            raise InputError(f"fixed_view has {fixed.shape[0]} frames; the grid needs 4k+1 (e.g. 9, 25, 49).")
+        canvas = GridCanvas.start(fixed, freeze, holes)
+        pos, neg, latent, column_clip = window_conditioning(positive, negative, vae, clip_vision, canvas.pixels,
+                                                            canvas.known, paste_known)
+        return pos, neg, latent, freeze.shape[0], column_clip
+
+
+def grid_inputs(fixed_view, freeze_time, holes=None) -> tuple:
+    """Checked CPU float ``(fixed [T, H, W, 3], freeze [V, H, W, 3], holes [V, H, W] or None)``.
+
+    Raises:
+        InputError: sizes that differ or are not multiples of 16, fewer than 2 views, a holes mask of
+            the wrong shape.
+    """
+    fixed, freeze = to_rgb(fixed_view).float().cpu(), to_rgb(freeze_time).float().cpu()
+    num_v = freeze.shape[0]
+    h, w = fixed.shape[1:3]
+    if h % 16 or w % 16 or tuple(freeze.shape[1:3]) != (h, w) or num_v < 2:
+        raise InputError(f"fixed_view ({w}x{h}) and freeze_time ({freeze.shape[2]}x{freeze.shape[1]}, {num_v} views) "
+                         "must have the same size, a multiple of 16, and at least 2 views.")
+    if holes is not None:
+        holes = holes.float().cpu().reshape(-1, *holes.shape[-2:])
+        if tuple(holes.shape) != (num_v, h, w):
+            raise InputError(f"holes must be [{num_v}, {h}, {w}] (one mask per view), got {tuple(holes.shape)}.")
+    return fixed, freeze, holes
+
+
+def window_conditioning(positive, negative, vae, clip_vision, pixels: torch.Tensor, known: torch.Tensor,
+                        paste_known: bool = True) -> tuple:
+    """``(positive, negative, latent, column_clip)`` of a grid window (see FourD Grid Conditioning (native)).
+
+    Args:
+        pixels: ``[V, F, H, W, 3]`` in [0, 1]; known: ``[V, F, H, W]`` in {0, 1} (row 0 known).
+    Returns:
+        the conditionings with ``concat_latent_image`` (each row's known pixels, mid-gray elsewhere,
+        VAE-encoded), ``concat_mask`` and per-row ``clip_vision_output``; the LATENT holds the encoded rows
+        and, with ``paste_known``, the ``noise_mask`` of the fully known latent frames; ``column_clip`` =
+        CLIP of row 0 at pixel frames ``4 tau`` (one per latent time, as the diffusers sampler's columns).
+    """
+    gray = pixels * known[..., None] + 0.5 * (1 - known[..., None])      # unknown pixels: mid-gray (0 in [-1, 1])
+    concat = torch.cat([vae.encode(gray[v]) for v in range(pixels.shape[0])], dim=0)
+    cvo = clip_vision.encode_image(pixels[:, 0])
+    values = {"concat_latent_image": concat, "concat_mask": 1.0 - latent_mask(known), "clip_vision_output": cvo}
+    latent = {"samples": concat}
+    if paste_known:
+        latent["noise_mask"] = known_noise_mask(fully_known_latents(known), *concat.shape[-2:])
+    cols = [min(4 * tau, pixels.shape[1] - 1) for tau in range(concat.shape[2])]
+    column_clip = clip_vision.encode_image(pixels[0, cols])
+    return set_cond_values(positive, values), set_cond_values(negative, values), latent, column_clip

@@ -116,7 +116,7 @@ def test_unpatched_clone_is_bit_identical_to_stock(comfy, pack, native_stock, ti
     after = native_velocity(comfy, native_stock, pos, neg, inputs["x"], cfg=5.0)
     clone = native_velocity(comfy, native_stock.clone(), pos, neg, inputs["x"], cfg=5.0)
     assert torch.equal(before, after) and torch.equal(before, clone)
-    assert not patched.model_options is native_stock.model_options
+    assert patched.model_options is not native_stock.model_options
     assert not native_stock.patches and not native_stock.get_wrappers("diffusion_model", "fourd_4dnex_native")
 
 
