@@ -40,7 +40,7 @@ def write_outputs(points, valid, mu, sig, R, t, kap, noise, chunk_pixels: int = 
     all_valid = bool(valid.all())
     step = max(1, int(chunk_pixels) // N)
     xs, ys = rays(kap, uh, vh)  # [F,W], [F,H]
-    xr_buf = None  # ray points of a chunk [c,H,W,3], reused
+    x_buf = xr_buf = None  # per-chunk buffers, reused
     for a in range(0, F, step):
         b = min(F, a + step)
         c = b - a
@@ -49,7 +49,11 @@ def write_outputs(points, valid, mu, sig, R, t, kap, noise, chunk_pixels: int = 
         q = (q.to(F64) - mu[a:b, None]).to(f32) if q.dtype == F64 else q.to(f32) - mu[a:b, None].to(f32)
         if not all_valid:
             q = q.masked_fill(~valid[a:b].reshape(c, N, 1), 0.0)  # invalid pixels may hold NaN
-        X = torch.baddbmm(t[a:b, :, None].to(f32), Rs, q.transpose(1, 2))  # [c,3,N]
+        if x_buf is None or x_buf.shape[0] != c:
+            x_buf = torch.empty(c, 3, N, dtype=f32, device=dev)
+            xr_buf = torch.empty(c, H, W, 3, dtype=f32, device=dev)  # ray points of a chunk, rows
+        # X = Rs q + t [c,3,N]; matmul into a buffer: MKL's fast path (baddbmm copies q first)
+        X = torch.matmul(Rs, q.transpose(1, 2), out=x_buf).add_(t[a:b, :, None].to(f32))
         x, y, z = (X[:, k].view(c, H, W) for k in range(3))
         mx = xs[a:b].to(f32)[:, None, :]
         my = ys[a:b].to(f32)[:, :, None]
@@ -88,14 +92,13 @@ def write_outputs(points, valid, mu, sig, R, t, kap, noise, chunk_pixels: int = 
         al.clamp_min_(1e-6)
         torch.mul(al, sg, out=depth[a:b])
         # world point of the ray, as rows: mu + sig (al m - t)^T R = (al m)^T (sig R) + (mu - sig t^T R)
-        Rs_w = (R[a:b] * sig[a:b, None, None]).to(f32)
+        Rs_wt = (R[a:b] * sig[a:b, None, None]).transpose(1, 2).contiguous().to(f32)
         bias = (mu[a:b] - sig[a:b, None] * torch.einsum("fb,fba->fa", t[a:b], R[a:b])).to(f32)
-        if xr_buf is None or xr_buf.shape[0] != c:
-            xr_buf = torch.empty(c, H, W, 3, dtype=f32, device=dev)
         torch.mul(al, mx, out=xr_buf[..., 0])
         torch.mul(al, my, out=xr_buf[..., 1])
         xr_buf[..., 2] = al
         out = pts[a:b].view(c, N, 3)
-        torch.matmul(xr_buf.view(c, N, 3), Rs_w, out=out)  # (row form: faster than baddbmm here)
+        # rows times (sig R): a transposed view of a contiguous matrix takes MKL's fast path
+        torch.matmul(xr_buf.view(c, N, 3), Rs_wt.transpose(1, 2), out=out)
         out.add_(bias[:, None, :])
     return depth, resid, conf, pts, behind, med, rms
