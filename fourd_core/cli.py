@@ -335,11 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     interrupted (Ctrl-C), 143 terminated (SIGTERM); in both interrupt cases nothing partial is left."""
     import threading
 
-    from .interrupts import Terminated, clear_stop_request
+    from .interrupts import Terminated, clear_stop_request, make_unraisable_hook
 
     args = build_parser().parse_args(argv)
     in_main = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = make_unraisable_hook(previous_hook)
     try:
         return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
                 "info": cmd_info}[args.command](args)
@@ -354,5 +356,6 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     finally:
         clear_stop_request()
+        sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler)

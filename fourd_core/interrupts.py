@@ -33,3 +33,16 @@ def raise_if_stop_requested() -> None:
     """Raise the remembered stop request, if any (see the module docstring)."""
     if _requested is not None:
         raise _requested()
+
+
+def make_unraisable_hook(previous):
+    """A ``sys.unraisablehook`` that drops the stop exceptions Python could not raise (see the module
+    docstring: they are remembered and re-raised at the next safe point, so the "Exception ignored
+    in ..." traceback Python would print is noise) and hands every other one to ``previous``."""
+
+    def hook(unraisable):
+        if _requested is not None and isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            return
+        previous(unraisable)
+
+    return hook
