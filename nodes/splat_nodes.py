@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..fourd_core.errors import InputError
-from ..fourd_core.io.atomic import make_temp_dir, replace_path, writable_output_dir
+from ..fourd_core.io.atomic import atomic_directory, writable_output_dir
 from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
 from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import pixel_aligned_gaussians
@@ -142,17 +142,11 @@ class FourDSaveGaussians:
         return v.filename_prefix(filename_prefix)
 
     def save(self, gaussians, filename_prefix):
-        import shutil
-
         folder, rel = cb.safe_output_folder(filename_prefix)
         progress = cb.Progress(gaussians.num_frames)
-        with writable_output_dir(folder.parent) as parent:  # removes folders it made if writing fails
-            staging = make_temp_dir(parent, "gaussians")
-            try:
-                write_gaussians_sequence(gaussians, staging, progress=lambda d, t: progress(d, t))
-                replace_path(staging, folder)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+        # removes folders it made if writing fails; the staging folder replaces `folder` only when complete
+        with writable_output_dir(folder.parent), atomic_directory(folder) as staging:
+            write_gaussians_sequence(gaussians, staging, progress=lambda d, t: progress(d, t))
         first = f"{rel}/frame_00000.ply"
         return {"ui": {"text": [rel]}, "result": (first, rel)}
 

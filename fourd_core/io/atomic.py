@@ -23,7 +23,9 @@ from typing import Iterator
 
 #: Leftovers older than this (seconds) are removed even when their process id is in use again.
 STALE_AFTER_S = 24 * 3600
-_TEMP_NAME = re.compile(r"^\.fourd-(tmp|export|old|dir)-(\d+)-")
+#: Kinds of temporaries; only these are recognised as ours (cleaned when stale, published on commit).
+TEMP_KINDS = ("tmp", "export", "old", "dir")
+_TEMP_NAME = re.compile(rf"^\.fourd-({'|'.join(TEMP_KINDS)})-(\d+)-")
 _umask_lock = threading.Lock()
 
 
@@ -42,7 +44,13 @@ def _publish(path: Path, directory: bool = False) -> None:
 
 
 def temp_prefix(kind: str) -> str:
-    """``.fourd-<kind>-<pid>-``: the prefix of this process' temporaries (kind: tmp, export, old, dir)."""
+    """``.fourd-<kind>-<pid>-``: the prefix of this process' temporaries.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`TEMP_KINDS` (its leftovers would never be cleaned).
+    """
+    if kind not in TEMP_KINDS:
+        raise ValueError(f"temporary kind must be one of {TEMP_KINDS}, got {kind!r}")
     return f".fourd-{kind}-{os.getpid()}-"
 
 
@@ -85,13 +93,21 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def make_temp_dir(parent: str | Path, kind: str = "dir") -> Path:
-    """A new private temporary folder ``parent/.fourd-<kind>-<pid>-XXXX`` (see :func:`remove_stale_temporaries`)."""
+    """A new private temporary folder ``parent/.fourd-<kind>-<pid>-XXXX`` (see :func:`remove_stale_temporaries`).
+
+    Raises:
+        ValueError: an unknown ``kind`` (:func:`temp_prefix`). OSError: ``parent`` is not a writable folder.
+    """
     return Path(tempfile.mkdtemp(prefix=temp_prefix(kind), dir=parent))
 
 
 def replace_path(src: Path, target: Path) -> None:
     """Move ``src`` onto ``target``, replacing an existing file or folder (a folder is swapped out
-    first, then deleted). Gives ``src`` the usual permissions if it is one of our temporary folders."""
+    first, then deleted). Gives ``src`` the usual permissions if it is one of our temporary folders.
+
+    Raises:
+        OSError: the move fails (another file system, or a folder replaced by a file).
+    """
     if src.is_dir() and _TEMP_NAME.match(src.name):
         _publish(src, directory=True)
     if target.is_dir() and not target.is_symlink():

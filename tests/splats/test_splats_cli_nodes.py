@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -83,10 +84,17 @@ def test_nodes_make_fit_save_and_preview(tmp_path, monkeypatch):
                                                    grid=grid, cameras=cams)
     assert fitted.is_deformable and fitted.view_offsets.shape[0] == 3
     assert orbit.shape == (8, 12, 16, 3) and float(orbit.max()) <= 1
-    res = N["FourDSaveGaussians"]().save(fitted, "fourd/gs")
+    old_mask = os.umask(0o022)
+    try:
+        res = N["FourDSaveGaussians"]().save(fitted, "fourd/gs")
+    finally:
+        os.umask(old_mask)
     first, folder = res["result"]
     assert first == "fourd/gs_00001/frame_00000.ply"
-    assert len(list((tmp_path / "output" / folder).glob("*.ply"))) == 2
+    saved = tmp_path / "output" / folder
+    assert len(list(saved.glob("*.ply"))) == 2
+    assert saved.stat().st_mode & 0o777 == 0o755                          # published like a plain mkdir
+    assert not [p for p in saved.parent.iterdir() if p.name.startswith(".fourd-")]   # no staging left
     ui = N["FourDPreviewGaussians"]().preview(fitted, 1000, 0.0)["ui"]["fourd_scene"][0]
     assert ui["filename"].endswith(".fourd4d") and ui["type"] == "temp"
     with pytest.raises(Exception, match="both"):
