@@ -227,15 +227,15 @@ def _generate(args, prompt: str) -> int:
 def cmd_geometry(args) -> int:
     from .api import recover_geometry
     from .io.export import export_scene
-    from .io.atomic import ensure_writable_dir
+    from .io.atomic import writable_output_dir
     from .scene import Scene4D
 
     options = _export_options(args, True)
     options.check()
     scene = Scene4D.load(args.scene)
-    ensure_writable_dir(args.out, "--out")
-    scene = recover_geometry(scene, _geometry_config(args), device=args.device)
-    written = export_scene(scene, args.out, options)
+    with writable_output_dir(args.out, "--out"):  # checked before the solve; a failed run leaves --out as it was
+        scene = recover_geometry(scene, _geometry_config(args), device=args.device)
+        written = export_scene(scene, args.out, options)
     print(json.dumps({"out": str(Path(args.out).resolve()), "files": {k: len(v) for k, v in written.items()},
                       "geometry": scene.metadata.get("geometry")}, indent=1))
     return 0
@@ -259,11 +259,9 @@ def _add_gaussians_parser(sub) -> None:
 
 
 def cmd_gaussians(args) -> int:
-    import shutil
-
     import torch
 
-    from .io.atomic import make_temp_dir, remove_stale_temporaries, replace_path, writable_output_dir
+    from .io.atomic import staged_output
 
     from .scene import Scene4D
     from .splats.fit import FitConfig, fit_gaussians
@@ -288,21 +286,13 @@ def cmd_gaussians(args) -> int:
     else:
         g4d = pixel_aligned_gaussians(scene, stride=args.stride, footprint=args.footprint,
                                       min_confidence=args.min_confidence)
-    with writable_output_dir(args.out, "--out") as out:
-        remove_stale_temporaries(out)
-        staging = make_temp_dir(out, "export")
-        try:
-            write_gaussians_sequence(g4d, staging / "gaussians")
-            if args.orbit:
-                from .io.video import write_video
-                from .splats.orbit import render_orbit
+    with staged_output(args.out, "--out") as (staging, out):
+        write_gaussians_sequence(g4d, staging / "gaussians")
+        if args.orbit:
+            from .io.video import write_video
+            from .splats.orbit import render_orbit
 
-                write_video(staging / "gaussians_orbit.mp4", render_orbit(g4d, backend=args.backend, device=device),
-                            8.0)
-            for entry in sorted(staging.iterdir()):
-                replace_path(entry, out / entry.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            write_video(staging / "gaussians_orbit.mp4", render_orbit(g4d, backend=args.backend, device=device), 8.0)
     print(json.dumps({"out": str(out.resolve()), "kind": g4d.metadata.get("kind"), "frames": g4d.num_frames,
                       "splats_per_frame": g4d.counts()[0], "seconds": round(time.perf_counter() - t0, 2),
                       **({"fit": g4d.metadata["fit"]} if args.fit else {})}, indent=1))

@@ -225,3 +225,31 @@ def writable_output_dir(path: str | Path, what: str = "Output folder") -> Iterat
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | Path, what: str = "Output folder") -> Iterator[tuple[Path, Path]]:
+    """Write several entries into ``out_dir`` all-or-nothing.
+
+    Yields ``(staging, out)``: write into the private folder ``staging``; when the block ends
+    without error (and no stop was requested, :func:`fourd_core.interrupts.raise_if_stop_requested`)
+    every entry of ``staging`` replaces its namesake in ``out``; other entries of ``out`` are kept.
+    On any error ``out`` is left as it was (a folder this call created is removed again) and the
+    staging folder is deleted. Stale staging of dead processes is removed first.
+
+    Raises:
+        InputError: ``out_dir`` cannot be created or written (:func:`writable_output_dir`).
+        KeyboardInterrupt / Terminated: a stop request remembered before the commit.
+    """
+    from ..interrupts import raise_if_stop_requested
+
+    with writable_output_dir(out_dir, what) as out:
+        remove_stale_temporaries(out)
+        staging = make_temp_dir(out, "export")
+        try:
+            yield staging, out
+            raise_if_stop_requested()
+            for entry in sorted(staging.iterdir()):
+                replace_path(entry, out / entry.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -23,7 +23,6 @@ leftovers of a killed process are removed by the next export into the same folde
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -31,7 +30,7 @@ from typing import Callable
 from ..errors import InputError
 from ..interrupts import raise_if_stop_requested
 from ..scene import Scene4D
-from .atomic import make_temp_dir, remove_stale_temporaries, replace_path, writable_output_dir
+from .atomic import staged_output
 from .cameras import depth_png_scale, write_cameras_json, write_depth_png, write_npy, write_transforms_json
 from .pointcloud import clean_points, needs_open3d, open3d_status, write_glb, write_ply
 from .video import to_uint8, write_video
@@ -105,12 +104,6 @@ def _import_writers() -> None:
     import trimesh  # noqa: F401
 
 
-def _commit(staging: Path, out: Path) -> None:
-    raise_if_stop_requested()
-    for entry in sorted(staging.iterdir()):
-        replace_path(entry, out / entry.name)
-
-
 def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | None = None,
                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, list[str]]:
     """Write the scene's files into ``out_dir`` (see the module docstring).
@@ -141,83 +134,78 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
 
     written: dict[str, list[str]] = {}
     _import_writers()
-    with writable_output_dir(out_dir) as out:
-        remove_stale_temporaries(out)
-        _export_into(scene, out, opt, frames, written, say)
+    with staged_output(out_dir) as (staging, out):
+        _export_into(scene, staging, out, opt, frames, written, say)
     return written
 
 
-def _export_into(scene: Scene4D, out: Path, opt: ExportOptions, frames: list[int], written: dict, say) -> None:
+def _export_into(scene: Scene4D, staging: Path, out: Path, opt: ExportOptions, frames: list[int], written: dict,
+                 say) -> None:
     f, h, w = scene.num_frames, *scene.size
 
     def add(kind: str, rel: str) -> None:
         written.setdefault(kind, []).append(str(out / rel))
 
-    staging = make_temp_dir(out, "export")
-    try:
-        if opt.videos:
-            say("videos", 0, 2)
-            write_video(staging / "rgb.mp4", scene.rgb, opt.fps)
-            write_video(staging / "xyz.mp4", scene.xyz.clamp(0, 1), opt.fps)
-            add("video", "rgb.mp4"), add("video", "xyz.mp4")
-        if opt.scene_file:
-            scene.save(staging / "scene.safetensors")
-            add("scene", "scene.safetensors")
-        image_rel = [f"images/frame_{i:05d}.png" for i in range(f)]
-        depth_rel = [f"depth/depth_{i:05d}.png" for i in range(f)]
-        if opt.images:
-            import imageio.v2 as imageio
+    if opt.videos:
+        say("videos", 0, 2)
+        write_video(staging / "rgb.mp4", scene.rgb, opt.fps)
+        write_video(staging / "xyz.mp4", scene.xyz.clamp(0, 1), opt.fps)
+        add("video", "rgb.mp4"), add("video", "xyz.mp4")
+    if opt.scene_file:
+        scene.save(staging / "scene.safetensors")
+        add("scene", "scene.safetensors")
+    image_rel = [f"images/frame_{i:05d}.png" for i in range(f)]
+    depth_rel = [f"depth/depth_{i:05d}.png" for i in range(f)]
+    if opt.images:
+        import imageio.v2 as imageio
 
-            (staging / "images").mkdir()
-            for i, frame in enumerate(to_uint8(scene.rgb)):
-                imageio.imwrite(staging / image_rel[i], frame, format="PNG")
-                add("images", image_rel[i])
-        scale = None
-        if opt.depth:
-            depth = scene.depth
-            scale = depth_png_scale(depth)
-            (staging / "depth").mkdir()
-            for i in range(f):
-                write_depth_png(staging / depth_rel[i], depth[i], scale)
-                add("depth", depth_rel[i])
-            write_npy(staging / "depth.npy", depth.float())
-            add("depth", "depth.npy")
-            if scene.confidence is not None:
-                write_npy(staging / "confidence.npy", scene.confidence.float())
-                add("depth", "confidence.npy")
-        if opt.cameras:
-            extra = {"units": "scene units of the point map", "depth_png_scale": scale,
-                     "prompt": scene.metadata.get("prompt"), "seed": scene.metadata.get("seed")}
-            write_cameras_json(staging / "cameras.json", scene.K, scene.cam_to_world, h, w, extra)
-            add("cameras", "cameras.json")
-            write_transforms_json(staging / "transforms.json", scene.K, scene.cam_to_world, h, w,
-                                  image_rel if opt.images else [f"frame_{i:05d}" for i in range(f)],
-                                  depth_rel if opt.depth else None,
-                                  None if scale is None else 1.0 / scale)
-            add("cameras", "transforms.json")
-        if opt.ply or opt.glb:
-            (staging / "pointclouds").mkdir()
-            for n, i in enumerate(frames):
-                say("point clouds", n, len(frames))
-                conf = None if scene.confidence is None else scene.confidence[i]
-                p, c = clean_points(scene.points(i), scene.rgb[i], confidence=conf, min_confidence=opt.min_confidence,
-                                    voxel_size=opt.voxel_size, outlier_neighbors=opt.outlier_neighbors,
-                                    outlier_std=opt.outlier_std, max_points=opt.max_points, seed=i)
-                if opt.ply:
-                    write_ply(staging / f"pointclouds/frame_{i:05d}.ply", p, c)
-                    add("ply", f"pointclouds/frame_{i:05d}.ply")
-                if opt.glb:
-                    write_glb(staging / f"pointclouds/frame_{i:05d}.glb", p, c)
-                    add("glb", f"pointclouds/frame_{i:05d}.glb")
-        if opt.gaussians:
-            from ..splats import pixel_aligned_gaussians, write_gaussians_ply
+        (staging / "images").mkdir()
+        for i, frame in enumerate(to_uint8(scene.rgb)):
+            imageio.imwrite(staging / image_rel[i], frame, format="PNG")
+            add("images", image_rel[i])
+    scale = None
+    if opt.depth:
+        depth = scene.depth
+        scale = depth_png_scale(depth)
+        (staging / "depth").mkdir()
+        for i in range(f):
+            write_depth_png(staging / depth_rel[i], depth[i], scale)
+            add("depth", depth_rel[i])
+        write_npy(staging / "depth.npy", depth.float())
+        add("depth", "depth.npy")
+        if scene.confidence is not None:
+            write_npy(staging / "confidence.npy", scene.confidence.float())
+            add("depth", "confidence.npy")
+    if opt.cameras:
+        extra = {"units": "scene units of the point map", "depth_png_scale": scale,
+                 "prompt": scene.metadata.get("prompt"), "seed": scene.metadata.get("seed")}
+        write_cameras_json(staging / "cameras.json", scene.K, scene.cam_to_world, h, w, extra)
+        add("cameras", "cameras.json")
+        write_transforms_json(staging / "transforms.json", scene.K, scene.cam_to_world, h, w,
+                              image_rel if opt.images else [f"frame_{i:05d}" for i in range(f)],
+                              depth_rel if opt.depth else None,
+                              None if scale is None else 1.0 / scale)
+        add("cameras", "transforms.json")
+    if opt.ply or opt.glb:
+        (staging / "pointclouds").mkdir()
+        for n, i in enumerate(frames):
+            say("point clouds", n, len(frames))
+            conf = None if scene.confidence is None else scene.confidence[i]
+            p, c = clean_points(scene.points(i), scene.rgb[i], confidence=conf, min_confidence=opt.min_confidence,
+                                voxel_size=opt.voxel_size, outlier_neighbors=opt.outlier_neighbors,
+                                outlier_std=opt.outlier_std, max_points=opt.max_points, seed=i)
+            if opt.ply:
+                write_ply(staging / f"pointclouds/frame_{i:05d}.ply", p, c)
+                add("ply", f"pointclouds/frame_{i:05d}.ply")
+            if opt.glb:
+                write_glb(staging / f"pointclouds/frame_{i:05d}.glb", p, c)
+                add("glb", f"pointclouds/frame_{i:05d}.glb")
+    if opt.gaussians:
+        from ..splats import pixel_aligned_gaussians, write_gaussians_ply
 
-            splats = pixel_aligned_gaussians(scene, stride=opt.gaussian_stride, min_confidence=opt.min_confidence,
-                                             frames=frames)
-            for n, i in enumerate(frames):
-                say("gaussians", n, len(frames))
-                write_gaussians_ply(staging / f"gaussians/frame_{i:05d}.ply", splats.frame(n))
-                add("gaussians", f"gaussians/frame_{i:05d}.ply")
-        _commit(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        splats = pixel_aligned_gaussians(scene, stride=opt.gaussian_stride, min_confidence=opt.min_confidence,
+                                         frames=frames)
+        for n, i in enumerate(frames):
+            say("gaussians", n, len(frames))
+            write_gaussians_ply(staging / f"gaussians/frame_{i:05d}.ply", splats.frame(n))
+            add("gaussians", f"gaussians/frame_{i:05d}.ply")
