@@ -20,6 +20,7 @@ from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_p
 from ..fourd_core.pipelines.grid_canvas import plan_windows
 from . import comfy_bridge as cb
 from . import validation as v
+from .native.folders import SYNC_FOLDER
 from .types import CAMERAS, CATEGORY, MODEL, SCENE, FourDCameras, FourDModel
 
 GRID_CATEGORY = f"{CATEGORY}/grid"
@@ -128,7 +129,7 @@ class FourDGridSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        syncs = [cb.NONE] + cb.file_list("fourd_sync") + [f for f in cb.file_list("loras") if "sync" in f.lower()]
+        syncs = [cb.NONE] + cb.file_list(SYNC_FOLDER) + [f for f in cb.file_list("loras") if "sync" in f.lower()]
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "Wan2.1-I2V (the 4DNeX model works if its LoRA is not fused)."}),
@@ -190,7 +191,7 @@ class FourDGridSampler:
         if sync_weights and sync_weights != cb.NONE:
             if mode not in ("hard", "soft"):
                 raise InputError(f"Sync weights are for mode 'hard' or 'soft'; mode is {mode!r}.")
-            kind = "fourd_sync" if sync_weights in cb.file_list("fourd_sync") else "loras"
+            kind = SYNC_FOLDER if sync_weights in cb.file_list(SYNC_FOLDER) else "loras"
             sync = load_sync_weights(cb.resolve_model(kind, sync_weights), pipe.transformer, mode=mode)
         windows = len(plan_windows(num_v, num_t, config))
         progress = cb.Progress(windows * steps)

@@ -43,4 +43,4 @@ def filename_prefix(value) -> bool | str:
     """An output name that stays inside the output folder and fits the file system."""
     if value is None:
         return True
-    return cb.prefix_problem(str(value)) or True
+    return cb.prefix_problem(str(value) or "fourd") or True      # empty: the nodes' default name, as at run time

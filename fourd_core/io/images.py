@@ -107,6 +107,19 @@ def max_area_size(height: int, width: int, max_area: int = 480 * 720, mod: int =
     return h, w
 
 
+def single_image(image: torch.Tensor) -> torch.Tensor:
+    """The one image of ``[H, W, C]`` or ``[1, H, W, C]`` (a ComfyUI IMAGE batch of one), as ``[H, W, C]``.
+
+    Raises:
+        InputError: a batch of several images (4DNeX starts from one photo).
+    """
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise InputError(f"4DNeX takes one image, got a batch of {image.shape[0]}; pick one (e.g. ImageFromBatch).")
+        image = image[0]
+    return image
+
+
 def prepare_image(image: torch.Tensor, height: int = 480, width: int = 720, mode: str = "crop") -> torch.Tensor:
     """Resize an input image for 4DNeX sampling.
 
@@ -121,11 +134,7 @@ def prepare_image(image: torch.Tensor, height: int = 480, width: int = 720, mode
     Raises:
         InputError: batch of several images, too small image (< 32 px side), bad mode or size.
     """
-    if image.ndim == 4:
-        if image.shape[0] != 1:
-            raise InputError(f"4DNeX takes one image, got a batch of {image.shape[0]}; pick one (e.g. ImageFromBatch).")
-        image = image[0]
-    x = to_rgb(image)
+    x = to_rgb(single_image(image))
     h0, w0 = x.shape[:2]
     if min(h0, w0) < MIN_SIDE:
         raise InputError(f"The image is {w0}x{h0} px; at least {MIN_SIDE} px per side are needed (480x720 is ideal).")

@@ -180,7 +180,6 @@ class FusedGeometry:
     """
 
     def __init__(self, views: int, times: int, tokens_per_frame: int, backend: str, device, rope=None):
-        self.key = (views, times, tokens_per_frame, torch.device(device))
         self.views, self.times, self.tokens_per_frame = views, times, tokens_per_frame
         self.rope = rope
         self.backend = backend

@@ -24,15 +24,15 @@ import torch
 
 from ..errors import InputError
 from ..geometry.xyz_init import denormalize_xyz_latents
-from ..pipelines.conditioning import condition_mask, condition_video
+from ..pipelines.conditioning import condition_mask, condition_video, split_width
 
 _VAE_CONFIG = Path(__file__).resolve().parents[1] / "models" / "configs" / "wan21_i2v_14b_480p" / "vae.json"
 #: Wan2.1 VAE per-channel latent statistics (the same numbers as ComfyUI's ``latent_formats.Wan21``).
-WAN21_LATENTS_MEAN: tuple[float, ...] = tuple(json.loads(_VAE_CONFIG.read_text())["latents_mean"])
-WAN21_LATENTS_STD: tuple[float, ...] = tuple(json.loads(_VAE_CONFIG.read_text())["latents_std"])
+_VAE = json.loads(_VAE_CONFIG.read_text())
+WAN21_LATENTS_MEAN: tuple[float, ...] = tuple(_VAE["latents_mean"])
+WAN21_LATENTS_STD: tuple[float, ...] = tuple(_VAE["latents_std"])
 SPATIAL_STRIDE = 8
 TEMPORAL_STRIDE = 4
-PATCH = (1, 2, 2)
 
 
 def check_fused_size(height: int, width: int, num_frames: int) -> None:
@@ -176,5 +176,4 @@ def split_fused_latent(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     if samples.ndim != 5 or samples.shape[-1] % 2 or samples.shape[1] != 16:
         raise InputError(f"Not a 4DNeX fused Wan latent: expected [B, 16, T, h, 2w], got {tuple(samples.shape)}. "
                          "Sample the LATENT of FourD 4DNeX Conditioning (native).")
-    w = samples.shape[-1] // 2
-    return samples[..., :w], samples[..., w:]
+    return split_width(samples)

@@ -31,6 +31,7 @@ from einops import rearrange
 
 from ..errors import InputError
 from ..geometry.xyz_init import denormalize_xyz_latents
+from .conditioning import split_width
 
 #: ``callback(done, total)`` between decoder calls; raise (e.g. CancelledError) to stop.
 DecodeCallback = Callable[[int, int], None]
@@ -103,7 +104,8 @@ def decode_6d(pipe, latents: torch.Tensor, *, vae_dtype: torch.dtype = torch.flo
         batch_halves: decode the halves as a batch of 2 (default: on the CPU, where it is ~2x
             faster; on a GPU one after the other, which halves the decoder's peak memory).
         callback: ``callback(done, total)`` before each decoder call; raise to cancel. Progress
-            counts latent frames (tiles too when VAE tiling is on).
+            counts latent frames; with VAE tiling the decoder runs once per tile and frame, so
+            ``done`` is clamped at ``total`` before the decode ends (Stop still works per call).
     Returns:
         ``rgb`` ``[F, H, W, 3]`` and ``xyz`` ``[F, H, W, 3]``, float32 in [0, 1] on CPU. The XYZ
         channels are the 4DNeX point map (x, y, z) mapped from [-1, 1] to [0, 1]: first-camera OpenCV
@@ -122,7 +124,7 @@ def decode_6d(pipe, latents: torch.Tensor, *, vae_dtype: torch.dtype = torch.flo
         vae.to(dtype=vae_dtype)
     try:
         z = latents.to(device=device, dtype=torch.float32)
-        z_rgb, z_xyz = rearrange(z, "b c t h (m w) -> m b c t h w", m=2)
+        z_rgb, z_xyz = split_width(z)
         z_xyz = denormalize_xyz_latents(z_xyz)
         mean, inv_std = vae_latent_stats(vae, z)
         frames = z.shape[2]

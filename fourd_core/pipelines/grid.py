@@ -277,6 +277,7 @@ def sample_window(pipe, engine, pixels: torch.Tensor, known: torch.Tensor, text:
     engine.column_clip = None
     if row_clip is not None:
         row_clip = row_clip.to(dtype)
+    if row_clip is not None and engine.mode != "fused":   # the fused engine has no column stream
         cols = [min(4 * tau, f - 1) for tau in range(t_lat)]
         engine.column_clip = _clip(pipe, pixels[0, cols], device).to(dtype)
 

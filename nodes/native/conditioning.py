@@ -6,7 +6,7 @@ import torch
 
 from ...fourd_core.errors import InputError
 from ...fourd_core.geometry.xyz_init import sloped_plane
-from ...fourd_core.io.images import to_rgb
+from ...fourd_core.io.images import single_image, to_rgb
 from ...fourd_core.native.layout import SPATIAL_STRIDE, TEMPORAL_STRIDE, check_fused_size, condition_frames, native_concat_mask
 from ...fourd_core.pipelines.fourdnex import PROMPT_SUFFIX
 from .. import validation as v
@@ -60,7 +60,7 @@ class FourD4DNeXConditioningNative:
         return v.check_all(v.frames_4k1("length", length, 1, 161), v.int_range("batch_size", batch_size, 1, 16))
 
     def encode(self, positive, negative, vae, clip_vision_output, image, length, batch_size, xyz_init=None):
-        rgb = to_rgb(image[0])
+        rgb = to_rgb(single_image(image))
         h, w = int(rgb.shape[0]), int(rgb.shape[1])
         check_fused_size(h, w, length)
         xyz = sloped_plane(h, w) if xyz_init is None else xyz_init.float()

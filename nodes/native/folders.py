@@ -10,6 +10,8 @@ from ...fourd_core.native.tiny import ensure_native_tiny
 from .. import comfy_bridge as cb
 
 log = logging.getLogger(__name__)
+#: ComfyUI model folder kind of trained grid sync layers (``models/fourd_sync/``).
+SYNC_FOLDER = "fourd_sync"
 
 
 def register_sync_folder() -> bool:
@@ -19,8 +21,8 @@ def register_sync_folder() -> bool:
     models_dir = getattr(fp, "models_dir", None)
     if models_dir is None or not hasattr(fp, "add_model_folder_path"):
         return False
-    fp.add_model_folder_path("fourd_sync", os.path.join(models_dir, "fourd_sync"), is_default=True)
-    entry = getattr(fp, "folder_names_and_paths", {}).get("fourd_sync")
+    fp.add_model_folder_path(SYNC_FOLDER, os.path.join(models_dir, SYNC_FOLDER), is_default=True)
+    entry = getattr(fp, "folder_names_and_paths", {}).get(SYNC_FOLDER)
     if entry is not None:
         entry[1].add(".safetensors")
     return True

@@ -32,11 +32,11 @@ from ...fourd_core.pipelines.grid_canvas import GridCanvas, fully_known_latents,
 from .. import comfy_bridge as cb
 from .apply import NATIVE_CATEGORY
 from .conditioning import set_cond_values
+from .folders import SYNC_FOLDER
 from .patches import is_fourdnex_patched
 
 log = logging.getLogger(__name__)
 GRID_WRAPPER_KEY = "fourd_grid_native"
-SYNC_FOLDER = "fourd_sync"
 MODE_HELP = ("soft_avg: training-free soft sync (weighted averaging, deeper layers sync more); hard: hard sync "
              "(averaging, or the trained sync_weights); soft: ModLinear soft sync (needs sync_weights; without them "
              "the streams stay independent); sequential: view then time per block; fused: 4Real-Video-V2 sparse "

@@ -4,7 +4,7 @@ tiny Wan DiT + 4DNeX release registered as model folders so core Load Diffusion 
 from __future__ import annotations
 
 from ...fourd_core.errors import InputError
-from ...fourd_core.io.images import to_rgb
+from ...fourd_core.io.images import single_image, to_rgb
 from ...fourd_core.native.tiny import TinyWanVAE, tiny_clip_features, tiny_text_embeddings
 from ...fourd_core.pipelines.fourdnex import PROMPT_SUFFIX
 from .apply import NATIVE_CATEGORY
@@ -50,7 +50,7 @@ class FourDTinyEncodersNative:
             raise InputError("The prompt is empty.")
         pos = [[tiny_text_embeddings(prompt.strip() + PROMPT_SUFFIX), {}]]
         neg = [[tiny_text_embeddings(""), {}]]
-        return (pos, neg, clip_vision_output(tiny_clip_features(to_rgb(image[0]))))
+        return (pos, neg, clip_vision_output(tiny_clip_features(to_rgb(single_image(image)))))
 
 
 class FourDTinyVAENative:
