@@ -13,16 +13,11 @@ from typing import Callable, Optional
 
 import torch
 
-from ..errors import CancelledError, GeometryError
+from ..errors import GeometryError
 from .solver.data import as_points
-from .solver.fit import CameraFit
+from .solver.fit import CameraFit, _callback
 
 __all__ = ["official_registration", "rotation_6d_to_matrix"]
-
-
-def _callback(callback, step, total):
-    if callback is not None and callback(step, total) is False:
-        raise CancelledError("Camera fitting was cancelled by the caller (callback returned False).")
 
 
 def rotation_6d_to_matrix(x: torch.Tensor) -> torch.Tensor:

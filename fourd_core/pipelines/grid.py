@@ -128,7 +128,15 @@ class GridConfig:
 # Engines
 def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_readout: str = "row",
                 fused_backend: str = "auto", num_train_timesteps: int = 1000):
-    """The engine for a grid mode (one of :data:`MODES`)."""
+    """The engine for a grid mode (one of :data:`MODES`; 4Real-Video Sec. 3.2 / -V2).
+
+    Returns:
+        a :class:`~fourd_core.models.grid_fused.FusedEngine` for ``"fused"``, else a
+        :class:`~fourd_core.models.grid_streams.TwoStreamEngine` (``sync`` only for hard / soft).
+    Raises:
+        InputError: sync weights with ``"fused"``, an unknown mode or backend, or sync weights that
+            do not fit the transformer (raised by the engines).
+    """
     if mode == "fused":
         if sync is not None:
             raise InputError("Fused view-time attention has no sync layers; sync weights apply to 'hard'/'soft'.")
@@ -297,7 +305,9 @@ def sample_window(pipe, engine, pixels: torch.Tensor, known: torch.Tensor, text:
 
 def known_latents_at(sigma, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Clean latents ``cond`` noised to flow-matching level ``sigma`` with the window's own noise:
-    ``(1 - sigma) cond + sigma noise`` (what replaces known latent frames at every step)."""
+    ``(1 - sigma) cond + sigma noise`` (what replaces known latent frames at every step; rectified
+    flow, Wan's scheduler). ``sigma``: float or 0-d tensor in [0, 1]; ``cond``, ``noise``:
+    ``[V, 16, T_lat, h, w]``, same dtype; returns that shape and dtype."""
     return (1 - sigma) * cond + sigma * noise
 
 

@@ -169,7 +169,8 @@ def fit_cameras(
             frame).
         iterations: IRLS rounds at the fine level (>= 1).
         outlier_threshold: residuals above this many noise scales get weight 0; None keeps the
-            pure robust function.  Ignored with ``robust="none"``.
+            pure robust function.  With ``robust="none"`` it still rejects gross outliers at the
+            coarse (robust start) level and is ignored at the fine level.
         noise_bias_correction: accepted for compatibility; the point-to-ray residual needs none
             (noise does not bias it; see :mod:`.model`).
         device: where to compute; default the device of ``points``.

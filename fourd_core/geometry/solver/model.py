@@ -105,7 +105,7 @@ def residuals(q, R, t, kap, uh, vh):
     return (x - a * xn, y - a * yn, z - a), a
 
 
-def jacobian(q, R, t, kap, uh, vh, jac_dtype=None):
+def jacobian(q, R, t, kap, uh, vh):
     """Residuals r [F,3N] and their Jacobian J [F,10,3N] (residual components stacked as
     (rx, ry, rz) blocks of N), parameters (rotation increment w applied on the left of R,
     translation increment, log phi_x, log phi_y, p_x, p_y).
@@ -119,9 +119,6 @@ def jacobian(q, R, t, kap, uh, vh, jac_dtype=None):
     a = (x * xn + y * yn + z) / mm
     F, N = x.shape
     r = torch.stack([x - a * xn, y - a * yn, z - a], 1)  # [F,3,N], in the input dtype
-    if jac_dtype is not None and jac_dtype != x.dtype:
-        # the Jacobian only steers the steps; the residuals (hence the minimiser) keep full precision
-        x, y, z, xn, yn, mm, a, kap = (v.to(jac_dtype) for v in (x, y, z, xn, yn, mm, a, kap))
     J = x.new_empty(F, 10, 3, N)
 
     def proj(k, vx, vy, vz):  # J[:, k] = P v = v - m (m.v) / mm

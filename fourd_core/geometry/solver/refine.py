@@ -102,6 +102,9 @@ def _second_diff(F, device):
 
 
 def cost(P: Problem, S: State, w: torch.Tensor) -> torch.Tensor:
+    """The weighted least-squares objective (0-d float64): ``sum_f cf_f sum_n w_fn |r_fn|^2`` over
+    point-to-ray residuals ``r`` [F,N] (normalised units, :func:`residual_norms`) with IRLS weights
+    ``w`` [F,N], plus ``P.smooth`` times the squared second differences of the poses over time."""
     r = residual_norms(P, S)
     c = (P.cf[:, None] * w * r * r).sum()
     if P.smooth > 0 and S.R.shape[0] >= 3:
@@ -181,6 +184,9 @@ def _solve_dense(P: Problem, S: State, Hpp, Hpk, Hkk, gp, gk, lam):
 
 
 def apply_step(P: Problem, S: State, dp: torch.Tensor, dk: torch.Tensor) -> State:
+    """A new state after one LM step: poses ``dp`` [F,6] (rotation increment applied on the left,
+    radians; translation increment, normalised units) and intrinsics ``dk`` [k] (the model's
+    parameters, :class:`~.model.IntrinsicsModel`), float64. ``S`` is left unchanged."""
     E = exp_so3(dp[:, :3])
     R = E @ S.R
     t = torch.einsum("fab,fb->fa", E, S.t) + dp[:, 3:]

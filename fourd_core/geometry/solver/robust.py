@@ -1,6 +1,6 @@
-"""Level 1: robust statistics.  Noise scale from residuals, IRLS weights, robust losses.
+"""Level 1: robust statistics.  Noise scale from residuals, IRLS weights of the robust M-estimators.
 
-Residuals here are point-to-ray distances ``|r|`` (see :mod:`.residuals`): for isotropic Gaussian
+Residuals here are point-to-ray distances ``|r|`` (see :mod:`.model`): for isotropic Gaussian
 point noise of std sigma per coordinate, ``r`` is the noise projected on the plane orthogonal to
 the ray, so ``|r|`` is Rayleigh distributed with scale sigma whatever the camera (median
 ``sqrt(2 ln 2) sigma``).  Weights follow the usual M-estimators (Huber, Cauchy, Tukey; Hartley &
