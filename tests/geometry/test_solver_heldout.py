@@ -121,6 +121,16 @@ def test_jacobian_matches_finite_differences():
         d[:, k] = eps
         num = (res(d) - res(-d)) / (2 * eps)
         torch.testing.assert_close(J[:, k], num, atol=1e-7, rtol=1e-6)
+    # weighted form: sqrt(w) times the residual and the finite-difference Jacobian, per point
+    sw = torch.rand(F, N, generator=g, dtype=torch.float64)
+    sw[0, 3] = 0.0  # a rejected point
+    r_w, J_w = jacobian(q, R, t, kap, uh, vh, sw)
+    sw3 = sw.repeat(1, 3)
+    torch.testing.assert_close(r_w, sw3 * res(torch.zeros(F, 10, dtype=torch.float64)))
+    for k in range(10):
+        d = torch.zeros(F, 10, dtype=torch.float64)
+        d[:, k] = eps
+        torch.testing.assert_close(J_w[:, k], sw3 * (res(d) - res(-d)) / (2 * eps), atol=1e-7, rtol=1e-6)
     # the residual is orthogonal to the ray and zero for a point on it
     (rx, ry, rz), a = residuals(q, R, t, kap, uh, vh)
     xn = (uh[None] - kap[:, 2:3]) * torch.exp(-kap[:, 0:1])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data import F64
-from .refine import Problem, State, arrow_blocks, frame_blocks
+from .refine import Problem, State, arrow_blocks, frame_blocks, schur_complement
 
 
 def prefer_richer(loss_simple: float, loss_rich: float, extra_params: int, n_residuals: int) -> tuple[bool, float]:
@@ -42,10 +42,8 @@ def score_statistic(P_rich: Problem, S: State, w: torch.Tensor, scale: torch.Ten
     Hpp, Hpk, Hkk, gp, gk = arrow_blocks(P_rich, Hf, gf)
     eye6 = torch.eye(6, dtype=F64, device=Hf.device)
     Hpp = Hpp + 1e-12 * Hpp.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye6
-    Y = torch.linalg.solve(Hpp, torch.cat([Hpk, gp[..., None]], -1))
+    Y, Sk, rk = schur_complement(Hpp, Hpk, Hkk, gp, gk)
     k = Hkk.shape[0]
-    Sk = Hkk - (Hpk.transpose(1, 2) @ Y[..., :k]).sum(0)
-    rk = gk - (Hpk.transpose(1, 2) @ Y[..., k:]).sum(0)[:, 0]
     stat = float(rk @ torch.linalg.lstsq(Sk, rk[:, None]).solution[:, 0]) + float((gp[..., None, :] @ Y[..., k:]).sum())
     return max(stat, 0.0) if math.isfinite(stat) else float("inf")
 
@@ -64,7 +62,8 @@ def focal_profile(P: Problem, S: State, w: torch.Tensor, scale: torch.Tensor, fa
     for fac in factors:
         S2 = S.copy()
         S2.kap[:, :2] += math.log(fac)
-        S2, _, _ = levenberg_marquardt(Pfix, S2, wc, max_iter=15)
+        # wc makes the cost chi-square units: 0.1 is plenty against the threshold of 100
+        S2, _, _, _ = levenberg_marquardt(Pfix, S2, wc, max_iter=15, abs_tol=0.1)
         best = min(best, float(cost(Pfix, S2, wc)) - c0)
     return best
 
@@ -103,8 +102,9 @@ def uncertainty(P: Problem, S: State, w: torch.Tensor, scale: torch.Tensor) -> U
     k = Hkk.shape[0]
     nan = torch.full((F,), float("nan"), dtype=F64, device=Hf.device)
     if k:
-        Y = Hpp_inv @ Hpk  # [F,6,k]
-        Sk = Hkk - (Hpk.transpose(1, 2) @ Y).sum(0)
+        Y, Sk, _ = schur_complement(Hpp, Hpk, Hkk, torch.zeros(F, 6, dtype=F64, device=Hf.device),
+                                    torch.zeros(k, dtype=F64, device=Hf.device))
+        Y = Y[..., :k]  # [F,6,k] = Hpp^-1 Hpk
         ok = bool(torch.isfinite(Sk).all()) and float(torch.linalg.eigvalsh(Sk).min()) > 1e-12 * float(Hkk.diagonal().max())
         if ok:
             Ck = torch.linalg.inv(Sk)

@@ -28,6 +28,11 @@ from .model import IntrinsicsModel, jacobian, residuals
 from .rotation import exp_so3, skew
 
 
+#: a change of the loss below this many chi-square units is "no change" (a parameter move of
+#: about a tenth of its standard error)
+CHI2_TOL = 0.01
+
+
 @dataclass
 class State:
     """Cameras in normalised coordinates: R [F,3,3], t [F,3] (world-to-camera), kap [F,4]."""
@@ -61,9 +66,13 @@ class Problem:
     A: torch.Tensor = field(init=False)
     cf0: torch.Tensor = field(init=False)  # cf without the per-frame noise factor
 
+    D: Optional[torch.Tensor] = field(init=False)  # [F-2,F] second differences (smoothness only)
+
     def __post_init__(self):
-        self.A = self.model.tie(self.q.shape[0], self.q.device)
+        F = self.q.shape[0]
+        self.A = self.model.tie(F, self.q.device)
         self.cf0 = self.cf
+        self.D = _second_diff(F, self.q.device) if self.smooth > 0 and F >= 3 else None
         if self.chunk <= 0:
             # the Jacobian of a chunk stays in the L2 cache and its buffers are reused by the
             # allocator (large ones are fresh pages every call): ~1.7x faster than one big chunk
@@ -105,11 +114,15 @@ def cost(P: Problem, S: State, w: torch.Tensor) -> torch.Tensor:
     """The weighted least-squares objective (0-d float64): ``sum_f cf_f sum_n w_fn |r_fn|^2`` over
     point-to-ray residuals ``r`` [F,N] (normalised units, :func:`residual_norms`) with IRLS weights
     ``w`` [F,N], plus ``P.smooth`` times the squared second differences of the poses over time."""
-    r = residual_norms(P, S)
+    return cost_from_norms(P, S, w, residual_norms(P, S))
+
+
+def cost_from_norms(P: Problem, S: State, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """:func:`cost` from already computed residual norms ``r`` [F,N] of the state ``S``."""
     c = (P.cf[:, None] * w * r * r).sum()
-    if P.smooth > 0 and S.R.shape[0] >= 3:
+    if P.D is not None:
         s, _ = _smooth_terms(P, S)
-        c = c + P.smooth * ((_second_diff(S.R.shape[0], S.R.device) @ s) ** 2).sum()
+        c = c + P.smooth * ((P.D @ s) ** 2).sum()
     return c
 
 
@@ -119,10 +132,10 @@ def frame_blocks(P: Problem, S: State, w: torch.Tensor):
     for a in range(0, P.q.shape[0], P.chunk):
         b = a + P.chunk
         # float64: near-degenerate maps (planes) leave weak directions that float32 would lose
-        r, J = jacobian(P.q[a:b], S.R[a:b], S.t[a:b], S.kap[a:b], P.uh, P.vh)
-        Jw = J * (w[a:b] * P.cf[a:b, None]).repeat(1, 3)[:, None, :]
-        Hs.append(Jw @ J.transpose(1, 2))
-        gs.append((Jw @ r[..., None])[..., 0])
+        sw = torch.sqrt(w[a:b] * P.cf[a:b, None])
+        r, J = jacobian(P.q[a:b], S.R[a:b], S.t[a:b], S.kap[a:b], P.uh, P.vh, sw)  # both times sqrt(w cf)
+        Hs.append(J @ J.transpose(1, 2))
+        gs.append((J @ r[..., None])[..., 0])
     return torch.cat(Hs), torch.cat(gs)
 
 
@@ -135,6 +148,23 @@ def arrow_blocks(P: Problem, Hf: torch.Tensor, gf: torch.Tensor):
     return Hf[:, :6, :6], Hpk, Hkk, gf[:, :6], gk
 
 
+def schur_complement(Hpp, Hpk, Hkk, gp, gk):
+    """Eliminate the poses from the arrow system ``[[Hpp, Hpk], [Hpk^T, Hkk]] [dp; dk] = -[gp; gk]``
+    frame by frame.  Hpp [F,6,6], Hpk [F,6,k], Hkk [k,k], gp [F,6], gk [k].
+
+    Returns ``Y`` [F,6,k+1] (``Hpp^-1 [Hpk, gp]``), the reduced matrix ``Sk = Hkk - sum_f Hpk^T
+    Hpp^-1 Hpk`` [k,k] and gradient ``rk = gk - sum_f Hpk^T Hpp^-1 gp`` [k] (float64).  Then
+    ``dk = -Sk^-1 rk`` and ``dp = -Y[..., k] - Y[..., :k] dk``.  (Triggs et al., Bundle Adjustment
+    - A Modern Synthesis, sec. 6.1.)
+    """
+    k = Hkk.shape[0]
+    Y = torch.linalg.solve(Hpp, torch.cat([Hpk, gp[..., None]], -1))
+    HpkT = Hpk.transpose(1, 2)
+    Sk = Hkk - (HpkT @ Y[..., :k]).sum(0)
+    rk = gk - (HpkT @ Y[..., k:]).sum(0)[:, 0]
+    return Y, Sk, rk
+
+
 def _solve_schur(Hpp, Hpk, Hkk, gp, gk, lam):
     """Damped step (Marquardt) of the arrow system by eliminating the poses frame by frame."""
     eye6 = torch.eye(6, dtype=F64, device=Hpp.device)
@@ -144,16 +174,15 @@ def _solve_schur(Hpp, Hpk, Hkk, gp, gk, lam):
         dp = torch.linalg.solve(Dp, -gp[..., None])[..., 0]
         return dp, gk.new_zeros(0)
     Dk = Hkk + lam * torch.diag(Hkk.diagonal().clamp_min(1e-12))
-    Y = torch.linalg.solve(Dp, torch.cat([Hpk, gp[..., None]], -1))  # [F,6,k+1]
-    S = Dk - (Hpk.transpose(1, 2) @ Y[..., :k]).sum(0)
-    rhs = -gk + (Hpk.transpose(1, 2) @ Y[..., k:]).sum(0)[:, 0]
-    dk = torch.linalg.solve(S, rhs)
+    Y, Sk, rk = schur_complement(Dp, Hpk, Dk, gp, gk)
+    dk = torch.linalg.solve(Sk, -rk)
     dp = -Y[..., k] - (Y[..., :k] @ dk[:, None])[..., 0]
     return dp, dk
 
 
-def _solve_dense(P: Problem, S: State, Hpp, Hpk, Hkk, gp, gk, lam):
-    """Damped step with the smoothness term (couples neighbouring poses)."""
+def _dense_system(P: Problem, S: State, Hpp, Hpk, Hkk, gp, gk):
+    """The full (undamped) normal equations H [n,n], g [n] (n = 6F + k) with the smoothness term,
+    which couples neighbouring poses."""
     F, k = Hpp.shape[0], Hkk.shape[0]
     n = 6 * F + k
     dev = Hpp.device
@@ -168,18 +197,23 @@ def _solve_dense(P: Problem, S: State, Hpp, Hpk, Hkk, gp, gk, lam):
         H[kk[:, None], pidx.reshape(-1)[None]] = Hpk.reshape(6 * F, k).T
         H[kk[:, None], kk[None]] = Hkk
         g[kk] = gk
-    if P.smooth > 0 and F >= 3:
+    if P.D is not None:
         s, B = _smooth_terms(P, S)
-        D = _second_diff(F, dev)
         Bfull = torch.zeros(F, 12, 6 * F, dtype=F64, device=dev)
         for f in range(F):
             Bfull[f, :, 6 * f:6 * f + 6] = B[f]
-        Jd = torch.einsum("gf,fan->gan", D, Bfull).reshape(-1, 6 * F)
-        rd = (D @ s).reshape(-1)
+        Jd = torch.einsum("gf,fan->gan", P.D, Bfull).reshape(-1, 6 * F)
+        rd = (P.D @ s).reshape(-1)
         H[:6 * F, :6 * F] += P.smooth * Jd.T @ Jd
         g[:6 * F] += P.smooth * Jd.T @ rd
+    return H, g
+
+
+def _solve_dense(H, g, F, lam):
+    """Damped step (Marquardt) of the dense system from :func:`_dense_system`."""
     d = H.diagonal().clamp_min(1e-12)
-    delta = torch.linalg.solve(H + lam * torch.diag(d) + 1e-15 * torch.eye(n, dtype=F64, device=dev), -g)
+    n = H.shape[0]
+    delta = torch.linalg.solve(H + lam * torch.diag(d) + 1e-15 * torch.eye(n, dtype=F64, device=H.device), -g)
     return delta[:6 * F].reshape(F, 6), delta[6 * F:]
 
 
@@ -194,19 +228,30 @@ def apply_step(P: Problem, S: State, dp: torch.Tensor, dk: torch.Tensor) -> Stat
     return State(R, t, kap)
 
 
-def levenberg_marquardt(P: Problem, S: State, w: torch.Tensor, max_iter: int = 20, tol: float = 1e-12):
-    """Minimise the cost at fixed weights w [F,N]; returns (state, iterations, converged)."""
+def levenberg_marquardt(P: Problem, S: State, w: torch.Tensor, max_iter: int = 20, tol: float = 1e-12,
+                        abs_tol: float = 0.0, c0: Optional[torch.Tensor] = None):
+    """Minimise the cost at fixed weights w [F,N]; returns (state, iterations, converged, cost
+    decrease).  ``c0``: the cost of ``S`` if already known.
+
+    Stops when no step lowers the cost, after ``max_iter`` iterations, when an iteration lowers
+    the cost by less than ``tol`` relative, or when an undamped step (accepted at the first try)
+    lowers it by less than ``abs_tol`` (cost units; :func:`irls` passes a hundredth of a
+    chi-square unit: near the minimum Gauss-Newton converges quadratically, so the decrease
+    still possible is far smaller, a parameter change of a few hundredths of a standard error).
+    """
     lam = 1e-4
-    c0 = cost(P, S, w)
+    c0 = cost(P, S, w) if c0 is None else c0
+    c_first = float(c0)
     it = 0
     converged = False
     for it in range(1, max_iter + 1):
         Hf, gf = frame_blocks(P, S, w)
         blocks = arrow_blocks(P, Hf, gf)
+        dense = _dense_system(P, S, *blocks) if P.D is not None else None  # once, then damped per try
         accepted = False
-        for _ in range(10):
-            if P.smooth > 0 and S.R.shape[0] >= 3:
-                dp, dk = _solve_dense(P, S, *blocks, lam)
+        for tries in range(10):
+            if dense is not None:
+                dp, dk = _solve_dense(*dense, S.R.shape[0], lam)
             else:
                 dp, dk = _solve_schur(*blocks, lam)
             if not (torch.isfinite(dp).all() and torch.isfinite(dk).all()):
@@ -221,13 +266,14 @@ def levenberg_marquardt(P: Problem, S: State, w: torch.Tensor, max_iter: int = 2
         if not accepted:
             converged = True  # no decrease possible: at a minimum (to rounding)
             break
-        rel = float((c0 - c2) / c0.clamp_min(1e-300))
+        dec = float(c0 - c2)
+        rel = dec / max(float(c0), 1e-300)
         S, c0 = S2, c2
         lam = max(lam / 10, 1e-9)
-        if rel < tol or float(dp.abs().max()) < 1e-12:
+        if rel < tol or float(dp.abs().max()) < 1e-12 or (tries == 0 and dec < abs_tol):
             converged = True
             break
-    return S, it, converged
+    return S, it, converged, c_first - float(c0)
 
 
 def set_frame_factors(P: Problem, scale: torch.Tensor) -> None:
@@ -246,11 +292,17 @@ def param_change(Sa: State, Sb: State) -> float:
 
 
 def irls(P: Problem, S: State, *, robust: str, delta: Optional[torch.Tensor], reject: Optional[float],
-         max_rounds: int = 8, tol: float = 1e-5, first_weights: Optional[torch.Tensor] = None,  # prior weights [F,N]
-        
+         max_rounds: int = 8, tol: float = 1e-5, first_weights: Optional[torch.Tensor] = None,
          scale_floor: float = 1e-9, lm_iter: int = 4):
     """Iteratively re-weighted LM.  Returns (state, weights [F,N], noise scale [F] (normalised
-    units), rounds, LM iterations)."""
+    units), rounds, LM iterations).
+
+    ``first_weights`` [F,N]: prior weights multiplied into every round's (the neighbour test).
+    A round ends when LM converges (:func:`levenberg_marquardt`, to ``CHI2_TOL`` chi-square
+    units); the loop ends when the cameras move by less than ``tol`` (normalised units) or a
+    round lowers the loss by less than ``CHI2_TOL`` chi-square units (the new weights changed
+    nothing that matters), after ``max_rounds``, or at once for ``robust="none"``.
+    """
     lm_total = 0
     w = None
     scale = None
@@ -262,11 +314,15 @@ def irls(P: Problem, S: State, *, robust: str, delta: Optional[torch.Tensor], re
         w = rb.weights(r, P.valid, scale, robust, delta, reject)
         if first_weights is not None:  # prior weights (the neighbour test), every round
             w = w * first_weights
-        S2, n, conv = levenberg_marquardt(P, S, w, max_iter=lm_iter if rounds < max_rounds else 2 * lm_iter)
+        # cost per chi-square unit: cf_f scale_f^2 is the same for every frame (set_frame_factors)
+        chi2_unit = float((P.cf * scale**2).mean())
+        S2, n, conv, dec = levenberg_marquardt(P, S, w, max_iter=lm_iter if rounds < max_rounds else 2 * lm_iter,
+                                               abs_tol=CHI2_TOL * chi2_unit, c0=cost_from_norms(P, S, w, r))
         lm_total += n
         chg = param_change(S2, S)
+        small = conv and dec < CHI2_TOL * chi2_unit
         S = S2
-        if (chg < tol and conv) or robust == "none":
+        if (chg < tol and conv) or small or robust == "none":
             break
     r = residual_norms(P, S)
     scale = rb.noise_scale(r, P.valid, scale_floor)
