@@ -127,7 +127,6 @@ def official_registration(
         depth=d.detach().clamp_min(1e-4).reshape(F, H, W),
         confidence=torch.ones(F, H, W, device=dev),
         residual=res.reshape(F, H, W),
-        points=X.reshape(F, H, W, 3),
         info={
             "method": "official-adam",
             "iterations": int(iterations),

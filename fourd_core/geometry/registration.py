@@ -19,54 +19,11 @@ import torch
 
 from ..errors import InputError
 from .solver import CameraFit, GeometryWarning, fit_cameras
+from .solver.outputs import points_from_depth
 
 __all__ = ["CameraFit", "GeometryWarning", "fit_cameras", "points_from_depth", "prepare_4dnex_points"]
 
 _F64 = torch.float64
-
-
-def points_from_depth(depth: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
-    """Unproject depth maps into world points (paper Eq. 10: ``X = R (d K^-1 [u, v, 1]^T) + t``).
-
-    Args:
-        depth: [F,H,W] (or [H,W]) z-depth in the camera frame, world units.
-        K: [F,3,3] or [3,3] pinhole intrinsics in pixels (skew allowed).
-        cam_to_world: [F,4,4] or [4,4] OpenCV camera-to-world poses.
-
-    Returns:
-        [F,H,W,3] world points (or [H,W,3] when ``depth`` is [H,W]), in the dtype of ``depth``
-        (float32 at least); pixel (i, j) is taken at (u, v) = (j, i) (OpenCV, integer centres).
-
-    Raises:
-        InputError: on shapes that do not match or a non-floating ``depth``.
-    """
-    if not isinstance(depth, torch.Tensor) or not depth.is_floating_point():
-        raise InputError("depth must be a floating-point tensor [F,H,W] or [H,W].")
-    single = depth.dim() == 2
-    d = depth[None] if single else depth
-    if d.dim() != 3:
-        raise InputError(f"depth must be [F,H,W] or [H,W]; got {tuple(depth.shape)}.")
-    F, H, W = d.shape
-    K = torch.as_tensor(K, device=d.device)
-    T = torch.as_tensor(cam_to_world, device=d.device)
-    if K.shape[-2:] != (3, 3) or T.shape[-2:] != (4, 4):
-        raise InputError(f"K must be [...,3,3] and cam_to_world [...,4,4]; got {tuple(K.shape)} and {tuple(T.shape)}.")
-    K = K.expand(F, 3, 3) if K.dim() == 2 else K
-    T = T.expand(F, 4, 4) if T.dim() == 2 else T
-    if K.shape[0] != F or T.shape[0] != F:
-        raise InputError(f"K and cam_to_world need {F} frames (or one); got {K.shape[0]} and {T.shape[0]}.")
-    out_dtype = d.dtype if d.dtype == _F64 else torch.float32
-    Kinv = torch.linalg.inv(K.to(_F64))
-    jj = torch.arange(W, dtype=_F64, device=d.device)
-    ii = torch.arange(H, dtype=_F64, device=d.device)
-    pix = torch.stack([jj[None, :].expand(H, W), ii[:, None].expand(H, W), torch.ones(H, W, dtype=_F64, device=d.device)], -1)
-    rays = torch.einsum("fab,hwb->fhwa", Kinv, pix)  # z component 1 (K's last row is [0,0,1])
-    rays = rays / rays[..., 2:3]
-    Xc = rays * d.to(_F64)[..., None]
-    Tw = T.to(_F64)
-    X = torch.einsum("fab,fhwb->fhwa", Tw[:, :3, :3], Xc) + Tw[:, None, None, :3, 3]
-    X = X.to(out_dtype)
-    return X[0] if single else X
 
 
 def prepare_4dnex_points(xyz01: torch.Tensor) -> torch.Tensor:

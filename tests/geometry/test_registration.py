@@ -125,6 +125,48 @@ def test_outputs_are_consistent_with_the_model():
     assert bool((fit.depth > 0).all())
 
 
+def _ray_outputs(points, K, c2w):
+    """Depth (camera z of the ray point) and point-to-ray distance, written directly from the
+    definitions in float64: ray d = R K^-1 [u, v, 1] through the centre c, ray point
+    c + ((p - c).d / d.d) d."""
+    F, H, W, _ = points.shape
+    jj, ii = torch.meshgrid(torch.arange(W, dtype=torch.float64), torch.arange(H, dtype=torch.float64), indexing="xy")
+    pix = torch.stack([jj, ii, torch.ones_like(jj)], -1)
+    d_cam = torch.einsum("fab,hwb->fhwa", torch.linalg.inv(K.double()), pix)
+    d = torch.einsum("fab,fhwb->fhwa", c2w[:, :3, :3].double(), d_cam)
+    pc = points.double() - c2w[:, None, None, :3, 3].double()
+    a = (pc * d).sum(-1) / (d * d).sum(-1)
+    return a * d_cam[..., 2], (pc - a[..., None] * d).norm(dim=-1)
+
+
+def test_output_pass_matches_the_definitions_on_every_path():
+    """Depth and residual equal a direct float64 computation from the returned cameras, whatever
+    the path of the output pass: float32 or float64 maps, no mask or a mask with NaN at invalid
+    pixels, one block per frame or blocks of a few rows that do not divide the height."""
+    sc = make_synthetic_scene(3, 30, 44, seed=5, noise=0.005)
+    K = sc.K[0]
+    base = fit_cameras(sc.points, K=K)
+    depth0, res0 = _ray_outputs(sc.points, base.K, base.cam_to_world)
+    torch.testing.assert_close(base.depth.double(), depth0, atol=1e-5 * sc.scale, rtol=1e-5)
+    torch.testing.assert_close(base.residual.double(), res0, atol=1e-5 * sc.scale, rtol=1e-4)
+    mask = torch.ones(3, 30, 44, dtype=torch.bool)
+    mask[1, 4:9, 10:20] = False
+    holes = sc.points.clone()
+    holes[~mask] = float("nan")
+    for kw in (dict(chunk_pixels=3 * 44), dict(points=sc.points.double()), dict(valid_mask=torch.ones_like(mask)),
+               dict(points=holes, valid_mask=mask, chunk_pixels=7 * 44)):
+        fit = fit_cameras(kw.pop("points", sc.points), K=K, **kw)
+        d, r = _ray_outputs(torch.nan_to_num(sc.points), fit.K, fit.cam_to_world)
+        m = kw.get("valid_mask", mask | True)
+        torch.testing.assert_close(fit.depth.double()[m], d[m], atol=1e-5 * sc.scale, rtol=1e-5)
+        torch.testing.assert_close(fit.residual.double()[m], r[m], atol=1e-5 * sc.scale, rtol=1e-4)
+        assert bool((fit.residual[~m] == 0).all()) and bool((fit.confidence[~m] == 0).all())
+        assert bool(torch.isfinite(fit.depth).all()) and bool((fit.depth > 0).all())
+    # the snapped points are computed on first access, then kept
+    assert "points" not in base.__dict__
+    assert base.points is base.points
+
+
 # this generator puts the principal point at the image centre; the precision tests below say so
 # (the default model selection is tested on the held-out generator in test_solver_heldout.py)
 CENTRED = dict(centered_principal_point=True)

@@ -12,7 +12,7 @@ Read in this order; each module only uses the ones above it:
 ``checks``             option checks, the focal sanity check
 ``observability``      model selection (BIC), standard errors, the honesty thresholds
 ``selection``          which focal model: one focal, a smooth zoom, or one per frame
-``outputs``            the per-pixel pass: depth, residual, confidence, snapped points
+``outputs``            the per-pixel pass (depth, residual, confidence) and unprojection
 ``fit``                :func:`fit_cameras`, which chains the levels
 =====================  =====================================================================
 """

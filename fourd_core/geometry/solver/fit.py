@@ -15,11 +15,12 @@ then this module, which chains them:
 5. fine level: IRLS with the chosen model on a sub-grid of about ``refine_pixels`` pixels
    (with ``robust="auto"``, Tukey weights when the coarse fit saw gross outliers);
 6. standard errors and the honesty checks (:mod:`.observability`);
-7. one pass over every pixel for depth, residual, confidence and the snapped points.
+7. one pass over every pixel for depth, residual and confidence (the snapped points on demand).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -52,7 +53,7 @@ from .observability import (
     uncertainty,
     wald_statistic,
 )
-from .outputs import write_outputs
+from .outputs import points_from_depth, write_outputs
 from .refine import Problem, State, irls, residual_norms
 from .selection import forced_shared_focal_reason, select_focal
 
@@ -70,9 +71,12 @@ class CameraFit:
     depth:        [F,H,W] z in the camera frame (not ray length), world units.  Always > 0.
     confidence:   [F,H,W] in [0, 1]; 0 at invalid pixels and points behind the camera.
     residual:     [F,H,W] distance of each input point to its fitted ray point, world units.
-    points:       [F,H,W,3] re-projected (ray-snapped) world points ``R (depth K^-1 [u,v,1]) + t``.
     info:         dict: the chosen intrinsics model, standard errors, "confidence" ("high" or
                   "low"), "warnings", residual statistics, timings (see :func:`fit_cameras`).
+
+    :attr:`points` ([F,H,W,3] re-projected, ray-snapped world points) is computed from depth, K
+    and cam_to_world on first access and then kept: the pipeline does not need it (a scene stores
+    depth and cameras), and at 49x480x720 it is 200 MB and a fifth of the fit's time.
     """
 
     K: torch.Tensor
@@ -80,8 +84,12 @@ class CameraFit:
     depth: torch.Tensor
     confidence: torch.Tensor
     residual: torch.Tensor
-    points: torch.Tensor
     info: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def points(self) -> torch.Tensor:
+        """[F,H,W,3] world points ``R (depth K^-1 [u,v,1]) + t`` (float32, paper Eq. 10)."""
+        return points_from_depth(self.depth, self.K, self.cam_to_world)
 
 
 #: standard errors above these make the fit "low confidence" (the success bounds are 2 % and 1 deg)
@@ -217,7 +225,8 @@ def fit_cameras(
 
     # ---- 1. sample grid, normalisation -----------------------------------------------------
     t0 = time.perf_counter()
-    n_valid = valid.reshape(F, -1).sum(1)
+    # (counting a [F,H,W] bool mask costs ~0.1 s at full size: skipped when there is none)
+    n_valid = torch.full((F,), H * W, device=dev) if valid_mask is None else valid.reshape(F, -1).sum(1)
     stride = grid_stride(int(n_valid.min()), sample_pixels)
     raw = sample_grid(points, valid, stride)
     nv = raw.valid.sum(1)
@@ -414,8 +423,8 @@ def fit_cameras(
     # ---- 7. outputs ----------------------------------------------------------------------
     t0 = time.perf_counter()
     noise_world = scale * sig
-    depth, resid, conf, pts, behind, med_res, rms = write_outputs(points, valid, mu, sig, S.R, S.t, S.kap,
-                                                                  noise_world, chunk_pixels)
+    depth, resid, conf, behind, med_res, rms = write_outputs(points, valid, mu, sig, S.R, S.t, S.kap, noise_world,
+                                                             chunk_pixels)
     timings["outputs"] = time.perf_counter() - t0
     _callback(callback, 5, total_steps)
     if (behind > 0.5).any():
@@ -471,4 +480,4 @@ def fit_cameras(
                         temporal_smoothness=temporal_smoothness, robust_init=robust_init, fixed_K=K is not None),
     }
     return CameraFit(K=Kout.to(torch.float32), cam_to_world=c2w.to(torch.float32), depth=depth, confidence=conf,
-                     residual=resid, points=pts, info=info)
+                     residual=resid, info=info)

@@ -1,27 +1,30 @@
-"""Level 5: outputs.  One pass over every pixel with the final cameras.
+"""Level 5: outputs.  One pass over every pixel with the final cameras, and unprojection.
 
 Each point is snapped on its pixel's ray (the free per-pixel depth of paper Eq. 9: the orthogonal
 projection of the point on the ray), which gives the depth (camera z of the ray point), the
-residual (the point-to-ray distance, world units), a per-pixel confidence
+residual (the point-to-ray distance, world units) and a per-pixel confidence
 ``exp(-(residual / (3 sigma))^2 / 2)`` (sigma the frame's noise scale; 0 behind the camera and at
-invalid pixels) and the re-projected world points.  Frames are processed in chunks, in float32
-on points centred per frame, so memory stays at the outputs plus a few frames of temporaries.
+invalid pixels).  The snapped world points are not stored: they are the unprojection of that
+depth (:func:`points_from_depth`, computed when asked for).  Pixels are processed in blocks of
+rows, in float32, so memory stays at the outputs plus a few blocks of temporaries.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ...errors import InputError
 from .data import F64, pixel_norm
 from .model import rays
 
 
 def write_outputs(points, valid, mu, sig, R, t, kap, noise, chunk_pixels: int = 400_000):
-    """Depth, residual, confidence [F,H,W], points [F,H,W,3] (float32) and per-frame statistics
-    (fraction behind the camera, median and RMS residual, float64 [F]).
+    """Depth, residual, confidence [F,H,W] (float32) and per-frame statistics (fraction behind
+    the camera, median and RMS residual, float64 [F]).
 
     points [F,H,W,3]; valid [F,H,W] bool; mu [F,3], sig [F] frame normalisation; R [F,3,3],
-    t [F,3], kap [F,4] cameras in normalised coordinates (float64); noise [F] (world units).
+    t [F,3], kap [F,4] cameras in normalised coordinates (float64); noise [F] (world units);
+    ``chunk_pixels``: pixels per block (whole rows; at least one row).
     """
     F, H, W, _ = points.shape
     dev = points.device
@@ -33,72 +36,122 @@ def write_outputs(points, valid, mu, sig, R, t, kap, noise, chunk_pixels: int = 
     depth = torch.empty(F, H, W, dtype=f32, device=dev)
     resid = torch.empty(F, H, W, dtype=f32, device=dev)
     conf = torch.empty(F, H, W, dtype=f32, device=dev)
-    pts = torch.empty(F, H, W, 3, dtype=f32, device=dev)
     behind = torch.zeros(F, dtype=F64, device=dev)
     med = torch.zeros(F, dtype=F64, device=dev)
     rms = torch.zeros(F, dtype=F64, device=dev)
     all_valid = bool(valid.all())
-    step = max(1, int(chunk_pixels) // N)
+    rows = max(1, min(H, int(chunk_pixels) // W))
     xs, ys = rays(kap, uh, vh)  # [F,W], [F,H]
-    x_buf = xr_buf = None  # per-chunk buffers, reused
-    for a in range(0, F, step):
-        b = min(F, a + step)
-        c = b - a
-        Rs = (R[a:b] / sig[a:b, None, None]).to(f32)
-        q = points[a:b].reshape(c, N, 3)
-        q = (q.to(F64) - mu[a:b, None]).to(f32) if q.dtype == F64 else q.to(f32) - mu[a:b, None].to(f32)
-        if not all_valid:
-            q = q.masked_fill(~valid[a:b].reshape(c, N, 1), 0.0)  # invalid pixels may hold NaN
-        if x_buf is None or x_buf.shape[0] != c:
-            x_buf = torch.empty(c, 3, N, dtype=f32, device=dev)
-            xr_buf = torch.empty(c, H, W, 3, dtype=f32, device=dev)  # ray points of a chunk, rows
-        # X = Rs q + t [c,3,N]; matmul into a buffer: MKL's fast path (baddbmm copies q first)
-        X = torch.matmul(Rs, q.transpose(1, 2), out=x_buf).add_(t[a:b, :, None].to(f32))
-        x, y, z = (X[:, k].view(c, H, W) for k in range(3))
-        mx = xs[a:b].to(f32)[:, None, :]
-        my = ys[a:b].to(f32)[:, :, None]
-        imm = 1 / (1 + mx * mx + my * my)  # [c,H,W]
-        # ray parameter = camera z of the ray point (normalised): (x mx + y my + z) / |m|^2
-        al = torch.addcmul(z, x, mx).addcmul_(y, my).mul_(imm)
-        # |X - al m|^2, in place (the output pass is memory-bound: few temporaries)
-        r = torch.addcmul(x, al, mx, value=-1).square_()
-        r.add_(torch.addcmul(y, al, my, value=-1).square_()).add_((z - al).square_()).sqrt_()
-        bh = al <= 0
-        v = valid[a:b]
-        if not all_valid:
-            bh &= v
-        if bool(bh.any()):
-            r = torch.where(bh, torch.sqrt(x * x + y * y + z * z), r)
-        sg = sig[a:b].to(f32)[:, None, None]
-        r.mul_(sg)
-        if not all_valid:
-            r = r.masked_fill(~v, 0.0)
-        resid[a:b] = r
-        nv = torch.full((c,), float(N), dtype=F64, device=dev) if all_valid else v.reshape(c, -1).sum(1).to(F64)
-        behind[a:b] = bh.reshape(c, -1).sum(1).to(F64) / nv.clamp_min(1)
+    # confidence = exp(k r^2), k = -1 / (2 (3 sigma)^2)
+    ks = (-0.5 / (3 * torch.maximum(noise, 1e-6 * sig)) ** 2).tolist()
+    sigs = sig.tolist()
+    # camera coordinates (normalised) X = (R / sig) (p - mu) + t; for float32 maps without invalid
+    # pixels, mu is folded into the offset: X = (R / sig) p + (t - R mu / sig), saving a pass
+    Rs_all = (R / sig[:, None, None]).to(f32)
+    t_all = t.to(f32)
+    t_fold = (t - torch.einsum("fab,fb->fa", R, mu) / sig[:, None]).to(f32)
+    mu32 = mu.to(f32)
+    fold = all_valid and points.dtype != F64
+    Xbuf = torch.empty(3, rows * W, dtype=f32, device=dev)
+    Rbuf = torch.empty(3, rows * W, dtype=f32, device=dev)
+    for f in range(F):
+        mx = xs[f].to(f32)[None, :]  # [1,W]
+        my_f = ys[f].to(f32)[:, None]  # [H,1]
+        sg = sigs[f]
+        nb = 0
+        for i0 in range(0, H, rows):
+            i1 = min(H, i0 + rows)
+            h, n = i1 - i0, (i1 - i0) * W
+            p = points[f, i0:i1].reshape(n, 3)
+            Xb, Rv = Xbuf[:, :n], Rbuf[:, :n]
+            if fold:
+                X = torch.addmm(t_fold[f, :, None], Rs_all[f], p.to(f32).T, out=Xb)  # [3,n]
+            else:
+                q = (p.to(F64) - mu[f]).to(f32) if p.dtype == F64 else p.to(f32) - mu32[f]
+                if not all_valid:
+                    q.masked_fill_(~valid[f, i0:i1].reshape(n, 1), 0.0)  # invalid pixels may hold NaN
+                X = torch.addmm(t_all[f, :, None], Rs_all[f], q.T, out=Xb)
+            x, y, z = (X[k].view(h, W) for k in range(3))
+            my = my_f[i0:i1]
+            imm = (1 + mx * mx + my * my).reciprocal_()  # 1 / |m|^2, m = (mx, my, 1) the ray
+            # ray parameter = camera z of the ray point (normalised): (x mx + y my + z) / |m|^2
+            al = torch.addcmul(z, x, mx).addcmul_(y, my).mul_(imm)
+            rx, ry, rz = (Rv[k].view(h, W) for k in range(3))
+            torch.addcmul(x, al, mx, value=-1, out=rx)
+            torch.addcmul(y, al, my, value=-1, out=ry)
+            torch.sub(z, al, out=rz)
+            r = resid[f, i0:i1]
+            torch.mul(rx, rx, out=r).addcmul_(ry, ry).addcmul_(rz, rz).sqrt_()  # |X - al m|
+            bh = al <= 0
+            if not all_valid:
+                bh &= valid[f, i0:i1]
+            any_bh = bool(bh.any())
+            if any_bh:  # behind the camera: the distance to the camera centre
+                nb += int(bh.sum())
+                r.copy_(torch.where(bh, (x * x + y * y + z * z).sqrt(), r))
+            r.mul_(sg)
+            if not all_valid:
+                r.masked_fill_(~valid[f, i0:i1], 0.0)
+            c = conf[f, i0:i1]
+            torch.mul(r, r, out=c).mul_(ks[f]).exp_()
+            if any_bh:
+                c.masked_fill_(bh, 0.0)
+            if not all_valid:
+                c.masked_fill_(~valid[f, i0:i1], 0.0)
+            torch.mul(al.clamp_min_(1e-6), sg, out=depth[f, i0:i1])
+        v = valid[f].reshape(-1)
+        nv = float(N) if all_valid else float(v.sum())
+        behind[f] = nb / max(nv, 1.0)
         sub = max(1, N // 20_000)  # the median from ~20k pixels a frame (about 1 % precision)
-        rr = r.reshape(c, N)[:, ::sub]
+        rr = resid[f].reshape(-1)[::sub]
         if all_valid:
-            med[a:b] = rr.median(dim=1).values.to(F64)
+            med[f] = float(rr.median())
         else:
-            vv = v.reshape(c, N)[:, ::sub]
-            med[a:b] = torch.nanmedian(torch.where(vv, rr, torch.nan), 1).values.to(F64)
-        rms[a:b] = torch.linalg.vector_norm(r.reshape(c, N), dim=1, dtype=F64) / nv.clamp_min(1).sqrt()
-        nz = torch.maximum(noise[a:b], 1e-6 * sig[a:b]).to(f32)[:, None, None]
-        torch.mul(r, 1 / (3 * nz), out=conf[a:b]).square_().mul_(-0.5).exp_()
-        conf[a:b].masked_fill_(bh, 0.0)
-        if not all_valid:
-            conf[a:b].masked_fill_(~v, 0.0)
-        al.clamp_min_(1e-6)
-        torch.mul(al, sg, out=depth[a:b])
-        # world point of the ray, as rows: mu + sig (al m - t)^T R = (al m)^T (sig R) + (mu - sig t^T R)
-        Rs_wt = (R[a:b] * sig[a:b, None, None]).transpose(1, 2).contiguous().to(f32)
-        bias = (mu[a:b] - sig[a:b, None] * torch.einsum("fb,fba->fa", t[a:b], R[a:b])).to(f32)
-        torch.mul(al, mx, out=xr_buf[..., 0])
-        torch.mul(al, my, out=xr_buf[..., 1])
-        xr_buf[..., 2] = al
-        out = pts[a:b].view(c, N, 3)
-        # rows times (sig R): a transposed view of a contiguous matrix takes MKL's fast path
-        torch.matmul(xr_buf.view(c, N, 3), Rs_wt.transpose(1, 2), out=out)
-        out.add_(bias[:, None, :])
-    return depth, resid, conf, pts, behind, med, rms
+            med[f] = float(torch.nanmedian(torch.where(v[::sub], rr, torch.nan)))
+        rf = resid[f].reshape(-1)
+        rms[f] = (float(torch.dot(rf, rf)) / max(nv, 1.0)) ** 0.5
+    return depth, resid, conf, behind, med, rms
+
+
+def points_from_depth(depth: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
+    """Unproject depth maps into world points (paper Eq. 10: ``X = R (d K^-1 [u, v, 1]^T) + t``).
+
+    Args:
+        depth: [F,H,W] (or [H,W]) z-depth in the camera frame, world units.
+        K: [F,3,3] or [3,3] pinhole intrinsics in pixels (skew allowed).
+        cam_to_world: [F,4,4] or [4,4] OpenCV camera-to-world poses.
+
+    Returns:
+        [F,H,W,3] world points (or [H,W,3] when ``depth`` is [H,W]), in the dtype of ``depth``
+        (float32 at least); pixel (i, j) is taken at (u, v) = (j, i) (OpenCV, integer centres).
+
+    Raises:
+        InputError: on shapes that do not match or a non-floating ``depth``.
+    """
+    if not isinstance(depth, torch.Tensor) or not depth.is_floating_point():
+        raise InputError("depth must be a floating-point tensor [F,H,W] or [H,W].")
+    single = depth.dim() == 2
+    d = depth[None] if single else depth
+    if d.dim() != 3:
+        raise InputError(f"depth must be [F,H,W] or [H,W]; got {tuple(depth.shape)}.")
+    F, H, W = d.shape
+    K = torch.as_tensor(K, device=d.device)
+    T = torch.as_tensor(cam_to_world, device=d.device)
+    if K.shape[-2:] != (3, 3) or T.shape[-2:] != (4, 4):
+        raise InputError(f"K must be [...,3,3] and cam_to_world [...,4,4]; got {tuple(K.shape)} and {tuple(T.shape)}.")
+    K = K.expand(F, 3, 3) if K.dim() == 2 else K
+    T = T.expand(F, 4, 4) if T.dim() == 2 else T
+    if K.shape[0] != F or T.shape[0] != F:
+        raise InputError(f"K and cam_to_world need {F} frames (or one); got {K.shape[0]} and {T.shape[0]}.")
+    out_dtype = d.dtype if d.dtype == F64 else torch.float32
+    Kinv = torch.linalg.inv(K.to(F64))
+    jj = torch.arange(W, dtype=F64, device=d.device)
+    ii = torch.arange(H, dtype=F64, device=d.device)
+    pix = torch.stack([jj[None, :].expand(H, W), ii[:, None].expand(H, W), torch.ones(H, W, dtype=F64, device=d.device)], -1)
+    rays = torch.einsum("fab,hwb->fhwa", Kinv, pix)  # z component 1 (K's last row is [0,0,1])
+    rays = rays / rays[..., 2:3]
+    Xc = rays * d.to(F64)[..., None]
+    Tw = T.to(F64)
+    X = torch.einsum("fab,fhwb->fhwa", Tw[:, :3, :3], Xc) + Tw[:, None, None, :3, 3]
+    X = X.to(out_dtype)
+    return X[0] if single else X
