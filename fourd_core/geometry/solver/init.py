@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 
 from ...errors import GeometryError
-from .data import F64, Sample
+from .data import F64, Sample, kth_smallest
 from .rotation import project_to_so3, rq3
 
 
@@ -67,8 +67,8 @@ def score(P, f, q, uh, vh):
     r = torch.sqrt(ex * ex + ey * ey)
     front = z > 0
     k = (r.shape[-1] + 1) // 2
-    med_front = torch.kthvalue(torch.where(front, r, torch.full_like(r, float("inf"))), k, dim=-1).values
-    return med_front, torch.kthvalue(r, k, dim=-1).values, front.to(r.dtype).mean(-1)
+    med_front = kth_smallest(torch.where(front, r, torch.full_like(r, float("inf"))), k)
+    return med_front, kth_smallest(r, k), front.to(r.dtype).mean(-1)
 
 
 def homography_camera(q, uh, vh, w):
