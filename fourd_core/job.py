@@ -7,7 +7,6 @@ Built from the parsed ``generate`` arguments (the same meaning as ``python -m fo
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 from .errors import FourDError
@@ -31,8 +30,7 @@ class SceneJob:
         from .pipelines.fourdnex import SamplingConfig
 
         self.args, self.export_options, self.geometry = args, export_options, geometry
-        for note in export_options.check():
-            print(f"[fourd] warning: {note}", file=sys.stderr)
+        export_options.check()  # may warn (once per process) that open3d clean-up will be skipped
         if args.lora is not None and str(args.lora).lower() == "none" and args.domain_embeddings:
             raise FourDError("--domain-embeddings is given but --lora none turns 4DNeX off; drop one of the two "
                              "(the domain embeddings only exist together with the 4DNeX LoRA).")

@@ -16,6 +16,9 @@ from . import file3d
 from . import validation as v
 from .types import CATEGORY, SCENE
 
+#: FourD Export's typed File3D outputs: (types, names, tooltips), all empty on builds without them.
+_FILE3D_TYPES, _FILE3D_NAMES, _FILE3D_TOOLTIPS = file3d.extra_outputs()
+
 
 def depth_to_image(depth: torch.Tensor) -> torch.Tensor:
     """``[F, H, W]`` depth -> ``[F, H, W, 3]`` gray IMAGE, near = bright, normalised by the 1-99 % range."""
@@ -76,10 +79,10 @@ class FourDExport:
                    "GLB path for the core Preview3D node (and, on ComfyUI builds with 3D file types, the frame-0 GLB "
                    "and PLY as File3D for SaveGLB / PreviewPointCloud).")
     CATEGORY = f"{CATEGORY}/export"
-    RETURN_TYPES = ("STRING", "STRING") + file3d.extra_outputs()[0]
-    RETURN_NAMES = ("glb_path", "folder") + file3d.extra_outputs()[1]
+    RETURN_TYPES = ("STRING", "STRING") + _FILE3D_TYPES
+    RETURN_NAMES = ("glb_path", "folder") + _FILE3D_NAMES
     OUTPUT_TOOLTIPS = ("Frame-0 GLB, relative to the output folder (connect to Preview3D's model_file).",
-                       "The export folder, relative to the output folder.") + file3d.extra_outputs()[2]
+                       "The export folder, relative to the output folder.") + _FILE3D_TOOLTIPS
     OUTPUT_NODE = True
     FUNCTION = "export"
 

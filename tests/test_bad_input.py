@@ -191,6 +191,45 @@ def test_unusable_out_fails_before_any_model_loads(tmp_path, capsys, case):
     assert snapshot(tmp_path) == before and blocker.read_text() == "keep me"
 
 
+def test_generate_out_is_probed_once(tmp_path, monkeypatch):
+    """generate probes --out before the models load (writable_output_dir) and then exports into it
+    (export_scene): the export's staging folder is its own check, so one probe file in all."""
+    import tempfile
+
+    from fourd_core.io.atomic import writable_output_dir
+    from fourd_core.io.export import ExportOptions, export_scene
+
+    probes = []
+    mkstemp = tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        if "probe" in str(kwargs.get("prefix", "")):
+            probes.append(Path(kwargs["dir"]))
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    out = tmp_path / "new" / "out"
+    with writable_output_dir(out, "--out"):
+        export_scene(_scene(), out, ExportOptions(videos=False, cameras=False, depth=False, ply=False, glb=False))
+    assert probes == [out] and (out / "scene.safetensors").is_file()
+
+
+def test_export_into_unwritable_folder_is_a_clear_error(tmp_path):
+    """Without a probe of its own, export_scene still refuses an unwritable folder up front."""
+    from fourd_core.io.export import ExportOptions, export_scene
+
+    if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses even root
+        if not Path("/sys").is_dir():
+            pytest.skip("no unwritable location for root here")
+        out = Path("/sys")
+    else:
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o500)
+    with pytest.raises(InputError, match=r"is not writable \(.*\)\. Choose a folder you can write to"):
+        export_scene(_scene(), out, ExportOptions(videos=False, cameras=False, depth=False, ply=False, glb=False))
+
+
 # ------------------------------------------------------------------------------------------------ ComfyUI nodes
 @pytest.fixture()
 def nodes_pack(tmp_path, monkeypatch):

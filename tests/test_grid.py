@@ -367,6 +367,29 @@ def test_fused_cross_attention_gives_each_view_its_own_clip(stock_tr):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_fused_cross_attention_keeps_batch_entries_apart(stock_tr):
+    # two grids in one batch (e.g. cond and uncond): each entry == the stock attn2 run per view on
+    # that entry's tokens with that entry's CLIP tokens of that view and its own text
+    g = torch.Generator().manual_seed(17)
+    D = stock_tr.config.num_attention_heads * stock_tr.config.attention_head_dim
+    B = 2
+    hidden = torch.randn(B, V * T * S, D, generator=g)
+    img = torch.randn(B, V, N_IMG, D, generator=g)
+    text = torch.randn(B, 512, D, generator=g)
+    attn = stock_tr.blocks[0].attn2
+    with torch.no_grad():
+        ref = torch.stack([torch.cat([attn(hidden[b:b + 1, v * T * S:(v + 1) * T * S],
+                                           torch.cat([img[b, v:v + 1], text[b:b + 1]], 1))[0]
+                                      for v in range(V)]) for b in range(B)])
+        eng = FusedEngine(stock_tr, "dense")
+        inp = _inputs(17)
+        with eng.installed():
+            eng.predict(inp["x"], inp["t"], inp["text"], inp["clip"])   # sets the window geometry
+            out = attn(hidden, torch.cat([img.reshape(B, V * N_IMG, D), text], 1))
+    assert out.shape == (B, V * T * S, D)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # sync weights file
 def test_sync_file_roundtrip_and_clear_errors(stock_tr, tmp_path):

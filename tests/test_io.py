@@ -247,3 +247,35 @@ def test_export_without_cameras_is_refused(tmp_path):
         export_scene(bare, tmp_path)
     w = export_scene(bare, tmp_path, ExportOptions(cameras=False, depth=False, ply=False, glb=False))
     assert set(w) == {"video", "scene", "images"}
+
+
+@pytest.fixture
+def open3d_unusable(monkeypatch):
+    """``import open3d`` fails (as without libusb); the per-process caches start and end empty."""
+    import sys
+
+    from fourd_core.io import pointcloud
+
+    monkeypatch.setitem(sys.modules, "open3d", None)  # import raises ImportError
+    pointcloud.open3d_status.cache_clear(), pointcloud.warn_if_open3d_unusable.cache_clear()
+    yield
+    pointcloud.open3d_status.cache_clear(), pointcloud.warn_if_open3d_unusable.cache_clear()
+
+
+def test_open3d_note_is_shown_once_per_process(tmp_path, open3d_unusable):
+    import warnings
+
+    from fourd_core.io.export import ExportOptions, export_scene
+
+    opts = ExportOptions(videos=False, voxel_size=0.1, outlier_neighbors=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # no deduplication by the warnings module: count every emission
+        opts.check()
+        for k in range(2):  # two scenes of three frames, ply and glb: check + 3 clean-ups each
+            export_scene(_scene(), tmp_path / f"out{k}", opts)
+        clean_points(torch.rand(50, 3), torch.rand(50, 3), voxel_size=0.1)
+    notes = [w for w in caught if "open3d" in str(w.message)]
+    assert len(notes) == 1, [str(w.message) for w in caught]
+    assert "libusb-1.0-0" in str(notes[0].message) and "skipped" in str(notes[0].message)
+    pts, _ = read_ply(tmp_path / "out1" / "pointclouds" / "frame_00002.ply")
+    assert len(pts) == 8 * 12  # the clean-up was skipped, not failed

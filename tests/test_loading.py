@@ -164,3 +164,22 @@ def test_unfused_lora_on_fp8_checkpoint(single_files, tiny_base, tiny_release):
     for name, m in pipe.transformer.named_modules():  # every fp8 layer is either hooked or was up-cast
         if any(p.dtype == torch.float8_e4m3fn for p in m.parameters(recurse=False)):
             assert m._diffusers_hook.get_hook("layerwise_casting") is not None, name
+
+
+def test_weight_file_check_reports_sizes_and_defers_the_rest_to_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    from fourd_core.models.weights import check_safetensors_complete
+
+    good = tmp_path / "good.safetensors"
+    save_file({"a": torch.zeros(1000), "b": torch.ones(10)}, str(good))
+    data = good.read_bytes()
+    check_safetensors_complete(good)
+    cases = {"short": (data[:5], r"is 5 bytes, too short"),
+             "cut": (data[:len(data) * 2 // 3], rf"is {len(data) * 2 // 3:,} bytes but its header describes {len(data):,}"),
+             # sizes fine, but bytes after the last tensor: safetensors refuses to load it, so the check does too
+             "trailing": (data + b"\0" * 16, r"not a readable \.safetensors file")}
+    for name, (content, msg) in cases.items():
+        (tmp_path / f"{name}.safetensors").write_bytes(content)
+        with pytest.raises(WeightsError, match=rf"(?s){msg}.*download it again"):
+            check_safetensors_complete(tmp_path / f"{name}.safetensors")

@@ -179,6 +179,30 @@ def remove_stale_temporaries(folder: str | Path, max_age_s: float = STALE_AFTER_
     return removed
 
 
+def _not_writable(path: Path, what: str, exc: OSError):
+    """The :class:`~fourd_core.errors.InputError` for an ``OSError`` met creating or writing ``path``."""
+    from ..errors import InputError
+
+    reason = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EROFS: "read-only file system", errno.ENAMETOOLONG: "a name is too long",
+              errno.ENOSPC: "no space left on the device"}.get(exc.errno, exc.strerror or str(exc))
+    return InputError(f"{what} {path} is not writable ({reason}). Choose a folder you can write to.")
+
+
+def _make_output_dir(path: Path, what: str) -> Path:
+    """Create ``path`` (and its parents) if needed; the errors of :func:`ensure_writable_dir`."""
+    from ..errors import InputError
+
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{what} {path} cannot be created: {parent} is a file. Choose another folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _not_writable(path, what, exc) from exc
+    return path
+
+
 def ensure_writable_dir(path: str | Path, what: str = "Output folder") -> Path:
     """Create ``path`` if needed and prove it is writable by creating and deleting a probe file.
 
@@ -188,36 +212,28 @@ def ensure_writable_dir(path: str | Path, what: str = "Output folder") -> Path:
         fourd_core.errors.InputError: ``path`` (or a parent) is a file, or the folder cannot be
         created or written (read-only, no permission, name too long); the message names the fix.
     """
-    from ..errors import InputError
-
-    path = Path(path).expanduser()
-    for parent in [path, *path.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise InputError(f"{what} {path} cannot be created: {parent} is a file. Choose another folder.")
+    path = _make_output_dir(Path(path).expanduser(), what)
     try:
-        path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=temp_prefix("tmp") + "probe.", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        reason = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                  errno.EROFS: "read-only file system", errno.ENAMETOOLONG: "a name is too long",
-                  errno.ENOSPC: "no space left on the device"}.get(exc.errno, exc.strerror or str(exc))
-        raise InputError(f"{what} {path} is not writable ({reason}). Choose a folder you can write to.") from exc
+        raise _not_writable(path, what, exc) from exc
     return path
 
 
 @contextlib.contextmanager
-def writable_output_dir(path: str | Path, what: str = "Output folder") -> Iterator[Path]:
+def writable_output_dir(path: str | Path, what: str = "Output folder", *, probe: bool = True) -> Iterator[Path]:
     """:func:`ensure_writable_dir` for the duration of a job: folders it had to create are removed
     again (when still empty) if the job fails, so a failed run leaves the file system as it was.
+    ``probe=False`` only creates the folder, for a caller whose first write is the check.
 
     Raises:
         fourd_core.errors.InputError: see :func:`ensure_writable_dir`.
     """
     path = Path(path).expanduser()
     created = [p for p in (path, *path.parents) if not p.exists()]
-    out = ensure_writable_dir(path, what)
+    out = ensure_writable_dir(path, what) if probe else _make_output_dir(path, what)
     try:
         yield out
     except BaseException:
@@ -243,9 +259,14 @@ def staged_output(out_dir: str | Path, what: str = "Output folder") -> Iterator[
     """
     from ..interrupts import raise_if_stop_requested
 
-    with writable_output_dir(out_dir, what) as out:
+    # no probe file: creating the staging folder is the writability check (a caller such as the
+    # generate CLI has already probed the folder once, before the expensive work)
+    with writable_output_dir(out_dir, what, probe=False) as out:
         remove_stale_temporaries(out)
-        staging = make_temp_dir(out, "export")
+        try:
+            staging = make_temp_dir(out, "export")
+        except OSError as exc:
+            raise _not_writable(out, what, exc) from exc
         try:
             yield staging, out
             raise_if_stop_requested()

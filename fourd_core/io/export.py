@@ -23,7 +23,6 @@ leftovers of a killed process are removed by the next export into the same folde
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +31,7 @@ from ..interrupts import raise_if_stop_requested
 from ..scene import Scene4D
 from .atomic import staged_output
 from .cameras import depth_png_scale, write_cameras_json, write_depth_png, write_npy, write_transforms_json
-from .pointcloud import clean_points, needs_open3d, open3d_status, write_glb, write_ply
+from .pointcloud import clean_points, needs_open3d, warn_if_open3d_unusable, write_glb, write_ply
 from .video import to_uint8, write_video
 
 
@@ -66,11 +65,11 @@ class ExportOptions:
     outlier_std: float = 2.0
     max_points: int | None = None
 
-    def check(self, num_frames: int | None = None) -> list[str]:
-        """Validate the options before any work.
+    def check(self, num_frames: int | None = None) -> None:
+        """Validate the options before any work. When the point clouds' voxel/outlier clean-up needs
+        open3d and it is unusable, warns that those steps will be skipped (``UserWarning``, at most
+        once per process: :func:`~fourd_core.io.pointcloud.warn_if_open3d_unusable`).
 
-        Returns:
-            warnings for steps that will be skipped (open3d unusable for voxel/outlier clean-up).
         Raises:
             InputError: negative sizes, fps <= 0, bad frame indices.
         """
@@ -87,12 +86,8 @@ class ExportOptions:
         if num_frames is not None and self.frames is not None and any(
                 not 0 <= int(i) < num_frames for i in self.frames):
             raise InputError(f"Export frames must be in 0..{num_frames - 1}, got {self.frames}.")
-        notes = []
         if (self.ply or self.glb) and needs_open3d(self.voxel_size, self.outlier_neighbors):
-            o3d, why = open3d_status()
-            if o3d is None:
-                notes.append(f"Voxel down-sampling / outlier removal will be skipped: {why}")
-        return notes
+            warn_if_open3d_unusable()
 
 
 def _import_writers() -> None:
@@ -118,8 +113,7 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
     """
     opt = options or ExportOptions()
     f = scene.num_frames
-    for note in opt.check(f):
-        warnings.warn(note, stacklevel=2)
+    opt.check(f)
     frames = list(range(f)) if opt.frames is None else [int(i) for i in opt.frames]
     if opt.gaussians is None:
         opt = dataclasses.replace(opt, gaussians=opt.ply or opt.glb)

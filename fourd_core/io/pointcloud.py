@@ -43,6 +43,20 @@ def open3d_status() -> tuple[object | None, str]:
     return open3d, ""
 
 
+@functools.lru_cache(maxsize=1)
+def warn_if_open3d_unusable() -> bool:
+    """Whether open3d is unusable here; the first call that finds it so warns (``UserWarning``) that
+    voxel down-sampling / outlier removal will be skipped and names the fix (:data:`OPEN3D_FIX`).
+
+    Cached, so the note is shown at most once per process however many scenes, frames or option
+    checks ask (before, one export showed it up to three times).
+    """
+    o3d, why = open3d_status()
+    if o3d is None:
+        warnings.warn(f"Voxel down-sampling / outlier removal will be skipped: {why}", stacklevel=2)
+    return o3d is None
+
+
 def _as_points(points, colors) -> tuple[np.ndarray, np.ndarray]:
     p = torch.as_tensor(points).detach().float().reshape(-1, 3).cpu().numpy()
     c = torch.as_tensor(colors).detach().float().reshape(-1, 3).cpu().numpy()
@@ -147,7 +161,8 @@ def clean_points(points: torch.Tensor, colors: torch.Tensor, *, confidence: torc
     (open3d, ``voxel_size`` in scene units); statistical outlier removal (open3d,
     ``outlier_neighbors`` neighbours, ``outlier_std`` standard deviations); a random subset of at
     most ``max_points`` (seeded). Non-finite points are always dropped. When open3d cannot be
-    imported, its two steps are skipped with a warning that names the fix (:data:`OPEN3D_FIX`).
+    imported, its two steps are skipped with a warning that names the fix (:data:`OPEN3D_FIX`), shown
+    once per process (:func:`warn_if_open3d_unusable`).
 
     Args:
         points: ``[..., 3]``; colors: ``[..., 3]`` in [0, 1]; confidence: ``[...]`` in [0, 1].
@@ -160,19 +175,16 @@ def clean_points(points: torch.Tensor, colors: torch.Tensor, *, confidence: torc
     if confidence is not None and min_confidence > 0:
         keep &= confidence.reshape(-1) >= min_confidence
     p, c = p[keep], c[keep]
-    if needs_open3d(voxel_size, outlier_neighbors) and len(p):
-        o3d, why = open3d_status()
-        if o3d is None:
-            warnings.warn(f"Voxel down-sampling / outlier removal skipped: {why}", stacklevel=2)
-        else:
-            pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p.double().numpy()))
-            pcd.colors = o3d.utility.Vector3dVector(c.clamp(0, 1).double().numpy())
-            if voxel_size > 0:
-                pcd = pcd.voxel_down_sample(voxel_size)
-            if outlier_neighbors > 0 and len(pcd.points) > outlier_neighbors:
-                pcd, _ = pcd.remove_statistical_outlier(nb_neighbors=outlier_neighbors, std_ratio=outlier_std)
-            p = torch.from_numpy(np.asarray(pcd.points)).float()
-            c = torch.from_numpy(np.asarray(pcd.colors)).float()
+    if needs_open3d(voxel_size, outlier_neighbors) and len(p) and not warn_if_open3d_unusable():
+        o3d, _ = open3d_status()
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p.double().numpy()))
+        pcd.colors = o3d.utility.Vector3dVector(c.clamp(0, 1).double().numpy())
+        if voxel_size > 0:
+            pcd = pcd.voxel_down_sample(voxel_size)
+        if outlier_neighbors > 0 and len(pcd.points) > outlier_neighbors:
+            pcd, _ = pcd.remove_statistical_outlier(nb_neighbors=outlier_neighbors, std_ratio=outlier_std)
+        p = torch.from_numpy(np.asarray(pcd.points)).float()
+        c = torch.from_numpy(np.asarray(pcd.colors)).float()
     if max_points is not None and len(p) > max_points:
         idx = torch.randperm(len(p), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
         p, c = p[idx], c[idx]

@@ -268,7 +268,9 @@ def _gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Fuse
 
 class FusedCrossAttnProcessor:
     """``attn2`` processor for the fused layout: text cross-attention for all tokens; CLIP image
-    cross-attention per view (queries of view v see the image tokens of view v only).
+    cross-attention per view (queries of view v see the image tokens of view v only). Shapes:
+    ``hidden_states [B, V*T*S, C]`` (each batch entry one grid, tokens in order v, tau, s) and
+    ``encoder_hidden_states [B, V*I + 512, C]`` (``I`` CLIP tokens per view, view-major, then the text).
 
     Both attentions go through diffusers' ``dispatch_attention_fn`` with the attention backend of
     the processor it replaces (``_attention_backend``, set by ``set_attention_backend`` / Memory
@@ -299,13 +301,15 @@ class FusedCrossAttnProcessor:
             else:
                 k_img, v_img = attn.add_k_proj(img), attn.add_v_proj(img)
             k_img = attn.norm_added_k(k_img)
-            per = n_img // g.views
-            qv = q.reshape(g.views, -1, q.shape[2], q.shape[3])
-            k_img = k_img.unflatten(2, (attn.heads, -1)).reshape(g.views, per, attn.heads, -1)
-            v_img = v_img.unflatten(2, (attn.heads, -1)).reshape(g.views, per, attn.heads, -1)
+            # each batch entry is one grid: fold (batch, view) so the queries of view v of entry b
+            # see the image tokens of view v of entry b only (tokens are view-major within an entry)
+            b, per = q.shape[0], n_img // g.views
+            qv = q.reshape(b * g.views, -1, q.shape[2], q.shape[3])
+            k_img = k_img.unflatten(2, (attn.heads, -1)).reshape(b * g.views, per, attn.heads, -1)
+            v_img = v_img.unflatten(2, (attn.heads, -1)).reshape(b * g.views, per, attn.heads, -1)
             o_img = dispatch_attention_fn(qv, k_img, v_img, attn_mask=None, dropout_p=0.0, is_causal=False,
                                           backend=self._attention_backend)
-            out = out + o_img.reshape(1, -1, attn.heads * o_img.shape[-1]).type_as(q)
+            out = out + o_img.reshape(b, -1, attn.heads * o_img.shape[-1]).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 

@@ -26,7 +26,10 @@ def check_safetensors_complete(path: str | Path) -> None:
     The format (safetensors specification, huggingface/safetensors ``README.md``): an 8-byte
     little-endian header length N, N bytes of JSON ``{name: {dtype, shape, data_offsets: [b, e]}}``,
     then the data; every ``e`` must lie within the file. A truncated download fails here in
-    microseconds instead of minutes into loading (or with a raw traceback).
+    microseconds instead of minutes into loading (or with a raw traceback). The header is read by
+    hand only to word these size errors (the safetensors library's errors carry no sizes); the
+    library itself (:func:`safetensors_keys`) then validates the rest: dtypes, shapes, contiguous
+    offsets, no trailing bytes.
 
     Raises:
         WeightsError: missing, truncated or malformed file (the message says to download it again).
@@ -56,6 +59,7 @@ def check_safetensors_complete(path: str | Path) -> None:
                if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
     if 8 + n + end > size:
         raise WeightsError(f"{path} is {size:,} bytes but its header describes {8 + n + end:,} bytes. {fix}")
+    safetensors_keys(path)  # everything else the library would refuse at load time, refused now
 
 
 def safetensors_keys(path: str | Path) -> list[str]:

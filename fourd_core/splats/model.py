@@ -27,8 +27,6 @@ class DeformableModel:
     """Parameters + Adam state of the deformable Gaussians (canonical splats, ``time_offsets`` ``[T, N, 3]``,
     ``view_offsets`` ``[V - 1, N, 3]``), with the density-control edits."""
 
-    CANONICAL = ("means", "log_scales", "quats", "logit_opacities", "sh0")
-
     def __init__(self, init: Gaussians, num_times: int, num_views: int, cfg: FitConfig, extent: float, device):
         n = len(init)
         scales = init.log_scales[:, :1].clone() if cfg.isotropic else init.log_scales.clone()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import InputError
@@ -18,17 +20,20 @@ def render_orbit(g4d: Gaussians4D, degrees: float = 30.0, steps: int = 8, frame:
                  backend: str = "auto", device: str | torch.device = "cpu", distance: float | None = None) -> torch.Tensor:
     """Render ``steps`` views on an orbit about the scene centre, starting at frame 0's camera (a horizontal
     orbit about its down axis, :func:`fourd_core.geometry.camera_paths.orbit`); the time runs with the views
-    (``frame=None``) or is fixed. The centre lies ``distance`` along frame 0's optical axis (default: the
-    median depth of the splats in front of it).
+    (``frame=None``) or is fixed. The centre lies ``distance`` scene units along frame 0's optical axis
+    (``None``: the median depth of the splats in front of it).
 
     Returns:
         ``[steps, H, W, 3]`` float32 in [0, 1] (ComfyUI IMAGE batch).
 
     Raises:
-        InputError: splats without cameras.
+        InputError: splats without cameras; a ``distance`` that is not a finite number > 0.
     """
     if g4d.K is None or g4d.cam_to_world is None:
         raise InputError("These splats carry no cameras to orbit around.")
+    if distance is not None and not (math.isfinite(float(distance)) and float(distance) > 0):
+        raise InputError(f"Orbit distance must be a finite number > 0 (scene units in front of frame 0's camera), "
+                         f"got {distance}; pass None to orbit about the median depth of the splats.")
     h, w = int(height or g4d.height), int(width or g4d.width)
     K = g4d.K[0].clone().float()
     K[0] *= w / g4d.width
@@ -38,7 +43,7 @@ def render_orbit(g4d: Gaussians4D, degrees: float = 30.0, steps: int = 8, frame:
     c2w0 = g4d.cam_to_world[0].double()
     g0 = g4d.frame(0 if frame is None else frame)
     z = ((g0.means.double() - c2w0[:3, 3]) @ c2w0[:3, 2])
-    depth = float(distance) if distance else (float(z[z > 0].median()) if (z > 0).any() else 1.0)
+    depth = float(distance) if distance is not None else (float(z[z > 0].median()) if (z > 0).any() else 1.0)
     center = c2w0[:3, 3] + depth * c2w0[:3, 2]
     poses = orbit(center, c2w0, degrees=degrees, steps=steps)
     out = []

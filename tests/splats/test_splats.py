@@ -242,3 +242,28 @@ def test_gsplat_agrees_with_the_torch_rasteriser():
     assert float((a["image"] - b["image"]).abs().mean()) < 2e-3
     assert float((a["image"] - b["image"]).abs().max()) < 5e-2
     torch.testing.assert_close(a["alpha"], b["alpha"], atol=5e-2, rtol=0)
+
+
+def test_orbit_distance_is_honoured_and_checked(monkeypatch):
+    from fourd_core.splats import orbit as orbit_mod
+
+    g4d = pixel_aligned_gaussians(textured_scene(frames=1, h=8, w=8)[0])
+    poses = []
+
+    def fake_render(g, K, pose, h, w, **kw):
+        poses.append(pose.double())
+        return {"image": torch.zeros(h, w, 3)}
+
+    monkeypatch.setattr(orbit_mod, "render_gaussians", fake_render)
+    c2w0 = g4d.cam_to_world[0].double()
+    for d in (0.5, 3.0):  # an orbit about the point d in front of camera 0: radius d, every view looks at it
+        poses.clear()
+        orbit_mod.render_orbit(g4d, degrees=90.0, steps=4, distance=d)
+        centre = c2w0[:3, 3] + d * c2w0[:3, 2]
+        for pose in poses:
+            to_centre = centre - pose[:3, 3]
+            assert abs(float(to_centre.norm()) - d) < 1e-5
+            assert torch.allclose(to_centre / d, pose[:3, 2], atol=1e-5)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):  # 0.0 was taken as "not given" (the median depth)
+        with pytest.raises(InputError, match="distance must be a finite number > 0"):
+            orbit_mod.render_orbit(g4d, distance=bad)
