@@ -18,6 +18,7 @@ from fourd_core.geometry.registration import (
     fit_cameras,
     points_from_depth,
 )
+from fourd_core.geometry.solver.data import kth_smallest
 from fourd_core.geometry.solver.model import jacobian, residuals
 from fourd_core.geometry.solver.rotation import (
     exp_so3,
@@ -136,6 +137,21 @@ def test_jacobian_matches_finite_differences():
     xn = (uh[None] - kap[:, 2:3]) * torch.exp(-kap[:, 0:1])
     yn = (vh[None] - kap[:, 3:4]) * torch.exp(-kap[:, 1:2])
     torch.testing.assert_close(rx * xn + ry * yn + rz, torch.zeros(F, N, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_kth_smallest_is_the_sorted_order_statistic():
+    """k-th smallest along the last dimension, against a full sort (inf and NaN: NaN last)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 5, 41, generator=g, dtype=torch.float64)
+    x[0, 0, :3] = float("inf")
+    x[1, 2, 7:30] = float("nan")
+    x[2, 1] = 0.25  # ties
+    srt = torch.sort(x, dim=-1).values  # NaN sorted last
+    for k in (1, 2, 20, 21, 41):
+        got = kth_smallest(x, k)
+        assert got.shape == (4, 5) and got.dtype == torch.float64
+        torch.testing.assert_close(got, srt[..., k - 1], equal_nan=True)
+    torch.testing.assert_close(kth_smallest(x.float(), 7), srt[..., 6].float(), equal_nan=True)
 
 
 def test_point_to_ray_noise_does_not_depend_on_the_intrinsics():
