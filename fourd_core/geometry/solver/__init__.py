@@ -10,8 +10,9 @@ Read in this order; each module only uses the ones above it:
 ``init``               robust linear hypotheses (DLT, least median of squares, homography)
 ``refine``             Levenberg-Marquardt (Schur complement on the poses) inside IRLS
 ``checks``             option checks, the focal sanity check
-``observability``      model selection (BIC), standard errors, the honesty thresholds
+``observability``      model-selection tests (BIC, score, Wald), standard errors, focal profile
 ``selection``          which focal model: one focal, a smooth zoom, or one per frame
+``honesty``            when a fit is returned with low confidence, and when it raises
 ``outputs``            the per-pixel pass (depth, residual, confidence) and unprojection
 ``fit``                :func:`fit_cameras`, which chains the levels
 =====================  =====================================================================

@@ -3,25 +3,28 @@
 Reading order of the package: :mod:`.rotation` (helpers), :mod:`.data` (checks, sampling,
 normalisation), :mod:`.robust` (noise scale, weights), :mod:`.model` (camera model and the
 point-to-ray residual), :mod:`.init` (robust linear hypotheses), :mod:`.refine` (LM inside IRLS),
-:mod:`.observability` (model selection, standard errors), :mod:`.outputs` (the per-pixel pass),
-then this module, which chains them:
+:mod:`.observability` (model selection, standard errors), :mod:`.selection` (the focal model),
+:mod:`.honesty` (when to warn or raise), :mod:`.outputs` (the per-pixel pass), then this module,
+whose stages :func:`fit_cameras` chains:
 
-1. checks; a regular sub-grid of about ``sample_pixels`` pixels per frame, normalised per frame;
-2. robust initialisation per frame (:mod:`.init`);
-3. coarse level: IRLS on that sub-grid with one focal and a centred principal point;
-4. model selection (unless the caller fixed the model): one focal, a smooth zoom or one per
-   frame (:mod:`.selection`), then a centred or a fitted principal point (BIC), each fitted from
-   the previous solution;
-5. fine level: IRLS with the chosen model on a sub-grid of about ``refine_pixels`` pixels
+1. :func:`_sample`: checks; a regular sub-grid of about ``sample_pixels`` pixels per frame,
+   normalised per frame;
+2. robust initialisation per frame (:func:`.init.initialise`, :func:`_initial_state`);
+3. :func:`_coarse_level`: IRLS on that sub-grid with the richest principal-point model that may
+   be chosen, frames stuck in a wrong pose rescued from their neighbours;
+4. :func:`_select_model` (unless the caller fixed the model): one focal, a smooth zoom or one per
+   frame (:mod:`.selection`), then a centred or a fitted principal point, each fitted from the
+   previous solution; :func:`_forced_model_reasons` tests a model the caller forced;
+5. :func:`_fine_level`: IRLS with the chosen model on a sub-grid of about ``refine_pixels`` pixels
    (with ``robust="auto"``, Tukey weights when the coarse fit saw gross outliers);
-6. standard errors and the honesty checks (:mod:`.observability`);
-7. one pass over every pixel for depth, residual and confidence (the snapped points on demand).
+6. standard errors and the honesty checks (:func:`.honesty.judge`);
+7. one pass over every pixel for depth, residual and confidence (:mod:`.outputs`; the snapped
+   points on demand), then :func:`.honesty.check_outputs`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -31,28 +34,23 @@ import torch
 
 from ...errors import CancelledError, GeometryError
 from . import robust as rb
+from .checks import check_focal, fixed_kappa, validate_options
 from .data import (
     F64,
     MIN_PIXELS,
+    Sample,
     check_inputs,
     check_not_collinear,
     frame_normalisation,
     grid_stride,
-    local_noise,
     neighbour_score,
     pixel_norm,
     sample_grid,
 )
-from .checks import check_focal, fixed_kappa, validate_options
-from .init import initialise, propagate_poses
+from .honesty import BIC_SCALE_FLOOR, check_outputs, judge
+from .init import Init, initialise, propagate_poses
 from .model import IntrinsicsModel, K_from_kappa
-from .observability import (
-    focal_profile,
-    prefer_richer,
-    score_statistic,
-    uncertainty,
-    wald_statistic,
-)
+from .observability import prefer_richer, score_statistic, uncertainty, wald_statistic
 from .outputs import points_from_depth, write_outputs
 from .refine import Problem, State, irls, residual_norms
 from .selection import forced_shared_focal_reason, select_focal
@@ -92,16 +90,6 @@ class CameraFit:
         return points_from_depth(self.depth, self.K, self.cam_to_world)
 
 
-#: standard errors above these make the fit "low confidence" (the success bounds are 2 % and 1 deg)
-FOCAL_STD_WARN = 0.006
-ROTATION_STD_WARN = 0.3
-#: a focal standard error above this raises (the focal is not determined)
-FOCAL_STD_RAISE = 0.05
-#: noise scale of the fit over the noise read off the map (median over frames) above this: the
-#: model does not explain the map
-MISFIT_WARN = 2.0
-#: noise floor (normalised units) of the model-selection tests: clean maps differ by rounding only
-BIC_SCALE_FLOOR = 1e-6
 #: a point whose second-nearest 4-neighbour is farther than this many times the frame's median
 #: is treated as a gross outlier (prior weight 0)
 NEIGHBOUR_FACTOR = 3.0
@@ -113,6 +101,165 @@ PP_STD_DETERMINED = 0.01
 def _callback(callback, step, total):
     if callback is not None and callback(step, total) is False:
         raise CancelledError("Camera fitting was cancelled by the caller (callback returned False).")
+
+
+@dataclass
+class _Fit:
+    """What the stages of one fit share: the maps, their per-frame normalisation (mu [F,3],
+    sig [F]), the coarse sub-grid and the options of the robust IRLS."""
+
+    points: torch.Tensor
+    valid: torch.Tensor
+    mu: torch.Tensor
+    sig: torch.Tensor
+    coarse: Sample
+    smooth: float
+    huber_delta: Optional[float]
+    robust_init: bool
+    robust: str  # the caller's robust loss
+    robust_c: str  # the coarse level's (Huber for "auto" and "none")
+    reject: Optional[float]  # fine level's rejection threshold (noise scales)
+    reject_c: Optional[float]  # coarse level's
+    lm_total: int = 0
+
+    def keep(self, level: Sample) -> torch.Tensor:
+        """Points with at least two close 4-neighbours [F,N] bool: a surface, not an isolated gross
+        outlier (such an outlier can lie near its pixel's ray by chance, but not near its
+        neighbours).  All valid points without ``robust_init`` or where too few would be left."""
+        if not self.robust_init:
+            return level.valid
+        nb = neighbour_score(self.points, self.valid, level.ii, level.jj)
+        nbn = torch.where(level.valid & torch.isfinite(nb), nb, torch.nan)
+        med_nb = torch.nanmedian(nbn, dim=1).values
+        k = level.valid & (nb <= torch.maximum(NEIGHBOUR_FACTOR * med_nb, 1e-4 * self.sig)[:, None])
+        return torch.where((k.sum(1) < MIN_PIXELS)[:, None], level.valid, k)
+
+    def fit(self, model: IntrinsicsModel, S: State, level: Sample, max_rounds: int, robust: str,
+            reject: Optional[float], prior: torch.Tensor, lm_iter: int = 4):
+        """IRLS (:func:`.refine.irls`) of ``model`` on the sub-grid ``level`` from ``S`` with prior
+        weights ``prior`` [F,N]; returns (problem, state, weights, noise scale [F], rounds)."""
+        cf = self.sig**2 / float(level.valid.sum(1).to(F64).mean())  # world units^2 per point (see refine)
+        P = Problem(level.q, level.valid, level.uh, level.vh, cf, model, self.mu, self.sig, self.smooth)
+        delta = None if self.huber_delta is None else torch.full_like(self.sig, float(self.huber_delta)) / self.sig
+        S, w, scale, rounds, n_lm = irls(P, S, robust=robust, delta=delta, reject=reject, max_rounds=max_rounds,
+                                         first_weights=prior, scale_floor=1e-9, lm_iter=lm_iter)
+        self.lm_total += n_lm
+        return P, S, w, scale, rounds
+
+    def fit_coarse(self, model: IntrinsicsModel, S: State, prior: torch.Tensor):
+        """:meth:`fit` at the coarse level (up to 10 rounds): (problem, state, weights, scale)."""
+        return self.fit(model, S, self.coarse, 10, self.robust_c, self.reject_c, prior)[:4]
+
+
+def _sample(points, valid, has_mask: bool, sample_pixels: int):
+    """Stage 1: (valid pixels per frame [F], grid stride, mu [F,3], sig [F], coarse sub-grid).
+
+    Raises GeometryError when a frame has too few valid pixels or is constant."""
+    F, H, W, _ = points.shape
+    # (counting a [F,H,W] bool mask costs ~0.1 s at full size: skipped when there is none)
+    n_valid = valid.reshape(F, -1).sum(1) if has_mask else torch.full((F,), H * W, device=points.device)
+    stride = grid_stride(int(n_valid.min()), sample_pixels)
+    raw = sample_grid(points, valid, stride)
+    nv = raw.valid.sum(1)
+    if (nv < MIN_PIXELS).any():
+        bad = torch.nonzero(nv < MIN_PIXELS).flatten().tolist()
+        raise GeometryError(
+            f"too few valid pixels in frame(s) {bad[:10]} (at most {int(n_valid[bad].max())} in the frame, "
+            f"{int(nv[bad].min())} on the sampling grid; at least {MIN_PIXELS} on a ~{sample_pixels}-pixel grid are "
+            "needed). Check valid_mask, or drop those frames."
+        )
+    mu, sig = frame_normalisation(raw.q, raw.valid)
+    return n_valid, stride, mu, sig, sample_grid(points, valid, stride, mu, sig)
+
+
+def _initial_state(init: Init, fixed_kap: Optional[torch.Tensor], shared_intrinsics: Optional[bool]) -> State:
+    """Stage 2: the initial cameras with the known K, or one focal per frame (``shared_intrinsics``
+    False), else the median focal for every frame, and a centred principal point."""
+    if fixed_kap is not None:
+        return State(init.R, init.t, fixed_kap.clone())
+    phi = init.phi if shared_intrinsics is False else torch.nanmedian(init.phi).expand(init.phi.shape[0])
+    lphi = torch.log(phi)
+    return State(init.R, init.t, torch.stack([lphi, lphi, torch.zeros_like(lphi), torch.zeros_like(lphi)], -1))
+
+
+def _coarse_level(fx: _Fit, base: IntrinsicsModel, S: State, keep_w: torch.Tensor):
+    """Stage 3: IRLS on the coarse sub-grid, then up to two rounds in which frames left in a wrong
+    pose take a neighbour's rotation (:func:`.init.propagate_poses`) and the clip is refitted.
+    Returns (problem, state, weights, scale, frames rescued)."""
+    Pc, S, w, scale = fx.fit_coarse(base, S, keep_w)
+    rescued = 0
+    for _ in range(2):
+        R2, t2, changed = propagate_poses(fx.coarse, keep_w, S.R, S.t, S.kap)
+        if not bool(changed.any()):
+            break
+        rescued += int(changed.sum())
+        Pc, S, w, scale = fx.fit_coarse(base, State(R2, t2, S.kap), keep_w)
+    return Pc, S, w, scale, rescued
+
+
+def _select_model(fx: _Fit, fit, keep_w, *, auto_focal: bool, auto_pp: bool, s_pix: float):
+    """Stage 4: the focal model (:func:`.selection.select_focal`), then the principal point: estimated
+    when the data determine it (small standard error) or when it is significantly off centre (Wald
+    test against the BIC penalty), centred otherwise.
+
+    ``fit`` = (problem, state, weights, scale) of the coarse level.  Returns (that tuple for the
+    chosen model, the selection record, and, when the principal point was centred, the fit with
+    it free: the honesty checks still account for its uncertainty)."""
+    Pc, S, w, scale = fit
+    selection = {}
+    n_res = int(fx.coarse.valid.sum()) * 2
+    if auto_focal:
+        Pc, S, w, scale, rec = select_focal(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR), n_res,
+                                            lambda m, S_: fx.fit_coarse(m, S_, keep_w))
+        selection.update(rec)
+    pp_free_fit = None
+    if auto_pp:
+        u0 = uncertainty(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR))
+        pp_std = float(u0.pp.max()) if bool(torch.isfinite(u0.pp).all()) else float("inf")
+        pp_val, pp_cov = u0.info["pp"]
+        better, ratio = prefer_richer(wald_statistic(pp_val, pp_cov), 0.0, 2, n_res)
+        determined = pp_std < PP_STD_DETERMINED
+        selection["fitted_principal_point"] = {"chosen": better or determined, "loss_drop_over_penalty": round(ratio, 3),
+                                               "std_px": round(pp_std * s_pix, 3)}
+        if not (better or determined):
+            pp_free_fit = (Pc, S, w, scale)
+            S = S.copy()
+            S.kap[:, 2:] = 0
+            Pc, S, w, scale = fx.fit_coarse(replace(Pc.model, free_pp=False), S, keep_w)
+    return (Pc, S, w, scale), selection, pp_free_fit
+
+
+def _forced_model_reasons(fx: _Fit, fit, *, shared_intrinsics, centered_principal_point, fixed: bool) -> list:
+    """A model the caller forced is still tested (score test at its optimum, coarse level): a
+    significantly better richer model is a warning (the reasons returned)."""
+    Pc, S, w, scale = fit
+    F = S.R.shape[0]
+    n_res = int(fx.coarse.valid.sum()) * 2
+    reasons = []
+    if not fixed and shared_intrinsics is True and F >= 3:
+        reason = forced_shared_focal_reason(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR), n_res)
+        if reason:
+            reasons.append(reason)
+    if not fixed and centered_principal_point is True:
+        c = fx.coarse
+        P_fp = Problem(c.q, c.valid, c.uh, c.vh, Pc.cf, replace(Pc.model, free_pp=True), fx.mu, fx.sig, fx.smooth)
+        if prefer_richer(score_statistic(P_fp, S, w, scale.clamp_min(BIC_SCALE_FLOOR)), 0.0, 2, n_res)[0]:
+            reasons.append("the principal point is significantly off the image centre; use "
+                           "centered_principal_point=None (automatic) or False")
+    return reasons
+
+
+def _fine_level(fx: _Fit, fit, fine: Sample, keep_f, iterations: int):
+    """Stage 5: IRLS with the chosen model on the fine sub-grid; with ``robust="auto"``, Tukey
+    weights when more than ``AUTO_GROSS_FRACTION`` of the coarse residuals are gross.
+    Returns (problem, state, weights, scale, rounds, the robust loss used)."""
+    Pc, S, _, scale = fit
+    robust_f = fx.robust
+    if fx.robust == "auto":
+        gross = rb.gross_fraction(residual_norms(Pc, S), Pc.valid, scale)
+        robust_f = "tukey" if gross > rb.AUTO_GROSS_FRACTION else "huber"
+    out = fx.fit(Pc.model, S, fine, max(int(iterations), 1), robust_f, fx.reject, keep_f, lm_iter=2)
+    return out + (robust_f,)
 
 
 def fit_cameras(
@@ -143,7 +290,7 @@ def fit_cameras(
     the robustly weighted squared distance between each point ``P[f,i,j]`` and its pixel's ray
     (the depth eliminated in closed form: the ray point nearest to the point), then snaps every
     point on its ray.  Replaces the official 1500-step Adam loop (4dnex.md section 8; kept as a
-    baseline in :mod:`fourd_core.geometry.baselines`).  See the package docstring for the stages.
+    baseline in :mod:`fourd_core.geometry.baselines`).  See the module docstring for the stages.
 
     Per-frame re-centring: 4DNeX normalises every frame's map on its own (bounding-box centre,
     and a scale the VAE may jitter), so each frame may carry its own similarity (scale and
@@ -223,224 +370,70 @@ def fit_cameras(
     _callback(callback, 0, total_steps)
     fixed_kap = None if K is None else fixed_kappa(K, F, s_pix, c0x, c0y, dev)
 
-    # ---- 1. sample grid, normalisation -----------------------------------------------------
+    # 1-2. sample grid, normalisation, initialisation
     t0 = time.perf_counter()
-    # (counting a [F,H,W] bool mask costs ~0.1 s at full size: skipped when there is none)
-    n_valid = torch.full((F,), H * W, device=dev) if valid_mask is None else valid.reshape(F, -1).sum(1)
-    stride = grid_stride(int(n_valid.min()), sample_pixels)
-    raw = sample_grid(points, valid, stride)
-    nv = raw.valid.sum(1)
-    if (nv < MIN_PIXELS).any():
-        bad = torch.nonzero(nv < MIN_PIXELS).flatten().tolist()
-        raise GeometryError(
-            f"too few valid pixels in frame(s) {bad[:10]} (at most {int(n_valid[bad].max())} in the frame, "
-            f"{int(nv[bad].min())} on the sampling grid; at least {MIN_PIXELS} on a ~{sample_pixels}-pixel grid are "
-            "needed). Check valid_mask, or drop those frames."
-        )
-    mu, sig = frame_normalisation(raw.q, raw.valid)
-    coarse = sample_grid(points, valid, stride, mu, sig)
-    def neighbour_keep(level):
-        """Points with at least two close 4-neighbours: a surface, not an isolated gross outlier
-        (such an outlier can lie near its pixel's ray by chance, but not near its neighbours)."""
-        if not robust_init:
-            return level.valid
-        nb = neighbour_score(points, valid, level.ii, level.jj)
-        nbn = torch.where(level.valid & torch.isfinite(nb), nb, torch.nan)
-        med_nb = torch.nanmedian(nbn, dim=1).values
-        k = level.valid & (nb <= torch.maximum(NEIGHBOUR_FACTOR * med_nb, 1e-4 * sig)[:, None])
-        return torch.where((k.sum(1) < MIN_PIXELS)[:, None], level.valid, k)
-
-    keep = neighbour_keep(coarse)
+    n_valid, stride, mu, sig, coarse = _sample(points, valid, valid_mask is not None, sample_pixels)
+    fx = _Fit(points, valid, mu, sig, coarse, float(temporal_smoothness), huber_delta, robust_init, robust,
+              robust_c=robust if robust not in ("none", "auto") else "huber",
+              reject=None if (robust == "none" or outlier_threshold is None) else float(outlier_threshold),
+              reject_c=float(outlier_threshold) if outlier_threshold is not None else None)
+    keep = fx.keep(coarse)
     ev = check_not_collinear(coarse.q, keep.to(F64))
-
-    # ---- 2. initialisation ---------------------------------------------------------------
     init = initialise(coarse, keep, ev, robust_init=robust_init, shared_focal=shared_intrinsics is not False,
                       fixed_kap=fixed_kap, seed=seed)
-    if fixed_kap is not None:
-        kap0 = fixed_kap.clone()
-    else:
-        phi = init.phi if shared_intrinsics is False else torch.nanmedian(init.phi).expand(F)
-        lphi = torch.log(phi)
-        kap0 = torch.stack([lphi, lphi, torch.zeros_like(lphi), torch.zeros_like(lphi)], -1)
-    S = State(init.R, init.t, kap0)
+    S = _initial_state(init, fixed_kap, shared_intrinsics)
     timings["init"] = time.perf_counter() - t0
     _callback(callback, 1, total_steps)
 
-    # ---- 3. coarse IRLS --------------------------------------------------------------------
+    # 3. coarse IRLS, with the richest principal-point model that may be chosen (all-planar maps
+    # determine at most 8 of the 9 camera parameters: there it stays centred unless asked)
     t0 = time.perf_counter()
-    reject = None if (robust == "none" or outlier_threshold is None) else float(outlier_threshold)
-    robust_c = robust if robust not in ("none", "auto") else "huber"
-    reject_c = float(outlier_threshold) if outlier_threshold is not None else None
-    n_pix = float(coarse.valid.sum(1).to(F64).mean())
-    cf = sig**2 / n_pix
-
-    def delta_for(level_sig):
-        return None if huber_delta is None else torch.full_like(level_sig, float(huber_delta)) / level_sig
-
-    def fit_model(model, S_, level, max_rounds, rob, rej, first_weights=None, lm_iter=4):
-        P_ = Problem(level.q, level.valid, level.uh, level.vh, cf * (n_pix / float(level.valid.sum(1).to(F64).mean())),
-                     model, mu, sig, float(temporal_smoothness))
-        out = irls(P_, S_, robust=rob, delta=delta_for(sig), reject=rej, max_rounds=max_rounds,
-                   first_weights=first_weights, scale_floor=1e-9, lm_iter=lm_iter)
-        return (P_,) + out
-
-    lm_total = 0
     auto_focal = fixed_kap is None and shared_intrinsics is None and F >= 3
-    # a plane determines at most 8 of the 9 camera parameters with a free principal point: on
-    # all-planar maps it stays centred unless asked
-    all_planar = bool(init.planar.all())
-    auto_pp = fixed_kap is None and centered_principal_point is None and not all_planar
-    # the coarse fit starts with the richest principal-point model that may be chosen
+    auto_pp = fixed_kap is None and centered_principal_point is None and not bool(init.planar.all())
     base = IntrinsicsModel(per_frame_focal=shared_intrinsics is False, square=bool(square_pixels),
                            free_pp=centered_principal_point is False or auto_pp, fixed=fixed_kap is not None)
     keep_w = keep.to(F64)
-    Pc, S, w, scale, _, n_lm = fit_model(base, S, coarse, 10, robust_c, reject_c, keep_w)
-    lm_total += n_lm
-    rescued = 0
-    for _ in range(2):  # frames left in a wrong pose get a neighbour's rotation, then refit
-        R2, t2, changed = propagate_poses(coarse, keep_w, S.R, S.t, S.kap)
-        if not bool(changed.any()):
-            break
-        rescued += int(changed.sum())
-        Pc, S, w, scale, _, n_lm = fit_model(base, State(R2, t2, S.kap), coarse, 10, robust_c, reject_c, keep_w)
-        lm_total += n_lm
+    Pc, S, w, scale, rescued = _coarse_level(fx, base, S, keep_w)
     check_focal(S.kap, H, W)
     timings["coarse"] = time.perf_counter() - t0
     _callback(callback, 2, total_steps)
 
-    # ---- 4. model selection (BIC) ----------------------------------------------------------
+    # 4. model selection (BIC), and the test of a model the caller forced
     t0 = time.perf_counter()
-    model = base
-    selection = {}
-    n_res = int(coarse.valid.sum()) * 2
-    if auto_focal:
-        def refit(m, S_):
-            return tuple(fit_model(m, S_, coarse, 10, robust_c, reject_c, keep_w)[i] for i in (0, 1, 2, 3, 5))
-
-        Pc, S, w, scale, model, n1, rec = select_focal(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR), n_res, refit)
-        lm_total += n1
-        selection.update(rec)
-    pp_unc = None
-    if auto_pp:
-        # the principal point is estimated when the data determine it (small standard error) or
-        # when it is significantly off centre (Wald test against the BIC penalty); centred otherwise
-        u0 = uncertainty(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR))
-        pp_std = float(u0.pp.max()) if bool(torch.isfinite(u0.pp).all()) else float("inf")
-        pp_val, pp_cov = u0.info["pp"]
-        better, ratio = prefer_richer(wald_statistic(pp_val, pp_cov), 0.0, 2, n_res)
-        determined = pp_std < PP_STD_DETERMINED
-        selection["fitted_principal_point"] = {"chosen": better or determined, "loss_drop_over_penalty": round(ratio, 3),
-                                               "std_px": round(pp_std * s_pix, 3)}
-        if not (better or determined):
-            pp_unc = (Pc, S, w, scale)  # the honesty checks still account for the unknown principal point
-            model = replace(model, free_pp=False)
-            S = S.copy()
-            S.kap[:, 2:] = 0
-            Pc, S, w, scale, _, n2 = fit_model(model, S, coarse, 10, robust_c, reject_c, keep_w)
-            lm_total += n2
-    # a model the caller forced is still tested: a significantly better richer model is a warning
-    forced_reasons = []
-    if fixed_kap is None and shared_intrinsics is True and F >= 3:
-        reason = forced_shared_focal_reason(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR), n_res)
-        if reason:
-            forced_reasons.append(reason)
-    if fixed_kap is None and centered_principal_point is True:
-        m_fp = replace(model, free_pp=True)
-        P_fp = Problem(coarse.q, coarse.valid, coarse.uh, coarse.vh, Pc.cf, m_fp, mu, sig, float(temporal_smoothness))
-        stat = score_statistic(P_fp, S, w, scale.clamp_min(BIC_SCALE_FLOOR))
-        if prefer_richer(stat, 0.0, 2, n_res)[0]:
-            forced_reasons.append("the principal point is significantly off the image centre; use "
-                                  "centered_principal_point=None (automatic) or False")
+    coarse_fit, selection, pp_free_fit = _select_model(fx, (Pc, S, w, scale), keep_w, auto_focal=auto_focal,
+                                                       auto_pp=auto_pp, s_pix=s_pix)
+    forced_reasons = _forced_model_reasons(fx, coarse_fit, shared_intrinsics=shared_intrinsics,
+                                           centered_principal_point=centered_principal_point,
+                                           fixed=fixed_kap is not None)
+    Pc, model = coarse_fit[0], coarse_fit[0].model
     timings["model_selection"] = time.perf_counter() - t0
     _callback(callback, 3, total_steps)
 
-    # ---- 5. fine level -------------------------------------------------------------------
+    # 5. fine level
     t0 = time.perf_counter()
     fstride = grid_stride(int(n_valid.min()), refine_pixels)
     fine = coarse if fstride == stride else sample_grid(points, valid, fstride, mu, sig)
-    keep_f = keep_w if fine is coarse else neighbour_keep(fine).to(F64)
-    robust_f = robust
-    if robust == "auto":
-        gross = rb.gross_fraction(residual_norms(Pc, S), Pc.valid, scale)
-        robust_f = "tukey" if gross > rb.AUTO_GROSS_FRACTION else "huber"
-    Pf, S, w, scale, n_rounds, n_lm = fit_model(model, S, fine, max(int(iterations), 1), robust_f, reject, keep_f,
-                                                lm_iter=2)
-    lm_total += n_lm
+    keep_f = keep_w if fine is coarse else fx.keep(fine).to(F64)
+    Pf, S, w, scale, n_rounds, robust_f = _fine_level(fx, coarse_fit, fine, keep_f, iterations)
     check_focal(S.kap, H, W)
     timings["fine"] = time.perf_counter() - t0
     _callback(callback, 4, total_steps)
 
-    # ---- 6. uncertainty and honesty ----------------------------------------------------------
+    # 6. uncertainty and honesty
     t0 = time.perf_counter()
-    unc = uncertainty(Pf, S, w, scale)
-    if pp_unc is not None:
-        # centred by default, but the data leave the principal point open: judge the focal and
-        # rotations with its uncertainty included (coarse level, scaled to the fine sample size)
-        # (when the principal point is not determined at all, the centred one is an assumption)
-        u2 = uncertainty(*pp_unc)
-        shrink = math.sqrt(float(coarse.valid.sum()) / float(fine.valid.sum()))
-        if bool(torch.isfinite(u2.focal_rel).all()) and bool(torch.isfinite(u2.rotation_deg).all()):
-            unc.focal_rel = torch.maximum(unc.focal_rel, u2.focal_rel * shrink)
-            unc.rotation_deg = torch.maximum(unc.rotation_deg, u2.rotation_deg * shrink)
-        else:
-            selection["fitted_principal_point"]["note"] = "not determined by the data: assumed at the image centre"
-    reasons = list(forced_reasons)
-    noise_map_n = local_noise(points, valid, coarse.ii, coarse.jj) / sig  # normalised units
-    if not model.fixed:
-        # a focal 30 % lower or 40 % higher must fit clearly worse (profile test, coarse level)
-        ref = scale.clamp_min(BIC_SCALE_FLOOR)
-        w_c = rb.weights(residual_norms(Pc, S), Pc.valid, ref, robust_c, None, reject_c)
-        dchi2 = focal_profile(Pc, S, w_c, ref)
-        if dchi2 < 100:
-            raise GeometryError(
-                "the focal length (intrinsics) cannot be determined from these points: a focal length 30-40 % different "
-                "fits them about as well (the map behaves like a plane facing the camera or an orthographic view). "
-                "Pass a known K (fit_cameras(..., K=...)), or use frames with depth variation."
-            )
-        fr = unc.focal_rel
-        if not bool(torch.isfinite(fr).all()) or float(fr.max()) > FOCAL_STD_RAISE:
-            worst = float(fr.max()) if bool(torch.isfinite(fr).all()) else float("inf")
-            raise GeometryError(
-                "the focal length (intrinsics) cannot be determined reliably from these points "
-                f"(standard error {worst:.0%}): the map behaves like a plane facing the camera or an orthographic "
-                "view, where many focal lengths fit about equally well. Pass a known K (fit_cameras(..., K=...)), "
-                "or use frames with depth variation."
-            )
-        if float(fr.max()) > FOCAL_STD_WARN:
-            reasons.append(f"the focal length is uncertain (standard error {float(fr.max()):.2%})")
-    rs = unc.rotation_deg
-    if not bool(torch.isfinite(rs).all()) or float(rs.max()) > ROTATION_STD_WARN:
-        reasons.append(f"rotations are uncertain (standard error up to {float(rs.max()):.2f} deg)")
-    noise_map = noise_map_n * sig
-    noise_fit = scale * sig
-    misfit = float(torch.median(noise_fit / torch.maximum(noise_map, 1e-5 * sig)))
-    if misfit > MISFIT_WARN and float(torch.median(noise_fit / sig)) > 1e-4:
-        reasons.append(f"the residuals are {misfit:.1f}x the noise of the map itself (the camera model does not "
-                       "explain the points: a wrong solution, or intrinsics that change in a way not modelled)")
-    inlier = float((w > 0.5).to(F64).sum() / Pf.valid.sum().clamp_min(1))
+    verdict = judge(points, valid, coarse, sig, Pc, (Pf, S, w, scale), pp_free_fit, fine, robust_c=fx.robust_c,
+                    reject_c=fx.reject_c, reasons=forced_reasons, selection=selection)
+    unc, reasons = verdict.uncertainty, verdict.reasons
     timings["checks"] = time.perf_counter() - t0
 
-    # ---- 7. outputs ----------------------------------------------------------------------
+    # 7. outputs
     t0 = time.perf_counter()
     noise_world = scale * sig
     depth, resid, conf, behind, med_res, rms = write_outputs(points, valid, mu, sig, S.R, S.t, S.kap, noise_world,
                                                              chunk_pixels)
     timings["outputs"] = time.perf_counter() - t0
     _callback(callback, 5, total_steps)
-    if (behind > 0.5).any():
-        bad = torch.nonzero(behind > 0.5).flatten().tolist()
-        raise GeometryError(
-            f"most points of frame(s) {bad[:10]} end up behind the fitted camera. The map may be mirrored (flip the "
-            "sign of x or y) or have z pointing backward."
-        )
-    unexplained = (med_res > 0.1 * sig) & (med_res > 3 * rb.RAYLEIGH_MEDIAN * noise_map)
-    if unexplained.any():
-        bad = torch.nonzero(unexplained).flatten().tolist()
-        raise GeometryError(
-            f"no pinhole camera explains frame(s) {bad[:10]}: the median residual is "
-            f"{float((med_res / sig).max()) * 100:.1f} % of the scene scale. The points may be degenerate (e.g. all on "
-            "a plane through the camera), mostly outliers, or not a perspective point map of this image grid."
-        )
+    check_outputs(behind, med_res, sig, verdict.noise_map)
     Kout = K_from_kappa(S.kap, s_pix, c0x, c0y)
     c2w = torch.zeros(F, 4, 4, dtype=F64, device=dev)
     c2w[:, :3, :3] = S.R.transpose(1, 2)
@@ -460,11 +453,11 @@ def fit_cameras(
         "focal_rel_std": unc.focal_rel.to(torch.float32).cpu(),
         "principal_point_std_px": (unc.pp * s_pix).to(torch.float32).cpu(),
         "rotation_std_deg": unc.rotation_deg.to(torch.float32).cpu(),
-        "misfit": misfit,
+        "misfit": verdict.misfit,
         "robust_loss": robust_f,
-        "inlier_fraction": inlier,
+        "inlier_fraction": verdict.inlier_fraction,
         "iterations": n_rounds,
-        "lm_iterations": lm_total,
+        "lm_iterations": fx.lm_total,
         "rms_residual": rms.to(torch.float32).cpu(),
         "median_residual": med_res.to(torch.float32).cpu(),
         "noise_scale": noise_world.to(torch.float32).cpu(),

@@ -1,4 +1,4 @@
-"""Level 4: what the data can tell.  Model selection, uncertainty, and the honesty checks.
+"""Level 4: what the data can tell.  Model-selection tests, uncertainty, the focal profile.
 
 * **Model selection** (BIC, Schwarz 1978): a richer intrinsics model (fitted principal point,
   one focal per frame) is chosen when it lowers the robust loss, in chi-square units, by more than
@@ -6,10 +6,10 @@
 * **Uncertainty**: the Gauss-Newton Hessian in chi-square units (weights / sigma^2), the poses
   marginalised frame by frame (Schur complement), gives the standard errors of the focal
   lengths, the principal point and every frame's rotation.
-* **Honesty**: a fit whose focal or rotations are not determined to well within the success
-  bounds (focal 2 %, rotation 1 deg), or whose residuals are far above the noise read off the map
-  itself (a model that does not explain the data, e.g. a wrong local minimum), is returned with a
-  low confidence and a warning naming the reason; a focal that is not determined at all raises.
+* **Profile test**: the loss increase when the focal is forced away from its fitted value and
+  the poses are re-fitted (:func:`focal_profile`).
+
+What the solver does with these numbers (warn or raise) is in :mod:`.honesty`.
 """
 
 from __future__ import annotations

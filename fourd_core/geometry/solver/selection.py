@@ -34,26 +34,24 @@ def _test(P: Problem, rich: IntrinsicsModel, S, w, scale, n_res: int):
 def select_focal(P: Problem, S, w, scale, n_res: int, refit: Callable):
     """Choose the focal model from the fit ``(P, S, w, scale)`` with one focal (``P.model``).
 
-    ``refit(model, S)`` fits a model from state S and returns ``(P, S, w, scale, lm_iterations)``.
-    Returns (P, S, w, scale, model, lm iterations, the selection record for ``info``).
+    ``refit(model, S)`` fits a model from state S and returns ``(P, S, w, scale)``.
+    Returns (P, S, w, scale) of the chosen model (``P.model``) and the selection record for ``info``.
     """
     F = P.q.shape[0]
-    record, lm = {}, 0
+    record = {}
     deg = min(ZOOM_DEGREE, F - 2)
     if deg >= 1:
         m_sm = replace(P.model, zoom_degree=deg)
         rich, ratio = _test(P, m_sm, S, w, scale, n_res)
         record["smooth_zoom"] = {"chosen": rich, "loss_drop_over_penalty": round(ratio, 3)}
         if rich:
-            P, S, w, scale, n = refit(m_sm, S.copy())
-            lm += n
+            P, S, w, scale = refit(m_sm, S.copy())
     m_pf = replace(P.model, per_frame_focal=True, zoom_degree=0)
     rich, ratio = _test(P, m_pf, S, w, scale, n_res)
     record["per_frame_focal"] = {"chosen": rich, "loss_drop_over_penalty": round(ratio, 3)}
     if rich:
-        P, S, w, scale, n = refit(m_pf, S.copy())
-        lm += n
-    return P, S, w, scale, P.model, lm, record
+        P, S, w, scale = refit(m_pf, S.copy())
+    return P, S, w, scale, record
 
 
 def forced_shared_focal_reason(P: Problem, S, w, scale, n_res: int):
