@@ -162,9 +162,11 @@ class FakePatcher:
         self.model = types.SimpleNamespace(diffusion_model=dm,
                                            state_dict=lambda: {"diffusion_model." + k: v for k, v in dm.state_dict().items()})
         self.patches, self.wrappers, self.model_options = {}, {}, {"transformer_options": {}}
+        self.load_device, self.additional_models = torch.device("cpu"), {}
 
     def clone(self):
         n = FakePatcher(self.model.diffusion_model)
+        n.additional_models = {k: list(v) for k, v in self.additional_models.items()}
         n.patches = {k: list(v) for k, v in self.patches.items()}
         n.wrappers = {t: {k: list(v) for k, v in d.items()} for t, d in self.wrappers.items()}
         n.model_options = copy.deepcopy(self.model_options)
@@ -179,6 +181,12 @@ class FakePatcher:
 
     def add_wrapper_with_key(self, wrapper_type, key, fn):
         self.wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(fn)
+
+    def set_additional_models(self, key, models):
+        self.additional_models[key] = models
+
+    def get_additional_models_with_key(self, key):
+        return self.additional_models.get(key, [])
 
     def set_model_patch_replace(self, patch, name, block_name, number):
         to = self.model_options["transformer_options"]
@@ -211,8 +219,15 @@ def fake_core(monkeypatch):
         t: ("lora", (sd[p + ".lora_B.weight"], sd[p + ".lora_A.weight"])) for p, t in to_load.items()}
     ext = types.ModuleType("comfy.patcher_extension")
     ext.WrappersMP = types.SimpleNamespace(DIFFUSION_MODEL="diffusion_model")
+    mp = types.ModuleType("comfy.model_patcher")
+    mp.ModelPatcher = lambda model, load_device, offload_device: types.SimpleNamespace(
+        model=model, load_device=load_device, offload_device=offload_device)
     monkeypatch.setitem(sys.modules, "comfy.lora", lora)
     monkeypatch.setitem(sys.modules, "comfy.patcher_extension", ext)
+    monkeypatch.setitem(sys.modules, "comfy.model_patcher", mp)
+    if "comfy.model_management" in sys.modules:
+        monkeypatch.setattr(sys.modules["comfy.model_management"], "unet_offload_device", lambda: torch.device("cpu"),
+                            raising=False)
 
 
 @pytest.fixture
@@ -678,6 +693,10 @@ def test_grid_model_node_loads_sync_weights_from_fourd_sync_with_clear_errors(pa
     patches = out.model_options["transformer_options"]["patches_replace"]["dit"]
     assert all(patches[("double_block", i)].sync is patches[("double_block", 0)].sync for i in range(layers))
     assert patches[("double_block", 0)].sync.mode == "hard"
+    # handed to ComfyUI's memory manager as an additional model of the patched MODEL only
+    (managed,) = out.get_additional_models_with_key(native.grid.SYNC_MODELS_KEY)
+    assert managed.model is patches[("double_block", 0)].sync and managed.load_device == stock.load_device
+    assert not stock.additional_models
     assert not stock.wrappers and stock.model_options == {"transformer_options": {}}     # the input MODEL is untouched
     with pytest.raises(perr.WeightsError, match=f"{layers + 1} blocks of width {D}; this MODEL has {layers} blocks.*"
                                                 "trained for this base model"):

@@ -223,8 +223,12 @@ class GridBlockPatch:
         return (self.previous(args, extra) if self.previous is not None else extra["original_block"](args))["img"]
 
     def _sync_layer(self, st: dict, like: torch.Tensor):
-        if next(self.sync.parameters()).device != like.device:
-            self.sync.to(like.device)
+        layer = self.sync.layers[self.index]
+        p = next(layer.parameters(), None)
+        if p is not None and p.device != like.device:
+            # ComfyUI's loader normally has put them there (the node registers the sync layers as an
+            # additional model of the MODEL); a partial (low-VRAM) load may leave some layers behind
+            layer.to(like.device)
         if st.get("feats") is None:
             if st.get("sigma") is None:
                 raise InputError("Trained sync layers need the noise level of the call (transformer_options['sigmas']).")

@@ -5,7 +5,8 @@
   ``("dit", "double_block", i)`` replace per block (the callables live in
   :mod:`fourd_core.native.grid_patches`); optional trained sync layers (``hard`` / ``soft``) from
   ``models/fourd_sync/`` (:func:`fourd_core.models.sync.read_sync_weights`, checked against the
-  MODEL's block count and width).
+  MODEL's block count and width), registered as an additional model of the MODEL so ComfyUI's
+  memory manager loads, counts and offloads them with it (:func:`register_sync_model`).
 * FourD Grid Conditioning (native): Wan's I2V condition per row (row 0 and column 0 known), CLIP
   per row, and a LATENT whose ``noise_mask`` marks the fully known latent frames, so core KSampler
   pastes them every step (per-step known-latent replacement, as the diffusers sampler's
@@ -98,6 +99,8 @@ class FourDGridModelNative:
             log.warning("FourD grid: mode 'soft' without sync_weights keeps the two streams independent (the rows "
                         "are denoised on their own); use soft_avg for training-free soft sync.")
         out = model.clone()
+        if sync is not None:
+            register_sync_model(out, sync)
         col = None if column_clip is None else column_clip.penultimate_hidden_states
         out.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, GRID_WRAPPER_KEY,
                                  GridForwardWrapper(views, mode, fused_backend, col))
@@ -106,6 +109,24 @@ class FourDGridModelNative:
             out.set_model_patch_replace(GridBlockPatch(i, n, mode, replaces.get(("double_block", i)), sync), "dit",
                                         "double_block", i)
         return (out,)
+
+
+#: key of the trained sync layers among the MODEL's additional models
+SYNC_MODELS_KEY = "fourd_grid_sync"
+
+
+def register_sync_model(model, sync) -> None:
+    """Hand the trained sync layers (a :class:`~fourd_core.models.sync.GridSync`, float32) to ComfyUI's
+    memory manager: wrapped in their own ModelPatcher (load device = the diffusion model's, offload
+    device = ComfyUI's unet offload device) and registered as an additional model of ``model`` (a
+    ModelPatcher, changed in place), so sampling loads them with the model, counts their memory and
+    offloads them under memory pressure like the model itself (``comfy/sampler_helpers.py:
+    _prepare_sampling`` loads ``model.get_nested_additional_models()``; ComfyUI 0.3.64)."""
+    from comfy.model_management import unet_offload_device
+    from comfy.model_patcher import ModelPatcher
+
+    patcher = ModelPatcher(sync, load_device=model.load_device, offload_device=unet_offload_device())
+    model.set_additional_models(SYNC_MODELS_KEY, [patcher])
 
 
 class FourDGridConditioningNative:

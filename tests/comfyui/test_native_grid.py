@@ -142,6 +142,29 @@ def test_native_grid_with_trained_sync_matches_diffusers(comfy, pack, base, sync
     assert (v_neutral - v_native).abs().max() > 1e-2         # the trained layers really act
 
 
+def test_native_grid_sync_layers_are_loaded_by_comfyui_memory_manager(comfy, pack, base, sync_files):
+    """The trained sync layers are an additional model of the patched MODEL (not of the stock one):
+    sampling loads them through ComfyUI's memory manager, which then lists them among its loaded
+    models with their full size, as it does the diffusion model."""
+    import comfy.model_management as mm
+
+    key = pack.nodes.native.grid.SYNC_MODELS_KEY
+    stock = comfy.sd.load_diffusion_model(str(base))
+    out = pack.NODE_CLASS_MAPPINGS["FourDGridModelNative"]().patch(stock, V, "hard",
+                                                                   sync_weights="tiny_hard_sync.safetensors")[0]
+    extra = out.get_additional_models_with_key(key)
+    assert len(extra) == 1 and type(extra[0].model).__name__ == "GridSync"   # the pack's own module copy
+    sync = extra[0].model
+    assert extra[0].model_size() == sum(p.numel() * p.element_size() for p in sync.parameters())
+    assert stock.get_additional_models_with_key(key) == []
+    mm.unload_all_models()
+    grid_velocity(comfy, out, grid_inputs(pack))
+    loaded = [lm.model for lm in mm.current_loaded_models]
+    assert any(m.model is sync for m in loaded), "the sync layers were not loaded by ComfyUI"
+    assert any(m.model is stock.model for m in loaded)
+    assert next(sync.parameters()).device == mm.get_torch_device()
+
+
 def test_native_grid_sync_file_errors(comfy, pack, base, sync_files, tmp_path):
     from importlib import import_module
 
