@@ -62,8 +62,11 @@ def test_points_from_depth_matches_pinhole_formula():
     # camera-frame z of the unprojected points is the depth
     Xc = torch.einsum("fba,fhwb->fhwa", T[:, :3, :3], P - T[:, None, None, :3, 3])
     torch.testing.assert_close(Xc[..., 2], depth, rtol=1e-5, atol=1e-5)
-    # unbatched call
+    # unbatched call; float64 depth gives float64 points
     torch.testing.assert_close(points_from_depth(depth[0], K[0], T[0]), P[0])
+    P64 = points_from_depth(depth.double(), K, T)
+    assert P64.dtype == torch.float64
+    torch.testing.assert_close(P64.float(), P)
 
 
 def test_prepare_4dnex_points_shifts_x_and_y_only():

@@ -145,13 +145,15 @@ def points_from_depth(depth: torch.Tensor, K: torch.Tensor, cam_to_world: torch.
         raise InputError(f"K and cam_to_world need {F} frames (or one); got {K.shape[0]} and {T.shape[0]}.")
     out_dtype = d.dtype if d.dtype == F64 else torch.float32
     Kinv = torch.linalg.inv(K.to(F64))
+    Rw, tw = T[:, :3, :3].to(F64), T[:, :3, 3].to(out_dtype)
     jj = torch.arange(W, dtype=F64, device=d.device)
     ii = torch.arange(H, dtype=F64, device=d.device)
     pix = torch.stack([jj[None, :].expand(H, W), ii[:, None].expand(H, W), torch.ones(H, W, dtype=F64, device=d.device)], -1)
-    rays = torch.einsum("fab,hwb->fhwa", Kinv, pix)  # z component 1 (K's last row is [0,0,1])
-    rays = rays / rays[..., 2:3]
-    Xc = rays * d.to(F64)[..., None]
-    Tw = T.to(F64)
-    X = torch.einsum("fab,fhwb->fhwa", Tw[:, :3, :3], Xc) + Tw[:, None, None, :3, 3]
-    X = X.to(out_dtype)
+    X = torch.empty(F, H, W, 3, dtype=out_dtype, device=d.device)
+    # frame by frame: the world direction of every pixel's ray (z = 1 in the camera, float64), then
+    # X = depth * direction + t in the output dtype (a few frame-sized temporaries, whatever F)
+    for f in range(F):
+        ray = pix @ Kinv[f].T
+        dirs = ((ray / ray[..., 2:3]) @ Rw[f].T).to(out_dtype)
+        torch.addcmul(tw[f], dirs, d[f, ..., None].to(out_dtype), out=X[f])
     return X[0] if single else X
