@@ -164,6 +164,20 @@ def test_scene_keeps_point_maps_beyond_float16_range(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ --out
+
+def unwritable_dir(tmp_path) -> Path:
+    """A folder this process cannot write into: a 0500 folder, or /sys for root (root ignores
+    permission bits; sysfs refuses even root); skips the test when there is none."""
+    if os.geteuid() == 0:
+        if not Path("/sys").is_dir():
+            pytest.skip("no unwritable location for root here")
+        return Path("/sys")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    return ro
+
+
 @pytest.mark.parametrize("case", ["a file", "under a file", "not writable"])
 def test_unusable_out_fails_before_any_model_loads(tmp_path, capsys, case):
     blocker = tmp_path / "blocker"
@@ -173,15 +187,7 @@ def test_unusable_out_fails_before_any_model_loads(tmp_path, capsys, case):
     elif case == "under a file":
         out = blocker / "sub"
     else:
-        if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses even root
-            if not Path("/sys").is_dir():
-                pytest.skip("no unwritable location for root here")
-            out = Path("/sys/fourd-test-out")
-        else:
-            ro = tmp_path / "ro"
-            ro.mkdir()
-            ro.chmod(0o500)
-            out = ro / "out"
+        out = unwritable_dir(tmp_path) / "out"
     before = snapshot(tmp_path)
     t0 = time.perf_counter()
     code, err = run_cli(tiny_args(out), capsys)
@@ -218,14 +224,7 @@ def test_export_into_unwritable_folder_is_a_clear_error(tmp_path):
     """Without a probe of its own, export_scene still refuses an unwritable folder up front."""
     from fourd_core.io.export import ExportOptions, export_scene
 
-    if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses even root
-        if not Path("/sys").is_dir():
-            pytest.skip("no unwritable location for root here")
-        out = Path("/sys")
-    else:
-        out = tmp_path / "ro"
-        out.mkdir()
-        out.chmod(0o500)
+    out = unwritable_dir(tmp_path)
     with pytest.raises(InputError, match=r"is not writable \(.*\)\. Choose a folder you can write to"):
         export_scene(_scene(), out, ExportOptions(videos=False, cameras=False, depth=False, ply=False, glb=False))
 
