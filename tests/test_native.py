@@ -162,7 +162,7 @@ class FakePatcher:
         self.model = types.SimpleNamespace(diffusion_model=dm,
                                            state_dict=lambda: {"diffusion_model." + k: v for k, v in dm.state_dict().items()})
         self.patches, self.wrappers, self.model_options = {}, {}, {"transformer_options": {}}
-        self.load_device, self.additional_models = torch.device("cpu"), {}
+        self.load_device, self.offload_device, self.additional_models = torch.device("cpu"), torch.device("cpu"), {}
 
     def clone(self):
         n = FakePatcher(self.model.diffusion_model)
@@ -225,9 +225,6 @@ def fake_core(monkeypatch):
     monkeypatch.setitem(sys.modules, "comfy.lora", lora)
     monkeypatch.setitem(sys.modules, "comfy.patcher_extension", ext)
     monkeypatch.setitem(sys.modules, "comfy.model_patcher", mp)
-    if "comfy.model_management" in sys.modules:
-        monkeypatch.setattr(sys.modules["comfy.model_management"], "unet_offload_device", lambda: torch.device("cpu"),
-                            raising=False)
 
 
 @pytest.fixture
@@ -577,6 +574,22 @@ def test_grid_block_patches_with_trained_sync_follow_eqs_8_to_10(native, mode):
     torch.testing.assert_close(x, xv, rtol=1e-5, atol=1e-5)
 
 
+def test_sync_layer_left_partly_on_another_device_runs_on_copies_without_moving_it(native):
+    """A partial (low-VRAM) load can leave parts of a sync layer on the offload device: the block
+    runs the layer on copies of its weights on the activations' device and never moves the module
+    behind ComfyUI's memory manager ("meta" stands in for the GPU here)."""
+    grid = _grid_patches(native)
+    sync = _random_sync("soft", 2, 8)
+    run0, _ = grid.GridBlockPatch(0, 2, "soft", sync=sync)._sync_layer({"sigma": 0.5}, torch.zeros(1))
+    assert run0 is sync.layers[0]                          # all on the device already: the module itself
+    sync.layers[1].mod.to("meta")                          # half of layer 1 "loaded", its linear left behind
+    like = torch.empty(3, 4, 8, device="meta")
+    run1, feats = grid.GridBlockPatch(1, 2, "soft", sync=sync)._sync_layer({"sigma": 0.5}, like)
+    dv, dt = run1(like, like, feats)
+    assert dv.device.type == dt.device.type == "meta" and dv.shape == dt.shape == (3, 4, 8)
+    assert sync.layers[1].linear.weight.device.type == "cpu" and sync.layers[1].mod.weight.device.type == "meta"
+
+
 def test_fused_wrapper_makes_one_video_per_group_with_view_plus_time_positions(native, perr):
     grid = _grid_patches(native)
     views, t, h, w = 3, 2, 4, 6
@@ -697,6 +710,9 @@ def test_grid_model_node_loads_sync_weights_from_fourd_sync_with_clear_errors(pa
     (managed,) = out.get_additional_models_with_key(native.grid.SYNC_MODELS_KEY)
     assert managed.model is patches[("double_block", 0)].sync and managed.load_device == stock.load_device
     assert not stock.additional_models
+    again = cls().patch(out, 4, "hard", sync_weights="good_hard_sync.safetensors")[0]   # a grid MODEL patched again
+    assert [m.model for m in again.get_additional_models_with_key(native.grid.SYNC_MODELS_KEY)][:1] == [managed.model]
+    assert len(again.get_additional_models_with_key(native.grid.SYNC_MODELS_KEY)) == 2
     assert not stock.wrappers and stock.model_options == {"transformer_options": {}}     # the input MODEL is untouched
     with pytest.raises(perr.WeightsError, match=f"{layers + 1} blocks of width {D}; this MODEL has {layers} blocks.*"
                                                 "trained for this base model"):

@@ -223,17 +223,28 @@ class GridBlockPatch:
         return (self.previous(args, extra) if self.previous is not None else extra["original_block"](args))["img"]
 
     def _sync_layer(self, st: dict, like: torch.Tensor):
+        """(this block's sync layer as a callable on ``like``'s device, the sigma features).
+
+        ComfyUI's memory manager loads the sync layers (the node registers them as an additional
+        model of the MODEL, :func:`nodes.native.grid.register_sync_model`), so their weights are
+        normally on ``like.device`` already.  A partial (low-VRAM) load can leave some of them, or
+        parts of one layer, on the offload device: the layer then runs on copies of its weights
+        on ``like.device`` (``torch.func.functional_call``) and the module itself is never moved
+        behind the memory manager's back."""
         layer = self.sync.layers[self.index]
-        p = next(layer.parameters(), None)
-        if p is not None and p.device != like.device:
-            # ComfyUI's loader normally has put them there (the node registers the sync layers as an
-            # additional model of the MODEL); a partial (low-VRAM) load may leave some layers behind
-            layer.to(like.device)
+        params = dict(layer.named_parameters())
+        if all(p.device == like.device for p in params.values()):
+            run = layer
+        else:
+            moved = {n: p.to(like.device) for n, p in params.items()}
+
+            def run(*a):
+                return torch.func.functional_call(layer, moved, a)
         if st.get("feats") is None:
             if st.get("sigma") is None:
                 raise InputError("Trained sync layers need the noise level of the call (transformer_options['sigmas']).")
             st["feats"] = sigma_features(st["sigma"], self.sync.features).to(like.device)
-        return self.sync.layers[self.index], st["feats"]
+        return run, st["feats"]
 
     def __call__(self, args: dict, extra: dict) -> dict:
         st = args["transformer_options"].get(GRID_STATE)

@@ -117,16 +117,16 @@ SYNC_MODELS_KEY = "fourd_grid_sync"
 
 def register_sync_model(model, sync) -> None:
     """Hand the trained sync layers (a :class:`~fourd_core.models.sync.GridSync`, float32) to ComfyUI's
-    memory manager: wrapped in their own ModelPatcher (load device = the diffusion model's, offload
-    device = ComfyUI's unet offload device) and registered as an additional model of ``model`` (a
+    memory manager: wrapped in their own ModelPatcher (the diffusion model's load and offload
+    devices) and registered as an additional model of ``model`` (a
     ModelPatcher, changed in place), so sampling loads them with the model, counts their memory and
     offloads them under memory pressure like the model itself (``comfy/sampler_helpers.py:
     _prepare_sampling`` loads ``model.get_nested_additional_models()``; ComfyUI 0.3.64)."""
-    from comfy.model_management import unet_offload_device
     from comfy.model_patcher import ModelPatcher
 
-    patcher = ModelPatcher(sync, load_device=model.load_device, offload_device=unet_offload_device())
-    model.set_additional_models(SYNC_MODELS_KEY, [patcher])
+    patcher = ModelPatcher(sync, load_device=model.load_device, offload_device=model.offload_device)
+    # appended: a grid MODEL patched again still runs (and so needs) the earlier sync layers
+    model.set_additional_models(SYNC_MODELS_KEY, model.get_additional_models_with_key(SYNC_MODELS_KEY) + [patcher])
 
 
 class FourDGridConditioningNative:

@@ -165,6 +165,32 @@ def test_native_grid_sync_layers_are_loaded_by_comfyui_memory_manager(comfy, pac
     assert next(sync.parameters()).device == mm.get_torch_device()
 
 
+@pytest.mark.parametrize("mode,budget", [("soft", 40_000), ("hard", 20_000)])
+def test_sync_layers_after_a_partial_comfyui_load_run_without_device_errors(comfy, mode, budget):
+    """ComfyUI's partial (low-VRAM) load moves leaf modules one by one and skips parameters held by
+    a non-leaf module (the hard layers' w_v, w_t), so a sync layer can be split across devices; the
+    block must still run it, without moving it behind the memory manager ("meta" stands in for the
+    GPU)."""
+    from comfy.model_patcher import ModelPatcher
+
+    from fourd_core.models.sync import GridSync
+    from fourd_core.native.grid_patches import GridBlockPatch
+
+    meta = torch.device("meta")
+    sync = GridSync(mode, 2, 64)
+    ModelPatcher(sync, load_device=meta, offload_device=torch.device("cpu")).load(meta, lowvram_model_memory=budget,
+                                                                                    full_load=False)
+    devices = {q.device.type for q in sync.parameters()}
+    assert devices == {"meta", "cpu"}                      # really split
+    like = torch.zeros(1, 4, 64, device=meta)
+    for i in range(2):
+        before = {n: q.device for n, q in sync.layers[i].named_parameters()}
+        run, feats = GridBlockPatch(i, 2, mode, sync=sync)._sync_layer({"sigma": torch.tensor(0.5)}, like)
+        out = run(like, like, feats)
+        assert all(o.device == meta for o in (out if isinstance(out, tuple) else (out,)))
+        assert {n: q.device for n, q in sync.layers[i].named_parameters()} == before
+
+
 def test_native_grid_sync_file_errors(comfy, pack, base, sync_files, tmp_path):
     from importlib import import_module
 
