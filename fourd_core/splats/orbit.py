@@ -31,7 +31,11 @@ def render_orbit(g4d: Gaussians4D, degrees: float = 30.0, steps: int = 8, frame:
     """
     if g4d.K is None or g4d.cam_to_world is None:
         raise InputError("These splats carry no cameras to orbit around.")
-    if distance is not None and not (math.isfinite(float(distance)) and float(distance) > 0):
+    try:
+        ok = distance is None or (math.isfinite(float(distance)) and float(distance) > 0)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise InputError(f"Orbit distance must be a finite number > 0 (scene units in front of frame 0's camera), "
                          f"got {distance}; pass None to orbit about the median depth of the splats.")
     h, w = int(height or g4d.height), int(width or g4d.width)

@@ -264,6 +264,6 @@ def test_orbit_distance_is_honoured_and_checked(monkeypatch):
             to_centre = centre - pose[:3, 3]
             assert abs(float(to_centre.norm()) - d) < 1e-5
             assert torch.allclose(to_centre / d, pose[:3, 2], atol=1e-5)
-    for bad in (0.0, -1.0, float("nan"), float("inf")):  # 0.0 was taken as "not given" (the median depth)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "far", [1.0]):  # 0.0 was taken as "not given" (the median depth)
         with pytest.raises(InputError, match="distance must be a finite number > 0"):
             orbit_mod.render_orbit(g4d, distance=bad)

@@ -108,8 +108,7 @@ def write_outputs(points, valid, mu, sig, R, t, kap, noise, chunk_pixels: int = 
             med[f] = float(rr.median())
         else:
             med[f] = float(torch.nanmedian(torch.where(v[::sub], rr, torch.nan)))
-        rf = resid[f].reshape(-1)
-        rms[f] = (float(torch.dot(rf, rf)) / max(nv, 1.0)) ** 0.5
+        rms[f] = float(torch.linalg.vector_norm(resid[f], dtype=F64)) / max(nv, 1.0) ** 0.5
     return depth, resid, conf, behind, med, rms
 
 

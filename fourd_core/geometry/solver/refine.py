@@ -51,6 +51,8 @@ class Problem:
 
     q [F,N,3], valid [F,N], uh/vh [N]; cf [F] cost factors; model; smoothness weight and the
     frame normalisation (mu [F,3], sig [F]) it needs to express camera centres in world units.
+    Derived: A [F,4,k] (the model's tie of its parameters to each frame's intrinsics), cf0, and
+    D [F-2,F] (second differences in time; None without smoothness).
     """
 
     q: torch.Tensor
@@ -234,8 +236,8 @@ def levenberg_marquardt(P: Problem, S: State, w: torch.Tensor, max_iter: int = 2
     decrease).  ``c0``: the cost of ``S`` if already known.
 
     Stops when no step lowers the cost, after ``max_iter`` iterations, when an iteration lowers
-    the cost by less than ``tol`` relative, or when an undamped step (accepted at the first try)
-    lowers it by less than ``abs_tol`` (cost units; :func:`irls` passes a hundredth of a
+    the cost by less than ``tol`` relative or moves no parameter by 1e-12, or when an undamped
+    step (damping at most 1e-4, accepted at the first try) lowers it by less than ``abs_tol`` (cost units; :func:`irls` passes a hundredth of a
     chi-square unit: near the minimum Gauss-Newton converges quadratically, so the decrease
     still possible is far smaller, a parameter change of a few hundredths of a standard error).
     """
@@ -263,6 +265,7 @@ def levenberg_marquardt(P: Problem, S: State, w: torch.Tensor, max_iter: int = 2
                 accepted = True
                 break
             lam *= 10
+        undamped = tries == 0 and lam <= 1e-4  # a (nearly) Gauss-Newton step, accepted at once
         if not accepted:
             converged = True  # no decrease possible: at a minimum (to rounding)
             break
@@ -270,7 +273,7 @@ def levenberg_marquardt(P: Problem, S: State, w: torch.Tensor, max_iter: int = 2
         rel = dec / max(float(c0), 1e-300)
         S, c0 = S2, c2
         lam = max(lam / 10, 1e-9)
-        if rel < tol or float(dp.abs().max()) < 1e-12 or (tries == 0 and dec < abs_tol):
+        if rel < tol or float(dp.abs().max()) < 1e-12 or (undamped and dec < abs_tol):
             converged = True
             break
     return S, it, converged, c_first - float(c0)
@@ -299,9 +302,10 @@ def irls(P: Problem, S: State, *, robust: str, delta: Optional[torch.Tensor], re
 
     ``first_weights`` [F,N]: prior weights multiplied into every round's (the neighbour test).
     A round ends when LM converges (:func:`levenberg_marquardt`, to ``CHI2_TOL`` chi-square
-    units); the loop ends when the cameras move by less than ``tol`` (normalised units) or a
-    round lowers the loss by less than ``CHI2_TOL`` chi-square units (the new weights changed
-    nothing that matters), after ``max_rounds``, or at once for ``robust="none"``.
+    units); the loop ends, once LM has converged, when the cameras moved by less than ``tol``
+    (normalised units) or the round lowered the loss by less than ``CHI2_TOL`` chi-square units
+    (the new weights changed nothing that matters); else after ``max_rounds``, or at once for
+    ``robust="none"``.
     """
     lm_total = 0
     w = None
