@@ -6,7 +6,7 @@ windows are written into (4Real-Video Sec. 3.3), and the I2V latent masks of kno
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +14,15 @@ from einops import rearrange
 
 from ..errors import InputError
 
-if TYPE_CHECKING:
-    from .grid import GridConfig
+
+class WindowSpec(Protocol):
+    """The window sizes :func:`plan_windows` reads (a :class:`~fourd_core.pipelines.grid.GridConfig`
+    has them): views and frames per window, and the overlaps between neighbouring windows."""
+
+    window_views: int
+    window_frames: int
+    overlap_views: int
+    overlap_frames: int
 
 
 def grid_index(view: int, time: int, num_times: int) -> int:
@@ -86,7 +93,7 @@ def window_starts(length: int, size: int, overlap: int) -> list[int]:
     return starts
 
 
-def plan_windows(num_views: int, num_times: int, config: "GridConfig") -> list[tuple[int, int, int, int]]:
+def plan_windows(num_views: int, num_times: int, config: WindowSpec) -> list[tuple[int, int, int, int]]:
     """Windows ``(v0, v1, t0, t1)`` (half-open) in sampling order: views outer, time inner.
 
     A grid no larger than a window is one window; a time axis shorter than ``window_frames`` must

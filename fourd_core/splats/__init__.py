@@ -3,6 +3,7 @@
 * :mod:`.gaussians` - the 3DGS parameterisation, :class:`Gaussians4D` (the ``GAUSSIANS`` value) and
   instant pixel-aligned splats from a scene;
 * :mod:`.rasterize` - a pure-torch differentiable rasteriser (CPU/GPU), gsplat when importable on CUDA;
+* :mod:`.config` - the fit's settings (:class:`~fourd_core.splats.config.FitConfig`);
 * :mod:`.fit` - deformable 4D Gaussians fitted to the scene frames and a 4D grid's views
   (4Real-Video supplement Sec. 6, Eq. 11);
 * :mod:`.ply` - the standard 3DGS PLY (float32, log-scales, logit opacity, SH degree 0);

@@ -28,77 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .config import FitConfig
 from .gaussians import Gaussians, Gaussians4D, pixel_aligned_gaussians
 from .losses import photometric_loss, psnr
 from .model import DeformableModel, densify_and_prune
 from .rasterize import gsplat_available, rasterize_gsplat, rasterize_torch
 
 __all__ = ["FitConfig", "Observations", "build_observations", "fit_gaussians", "resize_camera"]
-
-
-@dataclasses.dataclass
-class FitConfig:
-    """Settings of :func:`fit_gaussians` (defaults: the 3DGS reference's, scaled to short fits).
-
-    Attributes:
-        iterations: optimisation steps (one image each).
-        resolution: longest image side used for training (0 = the scene's size).
-        init_stride: pixel stride of the pixel-aligned initialisation (2 = a quarter of the pixels).
-        keyframes: how many evenly spaced frames seed the canonical set.
-        footprint: initial splat size in pixels (see :func:`pixel_aligned_gaussians`).
-        ssim_weight: lambda of the loss.
-        lr_*: Adam learning rates (``lr_means``/``lr_offsets`` are multiplied by the scene extent).
-        view_offset_weight, time_smoothness: weights of the offset penalties (relative to extent^2).
-        densify_from, densify_until: fractions of ``iterations`` between which density control runs.
-        densify_every: steps between density-control passes. grad_threshold: NDC positional gradient.
-        percent_dense: splats larger than this fraction of the extent are split, smaller ones cloned.
-        prune_opacity: opacity below which splats are removed. max_gaussians: no densification past it.
-        opacity_reset_every: steps between opacity resets to 0.01 (0 = off; reference: 3000).
-        isotropic: spherical splats (4Real-Video's choice against artefacts in far views).
-        backend: rasteriser, ``auto`` (gsplat on CUDA when importable), ``torch`` or ``gsplat``.
-        seed: seeds the view order and splits. preview_every: steps between preview renders.
-    """
-
-    iterations: int = 2000
-    resolution: int = 0
-    init_stride: int = 2
-    keyframes: int = 3
-    footprint: float = 0.5
-    ssim_weight: float = 0.2
-    lr_means: float = 1e-3
-    lr_means_final: float = 1e-5
-    lr_offsets: float = 2e-3
-    lr_sh0: float = 0.0025
-    lr_opacity: float = 0.05
-    lr_scales: float = 0.005
-    lr_quats: float = 0.001
-    view_offset_weight: float = 100.0
-    time_smoothness: float = 1.0
-    densify_from: float = 0.1
-    densify_until: float = 0.6
-    densify_every: int = 100
-    grad_threshold: float = 2e-4
-    percent_dense: float = 0.01
-    prune_opacity: float = 0.005
-    max_gaussians: int = 2_000_000
-    opacity_reset_every: int = 0
-    isotropic: bool = False
-    backend: str = "auto"
-    seed: int = 0
-    preview_every: int = 50
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming a bad setting."""
-        if self.iterations < 1:
-            raise InputError(f"iterations must be >= 1; got {self.iterations}.")
-        if self.resolution < 0 or (0 < self.resolution < 8):
-            raise InputError(f"resolution must be 0 (scene size) or >= 8 pixels; got {self.resolution}.")
-        if self.init_stride < 1 or self.keyframes < 1 or self.densify_every < 1:
-            raise InputError("init_stride, keyframes and densify_every must be >= 1.")
-        if self.backend not in ("auto", "torch", "gsplat"):
-            raise InputError(f"backend must be auto, torch or gsplat; got {self.backend!r}.")
-        if not 0 <= self.ssim_weight <= 1:
-            raise InputError(f"ssim_weight must be in [0, 1]; got {self.ssim_weight}.")
 
 
 @dataclasses.dataclass

@@ -10,15 +10,12 @@ splats start at zero; the per-frame and per-view offsets are copied with their s
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
+from .config import FitConfig
 from .gaussians import Gaussians
 from .rasterize import quat_to_rotmat
-
-if TYPE_CHECKING:
-    from .fit import FitConfig
 
 __all__ = ["DeformableModel", "densify_and_prune"]
 
