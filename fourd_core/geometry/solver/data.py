@@ -181,9 +181,13 @@ def neighbour_score(points, valid, ii, jj) -> torch.Tensor:
 def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th smallest value (1-based) along the last dimension: ``torch.kthvalue(x, k, -1).values``.
 
-    On the CPU through numpy's introselect (``np.partition``), about 7x faster than
+    x: [..., n] floating tensor; k in 1..n.  Returns [...] in the dtype and on the device of x.
+    On the CPU (without grad) through numpy's introselect (``np.partition``), about 7x faster than
     ``torch.kthvalue`` on the [F, hypotheses, points] arrays the initialisation scores (torch 2.13,
-    one thread).  NaN counts as the largest value in both.
+    one thread); elsewhere ``torch.kthvalue``.  NaN counts as the largest value in both.
+
+    Raises:
+        ValueError (numpy) / IndexError or RuntimeError (torch): k outside 1..n.
     """
     if x.device.type != "cpu" or x.requires_grad:
         return torch.kthvalue(x, k, dim=-1).values

@@ -122,6 +122,12 @@ class _Fit:
     reject_c: Optional[float]  # coarse level's
     lm_total: int = 0
 
+    @property
+    def n_res(self) -> int:
+        """Residual count of the model-selection tests: two per valid coarse point (the point-to-ray
+        residual lies in the plane orthogonal to the ray)."""
+        return int(self.coarse.valid.sum()) * 2
+
     def keep(self, level: Sample) -> torch.Tensor:
         """Points with at least two close 4-neighbours [F,N] bool: a surface, not an isolated gross
         outlier (such an outlier can lie near its pixel's ray by chance, but not near its
@@ -207,7 +213,7 @@ def _select_model(fx: _Fit, fit, keep_w, *, auto_focal: bool, auto_pp: bool, s_p
     it free: the honesty checks still account for its uncertainty)."""
     Pc, S, w, scale = fit
     selection = {}
-    n_res = int(fx.coarse.valid.sum()) * 2
+    n_res = fx.n_res
     if auto_focal:
         Pc, S, w, scale, rec = select_focal(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR), n_res,
                                             lambda m, S_: fx.fit_coarse(m, S_, keep_w))
@@ -234,7 +240,7 @@ def _forced_model_reasons(fx: _Fit, fit, *, shared_intrinsics, centered_principa
     significantly better richer model is a warning (the reasons returned)."""
     Pc, S, w, scale = fit
     F = S.R.shape[0]
-    n_res = int(fx.coarse.valid.sum()) * 2
+    n_res = fx.n_res
     reasons = []
     if not fixed and shared_intrinsics is True and F >= 3:
         reason = forced_shared_focal_reason(Pc, S, w, scale.clamp_min(BIC_SCALE_FLOOR), n_res)
