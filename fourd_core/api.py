@@ -73,14 +73,20 @@ def recover_geometry(scene: Scene4D, config: GeometryConfig | None = None, devic
     return Scene4D(rgb=scene.rgb, xyz=scene.xyz, K=K, cam_to_world=c2w, depth=depth, confidence=conf, metadata=meta)
 
 
+#: horizontal field of view (degrees) the camera-frame fallback's focal is clamped to
+FALLBACK_FOV_DEGREES = (20.0, 120.0)
+
+
 def camera_frame_fallback(points: torch.Tensor, min_depth: float = 1e-3):
     """Cameras for point maps that admit no perspective camera: read them in the camera frame.
 
     Every frame gets ``cam_to_world = I`` and ``depth = max(z, min_depth * max z)``; one shared
     ``K`` (fx = fy, centred principal point) is fitted in closed form to
     ``u - cx = f x / z`` and ``v - cy = f y / z`` by least squares over points with z > 0, falling back
-    to a 60 degree horizontal field of view when that is not positive. Confidence is 0 everywhere,
-    marking the geometry as unreliable.
+    to a 60 degree horizontal field of view when that is not positive and clamped to a horizontal
+    field of view in [:data:`FALLBACK_FOV_DEGREES`] (maps that admit no camera, such as random
+    weights' output, can give a focal of a fraction of a pixel: a ~180 degree view whose unprojected
+    points and splats are absurd). Confidence is 0 everywhere, marking the geometry as unreliable.
 
     Args:
         points: ``[F, H, W, 3]`` finite point maps (4DNeX registration frame).
@@ -99,6 +105,8 @@ def camera_frame_fallback(points: torch.Tensor, min_depth: float = 1e-3):
     focal = float((a * b).sum() / (a * a).sum().clamp_min(1e-12)) if ok.any() else 0.0
     if not (math.isfinite(focal) and focal > 0):
         focal = (w / 2) / math.tan(math.radians(30))
+    lo, hi = ((w / 2) / math.tan(math.radians(fov / 2)) for fov in sorted(FALLBACK_FOV_DEGREES, reverse=True))
+    focal = min(max(focal, lo), hi)
     K = torch.tensor([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], dtype=torch.float32).expand(f_, 3, 3).clone()
     zmax = float(z.max()) if float(z.max()) > 0 else 1.0
     depth = z.clamp_min(min_depth * zmax).float()

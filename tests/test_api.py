@@ -36,6 +36,19 @@ def test_fallback_focal_defaults_to_60_degrees_for_mirrored_maps():
     assert K[0, 0, 0] == pytest.approx((36 / 2) / math.tan(math.radians(30)), rel=1e-5)
 
 
+def test_fallback_focal_stays_within_a_plausible_field_of_view():
+    """Maps that admit no camera (random weights) must not give a fraction-of-a-pixel focal (a ~180 degree
+    view): the fallback clamps the horizontal field of view to [20, 120] degrees."""
+    W = 36
+    wide = camera_frame_points(f=0.1)            # least squares alone would give f = 0.1 px
+    narrow = camera_frame_points(f=1e4)
+    K_wide, *_ = camera_frame_fallback(wide)
+    K_narrow, *_ = camera_frame_fallback(narrow)
+    fov = lambda f: 2 * math.degrees(math.atan((W / 2) / float(f)))  # noqa: E731
+    assert fov(K_wide[0, 0, 0]) == pytest.approx(120.0, rel=1e-4)
+    assert fov(K_narrow[0, 0, 0]) == pytest.approx(20.0, rel=1e-4)
+
+
 def _scene_from_points(points_registration_frame):
     # 4DNeX maps are in [0, 1]; the registration frame is (x - 0.5, y - 0.5, z)
     xyz = points_registration_frame.clone()

@@ -22,19 +22,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..util.memory import release_freed_memory
 from .config import FitConfig
 from .gaussians import Gaussians, Gaussians4D, pixel_aligned_gaussians
 from .losses import photometric_loss, psnr
 from .model import DeformableModel, densify_and_prune
 from .rasterize import gsplat_available, rasterize_gsplat, rasterize_torch
 
-__all__ = ["FitConfig", "Observations", "build_observations", "fit_gaussians", "resize_camera"]
+__all__ = ["FitConfig", "Observations", "build_observations", "fallback_cameras", "fit_gaussians", "resize_camera"]
 
 
 @dataclasses.dataclass
@@ -155,19 +157,46 @@ def fit_gaussians(scene, config: FitConfig | None = None, grid: torch.Tensor | N
         :class:`Gaussians4D` (deformable) with the scene's cameras; ``metadata["fit"]`` holds the final
         loss, training PSNR, splat count and seconds per iteration.
 
+    Warns:
+        UserWarning: the scene's cameras are the low-confidence camera-frame fallback of a failed
+            camera recovery (:func:`fourd_core.api.camera_frame_fallback`): the splats follow them.
     Raises:
         InputError: bad config, scene without cameras, mismatched grid; gsplat requested but missing.
+
+    Host memory the fit freed is handed back to the system when it ends
+    (:func:`fourd_core.util.memory.release_freed_memory`), so repeated fits in one server do not grow it.
     """
+    try:
+        return _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callback)
+    finally:
+        release_freed_memory()
+
+
+def fallback_cameras(scene) -> bool:
+    """True when ``scene``'s cameras are the camera-frame fallback of a failed camera recovery
+    (its metadata says so, or every confidence is 0)."""
+    geometry = (scene.metadata or {}).get("geometry") or {}
+    if geometry.get("fallback"):
+        return True
+    return scene.confidence is not None and scene.confidence.numel() > 0 and float(scene.confidence.max()) == 0.0
+
+
+def _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callback) -> Gaussians4D:
     if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
         # hosts such as ComfyUI run nodes under torch.inference_mode(): fitting needs autograd, and
         # tensors created in inference mode cannot be saved for backward, so work on plain copies
         with torch.inference_mode(False), torch.enable_grad():
             fields = {f.name: getattr(scene, f.name) for f in dataclasses.fields(scene)}
             plain = type(scene)(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
-            return fit_gaussians(plain, config, *(None if t is None else t.clone() for t in (grid, grid_K, grid_cam_to_world)),
-                                 device=device, callback=callback)
+            return _fit_gaussians(plain, config, *(None if t is None else t.clone() for t in (grid, grid_K, grid_cam_to_world)),
+                                  device, callback)
     cfg = config or FitConfig()
     cfg.validate()
+    if fallback_cameras(scene):
+        reason = ((scene.metadata or {}).get("geometry") or {}).get("fallback_reason", "")
+        warnings.warn("The scene's cameras are a low-confidence fallback (camera recovery found no camera that explains "
+                      f"its point maps{': ' + reason[:160] if reason else ''}); the fitted Gaussians follow those "
+                      "cameras and may be meaningless. Fit a scene whose camera recovery succeeded.")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)

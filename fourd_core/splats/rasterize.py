@@ -15,7 +15,8 @@ The torch version enumerates (splat, pixel) pairs inside each splat's exact 1/25
 (``|d| <= sqrt(2 ln(255 o)) sigma`` per axis), sorts them by pixel (stable, so the depth order is kept),
 and evaluates the transmittances as a segmented exclusive cumulative sum of ``log(1 - alpha)`` in
 float64. Everything is autograd, so gradients are exact (checked against finite differences in the
-tests). Memory is bounded by rendering horizontal bands of at most ``max_pairs`` pairs.
+tests). Memory is bounded by rendering horizontal bands of at most ``max_pairs`` pairs, and by capping
+each projected footprint at a quarter of the image side (:func:`clip_footprint`, not in the reference).
 
 Pixel convention: pixel (row i, column j) is centred at (u, v) = (j, i) (:mod:`fourd_core.geometry.render`);
 gsplat puts centres at (j + 0.5, i + 0.5), so its ``K`` gets ``+0.5`` on ``cx, cy``.
@@ -30,12 +31,15 @@ import torch
 from ..errors import InputError
 from .gaussians import Gaussians
 
-__all__ = ["gsplat_available", "quat_to_rotmat", "rasterize_gsplat", "rasterize_torch", "render_gaussians"]
+__all__ = ["clip_footprint", "gsplat_available", "quat_to_rotmat", "rasterize_gsplat", "rasterize_torch",
+           "render_gaussians"]
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
 T_MIN = 1e-4
 EPS2D = 0.3
+#: cap on a projected splat's largest standard deviation, as a fraction of the larger image side
+MAX_FOOTPRINT = 0.25
 
 
 def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
@@ -107,9 +111,24 @@ def project(means, quats, scales, K, world_to_cam, height, width, eps2d=EPS2D):
     return torch.stack([u, v], -1), z, (a, b, c)
 
 
+def clip_footprint(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, max_sigma: float):
+    """Scale 2D covariances ``[[a, b], [b, c]]`` (``[N]`` each, pixels^2) so that the largest standard
+    deviation is at most ``max_sigma`` pixels, keeping their shape; smaller ones are unchanged.
+
+    Not in the 3DGS reference: a degenerate splat (near the camera plane, or seen through a
+    near-180-degree camera) can otherwise cover the whole image many times over, which makes the
+    enumerated (splat, pixel) pairs, the time and the memory of a fit explode. A healthy splat is far
+    below the cap (a quarter of the image side by default). gsplat has no such cap.
+    """
+    half_diff = 0.5 * (a - c)
+    lam = 0.5 * (a + c) + torch.sqrt(half_diff * half_diff + b * b)
+    s = (max_sigma * max_sigma / lam.clamp_min(1e-30)).clamp(max=1.0)
+    return a * s, b * s, c * s
+
+
 def rasterize_torch(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
                     colors: torch.Tensor, K, cam_to_world, height: int, width: int, background=None,
-                    near: float = 0.01, max_pairs: int = 4_000_000) -> dict:
+                    near: float = 0.01, max_pairs: int = 4_000_000, max_footprint: float = MAX_FOOTPRINT) -> dict:
     """Render Gaussians with the pure-torch differentiable rasteriser (see the module docstring).
 
     Args:
@@ -119,6 +138,8 @@ def rasterize_torch(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tens
         background: ``[C]`` colour of empty pixels (default 0).
         near: splats with camera depth <= near are culled.
         max_pairs: at most this many (splat, pixel) pairs per band (memory bound).
+        max_footprint: projected covariances are scaled down so that no splat's largest standard
+            deviation exceeds this fraction of ``max(height, width)`` (:func:`clip_footprint`).
 
     Returns:
         dict with ``image`` ``[H, W, C]``, ``alpha`` ``[H, W]`` (1 - final transmittance), ``depth``
@@ -136,6 +157,7 @@ def rasterize_torch(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tens
     C = colors.shape[-1]
     bg = torch.zeros(C, device=dev, dtype=dt) if background is None else torch.as_tensor(background, device=dev, dtype=dt).expand(C)
     means2d, z, (a, b, c) = project(means, quats, scales, K, w2c, H, W)
+    a, b, c = clip_footprint(a, b, c, max_footprint * max(H, W))
     det = a * c - b * b
     with torch.no_grad():
         ok = (z > near) & (det > 0) & (opacities * 255 > 1) & torch.isfinite(means2d).all(-1)
