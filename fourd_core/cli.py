@@ -24,7 +24,24 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import FourDError
+from .errors import FourDError, shorten_long_values
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors cut to a sensible length (an absurd value is not echoed in full)."""
+
+    def error(self, message):
+        super().error(shorten_long_values(message))
+
+
+def _int(text: str) -> int:
+    """``type=`` for integer options: refuses absurd values without echoing them."""
+    try:
+        if len(text) > 19:
+            raise ValueError
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {shorten_long_values(text, 40)!r}") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -71,8 +88,8 @@ def _add_geometry_export_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--fps", type=float, default=24.0)
     e.add_argument("--min-confidence", type=float, default=0.0, help="drop points below this confidence")
     e.add_argument("--voxel-size", type=float, default=0.0, help="voxel down-sampling (scene units)")
-    e.add_argument("--outlier-neighbors", type=int, default=0, help="statistical outlier removal neighbours (0: off)")
-    e.add_argument("--max-points", type=int, default=None, help="at most this many points per frame file")
+    e.add_argument("--outlier-neighbors", type=_int, default=0, help="statistical outlier removal neighbours (0: off)")
+    e.add_argument("--max-points", type=_int, default=None, help="at most this many points per frame file")
     e.add_argument("--no-ply", action="store_true")
     e.add_argument("--no-glb", action="store_true")
     e.add_argument("--no-gaussians", action="store_true", help="skip gaussians/frame_#####.ply (pixel-aligned splats)")
@@ -90,24 +107,26 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m fourd_core`` argument parser (sub-commands generate, geometry, info)."""
-    parser = argparse.ArgumentParser(prog="python -m fourd_core", description="One image -> a 4D scene (4DNeX).")
+    parser = _Parser(prog="python -m fourd_core", description="One image -> a 4D scene (4DNeX).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="image (+ prompt) -> videos, cameras, depth, point clouds")
     g.add_argument("--image", help="input image (PNG, JPEG, WebP...); or --images DIR")
     g.add_argument("--prompt", help="text prompt")
     g.add_argument("--prompt-file", help="read the prompt from this text file")
+    g.add_argument("--encoding", help="text encoding of --prompt-file, --prompts and <image>.txt files "
+                                      "(default UTF-8; e.g. cp1252 for Windows text files)")
     g.add_argument("--out", required=True, help="output folder")
     _add_distributed_args(g)
     s = g.add_argument_group("sampling")
-    s.add_argument("--steps", type=int, help="denoising steps (4DNeX: 50; tiny: 8)")
+    s.add_argument("--steps", type=_int, help="denoising steps (4DNeX: 50; tiny: 8)")
     s.add_argument("--cfg", type=float, default=5.0, help="guidance scale on text")
     s.add_argument("--shift", type=float, default=3.0, help="flow shift")
     s.add_argument("--scheduler", default="unipc", choices=["unipc", "euler"])
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--frames", type=int, help="frames, 4k+1 (default 49)")
-    s.add_argument("--height", type=int, help="height of one modality (4DNeX: 480; tiny: 96)")
-    s.add_argument("--width", type=int, help="width of one modality (4DNeX: 720; tiny: 144)")
+    s.add_argument("--seed", type=_int, default=42)
+    s.add_argument("--frames", type=_int, help="frames, 4k+1 (default 49)")
+    s.add_argument("--height", type=_int, help="height of one modality (4DNeX: 480; tiny: 96)")
+    s.add_argument("--width", type=_int, help="width of one modality (4DNeX: 720; tiny: 144)")
     s.add_argument("--resize", default="crop", choices=["crop", "max_area"],
                    help="'crop': cover + centre crop to exactly HxW (in distribution); 'max_area': official rule")
     s.add_argument("--no-geometry", action="store_true", help="skip camera/depth recovery and its exports")
@@ -123,15 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gaussians_parser(sub)
 
     sub.add_parser("info", help="print versions and devices")
+    for p in sub.choices.values():
+        p.add_argument("--verbose", action="store_true",
+                       help="on an error, also print the underlying library's error and traceback")
     return parser
 
 
 def _read_prompt(args) -> str:
     if args.prompt_file:
-        p = Path(args.prompt_file).expanduser()
-        if not p.is_file():
-            raise FourDError(f"Prompt file not found: {p}.")
-        text = p.read_text(encoding="utf-8").strip()
+        from .util.text import read_text_file
+
+        text = read_text_file(args.prompt_file, "--prompt-file", args.encoding).strip()
     else:
         text = (args.prompt or "").strip()
     if not text:
@@ -184,7 +205,7 @@ def cmd_generate(args) -> int:
     ``--images``, ``--parallel`` or a ``torchrun`` launch go to :mod:`fourd_core.distributed.batch`."""
     import os
 
-    from .io.atomic import writable_output_dir
+    from .util.atomic import writable_output_dir
 
     if args.images or args.parallel or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from .distributed.batch import cmd_generate_distributed
@@ -227,7 +248,7 @@ def _generate(args, prompt: str) -> int:
 def cmd_geometry(args) -> int:
     from .api import recover_geometry
     from .io.export import export_scene
-    from .io.atomic import writable_output_dir
+    from .util.atomic import writable_output_dir
     from .scene import Scene4D
 
     options = _export_options(args, True)
@@ -246,10 +267,10 @@ def _add_gaussians_parser(sub) -> None:
     p.add_argument("--scene", required=True, help="scene.safetensors with cameras (written by generate/geometry)")
     p.add_argument("--out", required=True, help="output folder: gaussians/frame_#####.ply (+ gaussians_orbit.mp4)")
     p.add_argument("--fit", action="store_true", help="optimise deformable 4D Gaussians (else pixel-aligned, instant)")
-    p.add_argument("--iterations", type=int, default=2000, help="--fit: optimisation steps")
-    p.add_argument("--resolution", type=int, default=256, help="--fit: longest training image side (0 = full)")
+    p.add_argument("--iterations", type=_int, default=2000, help="--fit: optimisation steps")
+    p.add_argument("--resolution", type=_int, default=256, help="--fit: longest training image side (0 = full)")
     p.add_argument("--isotropic", action="store_true", help="--fit: spherical splats")
-    p.add_argument("--stride", type=int, default=1,
+    p.add_argument("--stride", type=_int, default=1,
                    help="pixel stride of the pixel-aligned splats (with --fit: of the start set; 1 means 2 there)")
     p.add_argument("--footprint", type=float, default=0.4, help="pixel-aligned splat size in pixels")
     p.add_argument("--min-confidence", type=float, default=0.0, help="drop pixels below this confidence")
@@ -259,40 +280,47 @@ def _add_gaussians_parser(sub) -> None:
 
 
 def cmd_gaussians(args) -> int:
+    """``gaussians``: every setting, the scene and ``--out`` are checked before the (possibly hour-long)
+    fit; the splats are written all-or-nothing into ``--out``."""
     import torch
 
-    from .io.atomic import staged_output
-
+    from . import settings
     from .scene import Scene4D
     from .splats.fit import FitConfig, fit_gaussians
     from .splats.gaussians import pixel_aligned_gaussians
     from .splats.ply import write_gaussians_sequence
+    from .util.atomic import staged_output, writable_output_dir
 
-    scene = Scene4D.load(args.scene)
-    if not scene.has_cameras:
-        raise FourDError(f"{args.scene} has no cameras; run `python -m fourd_core geometry` on it first.")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    t0 = time.perf_counter()
+    for name in ("stride", "footprint", "min_confidence"):
+        settings.check(name, getattr(args, name), flag="--" + name.replace("_", "-"))
+    cfg = None
     if args.fit:
         cfg = FitConfig(iterations=args.iterations, resolution=args.resolution, isotropic=args.isotropic,
                         init_stride=2 if args.stride == 1 else args.stride, footprint=args.footprint,
                         backend=args.backend)
         cfg.validate()
-        from tqdm import tqdm
+    scene = Scene4D.load(args.scene)
+    if not scene.has_cameras:
+        raise FourDError(f"{args.scene} has no cameras; run `python -m fourd_core geometry` on it first.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    with writable_output_dir(args.out, "--out"):  # probed before the fit; a failed run leaves --out as it was
+        if cfg is not None:
+            from tqdm import tqdm
 
-        bar = tqdm(total=cfg.iterations, desc="fitting", unit="it", file=sys.stderr)
-        g4d = fit_gaussians(scene, cfg, device=device, callback=lambda s, t, p: bar.update(s - bar.n))
-        bar.close()
-    else:
-        g4d = pixel_aligned_gaussians(scene, stride=args.stride, footprint=args.footprint,
-                                      min_confidence=args.min_confidence)
-    with staged_output(args.out, "--out") as (staging, out):
-        write_gaussians_sequence(g4d, staging / "gaussians")
-        if args.orbit:
-            from .io.video import write_video
-            from .splats.orbit import render_orbit
+            bar = tqdm(total=cfg.iterations, desc="fitting", unit="it", file=sys.stderr)
+            g4d = fit_gaussians(scene, cfg, device=device, callback=lambda s, t, p: bar.update(s - bar.n))
+            bar.close()
+        else:
+            g4d = pixel_aligned_gaussians(scene, stride=args.stride, footprint=args.footprint,
+                                          min_confidence=args.min_confidence)
+        with staged_output(args.out, "--out") as (staging, out):
+            write_gaussians_sequence(g4d, staging / "gaussians")
+            if args.orbit:
+                from .io.video import write_video
+                from .splats.orbit import render_orbit
 
-            write_video(staging / "gaussians_orbit.mp4", render_orbit(g4d, backend=args.backend, device=device), 8.0)
+                write_video(staging / "gaussians_orbit.mp4", render_orbit(g4d, backend=args.backend, device=device), 8.0)
     print(json.dumps({"out": str(out.resolve()), "kind": g4d.metadata.get("kind"), "frames": g4d.num_frames,
                       "splats_per_frame": g4d.counts()[0], "seconds": round(time.perf_counter() - t0, 2),
                       **({"fit": g4d.metadata["fit"]} if args.fit else {})}, indent=1))
@@ -320,10 +348,28 @@ def _on_signal(signum, frame):
     raise kind()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of the CLI: ``warning: <message>`` on one line, without the source line."""
+    print(f"warning: {shorten_long_values(str(message))}", file=sys.stderr if file is None else file)
+
+
+def _print_error(exc: FourDError, verbose: bool) -> None:
+    """The one-line error (long values cut), and with ``--verbose`` the chained library error's traceback."""
+    import traceback
+
+    cause = exc.__cause__ or exc.__context__
+    if verbose and cause is not None:
+        traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+    message = " ".join(shorten_long_values(str(exc)).split())
+    print(f"error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point. Returns the exit code: 0 ok, 2 a FourDError (message on stderr), 130
-    interrupted (Ctrl-C), 143 terminated (SIGTERM); in both interrupt cases nothing partial is left."""
+    """CLI entry point. Returns the exit code: 0 ok, 2 a FourDError (one line on stderr; ``--verbose``
+    adds the underlying library error), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); in both
+    interrupt cases nothing partial is left. Warnings print as one ``warning:`` line, each text once."""
     import threading
+    import warnings
 
     from .interrupts import Terminated, clear_stop_request, make_unraisable_hook
 
@@ -332,20 +378,23 @@ def main(argv: list[str] | None = None) -> int:
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     previous_hook = sys.unraisablehook
     sys.unraisablehook = make_unraisable_hook(previous_hook)
-    try:
-        return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
-                "info": cmd_info}[args.command](args)
-    except FourDError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: no partial outputs were written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("terminated: no partial outputs were written", file=sys.stderr)
-        return 143
-    finally:
-        clear_stop_request()
-        sys.unraisablehook = previous_hook
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", UserWarning)
+        warnings.showwarning = _show_warning
+        try:
+            return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
+                    "info": cmd_info}[args.command](args)
+        except FourDError as exc:
+            _print_error(exc, getattr(args, "verbose", False))
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: no partial outputs were written", file=sys.stderr)
+            return 130
+        except Terminated:
+            print("terminated: no partial outputs were written", file=sys.stderr)
+            return 143
+        finally:
+            clear_stop_request()
+            sys.unraisablehook = previous_hook
+            for s, handler in previous.items():
+                signal.signal(s, handler)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
-from .io.atomic import atomic_path
+from .errors import InputError, brief
+from .util.atomic import atomic_path
 
 FORMAT = "fourd.scene4d"
 VERSION = 2
@@ -141,7 +141,7 @@ class Scene4D:
                 meta = json.loads((f.metadata() or {}).get("fourd", "{}"))
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
-            raise InputError(f"{path} is not a readable scene file ({exc}).") from exc
+            raise InputError(f"{path} is not a readable scene file ({brief(exc)}).") from exc
         if meta.get("format") != FORMAT:
             raise InputError(f"{path} is not a fourd Scene4D file (format {meta.get('format')!r}).")
         if int(meta.get("version", 0)) > VERSION:

@@ -157,7 +157,7 @@ def preview_asset_ui(prefix: str, data: bytes) -> dict:
     return the node's ``{"ui": ...}`` entry the web widget (``web/fourd``) reads."""
     import posixpath
 
-    from ..fourd_core.io.atomic import write_bytes_atomic
+    from ..fourd_core.util.atomic import write_bytes_atomic
 
     folder, rel = safe_output_folder(prefix, base=temp_directory())
     name = folder.name + ".fourd4d"

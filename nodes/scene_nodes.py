@@ -117,7 +117,7 @@ class FourDExport:
         folder, rel = cb.safe_output_folder(filename_prefix)
         opts = ExportOptions(fps=fps, ply=ply, glb=glb, min_confidence=min_confidence, voxel_size=voxel_size,
                              outlier_neighbors=outlier_neighbors, max_points=max_points or None)
-        export_scene(scene, folder, opts)
+        export_scene(scene, folder, opts, progress=lambda stage, done, total: cb.check_interrupt())
         glb_rel = f"{rel}/pointclouds/frame_00000.glb" if glb else ""
         result = (glb_rel, rel)
         if file3d.available():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..fourd_core.errors import InputError
-from ..fourd_core.io.atomic import atomic_directory, writable_output_dir
+from ..fourd_core.util.atomic import atomic_directory, writable_output_dir
 from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
 from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import pixel_aligned_gaussians

@@ -12,7 +12,7 @@ import torch
 
 from fourd_core.errors import InputError
 from fourd_core.io import cameras as cam_io
-from fourd_core.io.atomic import write_text_atomic
+from fourd_core.util.atomic import write_text_atomic
 from fourd_core.io.pointcloud import clean_points, glb_bytes, read_ply, write_glb, write_ply
 from fourd_core.io.video import read_video, write_video
 from fourd_core.scene import Scene4D

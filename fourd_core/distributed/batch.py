@@ -7,7 +7,7 @@ Layout under ``--out``::
     OUT/batch_summary.json            the last run's summary (done, skipped, failed, times)
 
 A scene folder is built as a hidden temporary folder and renamed into place only when complete
-(:func:`fourd_core.io.atomic.atomic_directory`; the export inside is atomic as well), and its
+(:func:`fourd_core.util.atomic.atomic_directory`; the export inside is atomic as well), and its
 marker is the last file written before that rename. A scene counts as *finished* when its marker
 reads back, names the same job (hash of the image bytes, the prompt, the seed and every setting
 that changes the output) and every file it lists exists. A rerun skips finished scenes, redoes
@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ..io.atomic import atomic_directory, remove_stale_temporaries, write_text_atomic, writable_output_dir
+from ..util.text import read_text_file
+from ..util.atomic import atomic_directory, remove_stale_temporaries, write_text_atomic, writable_output_dir
 from ..job import SceneJob
 from .runtime import DistContext, ParallelSpec, enable_scene_parallel, init_distributed, sequence_length
 
@@ -68,18 +69,19 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
-def read_prompts_jsonl(path: str | Path) -> dict[str, dict]:
+def read_prompts_jsonl(path: str | Path, encoding: str | None = None) -> dict[str, dict]:
     """``--prompts`` file: one JSON object per line with ``image`` (file name, or its stem) and
     ``prompt``, optionally ``seed`` (int). Blank lines are skipped. Returns ``{image: entry}``.
 
+    Args:
+        encoding: the file's text encoding (None: UTF-8; :func:`fourd_core.util.text.read_text_file`).
     Raises:
-        InputError: missing file, a line that is not such an object (with its line number), duplicates.
+        InputError: missing file, text not in the encoding (with the byte offset), a line that is not
+            such an object (with its line number), duplicates.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"--prompts file not found: {path}.")
     entries: dict[str, dict] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, "--prompts file", encoding).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -99,16 +101,17 @@ def read_prompts_jsonl(path: str | Path) -> dict[str, dict]:
 
 
 def plan_items(images_dir: str | Path, prompts_file: str | Path | None = None,
-               default_prompt: str | None = None) -> list[BatchItem]:
+               default_prompt: str | None = None, encoding: str | None = None) -> list[BatchItem]:
     """The batch: every image of ``images_dir`` with its prompt, from (first found) the ``--prompts``
-    entry, ``<image stem>.txt`` beside the image, or ``default_prompt``.
+    entry, ``<image stem>.txt`` beside the image, or ``default_prompt``. ``encoding``: of the
+    ``--prompts`` file and the ``.txt`` sidecars (None: UTF-8).
 
     Raises:
         InputError: images without a prompt, two images with one output name (``a.png``, ``a.jpg``),
             ``--prompts`` entries naming no image in the folder (all listed; before any work).
     """
     images = list_images(images_dir)
-    entries = read_prompts_jsonl(prompts_file) if prompts_file else {}
+    entries = read_prompts_jsonl(prompts_file, encoding) if prompts_file else {}
     by_stem: dict[str, Path] = {}
     for p in images:
         if p.stem in by_stem:
@@ -125,7 +128,7 @@ def plan_items(images_dir: str | Path, prompts_file: str | Path | None = None,
         if entry:
             prompt, seed = entry["prompt"].strip(), entry.get("seed")
         elif side.is_file():
-            prompt, seed = side.read_text(encoding="utf-8").strip(), None
+            prompt, seed = read_text_file(side, "Prompt file", encoding).strip(), None
         else:
             prompt, seed = (default_prompt or "").strip(), None
         if not prompt:
@@ -265,7 +268,7 @@ def run_scene_parallel(job, args, prompt: str, ctx: DistContext) -> dict:
 
 #: CLI options that do not change a scene (not part of its fingerprint)
 _NOT_SETTINGS = {"command", "image", "images", "prompts", "prompt", "prompt_file", "out", "device", "offload",
-                 "attention", "parallel", "redo", "cache_dir", "offline"}
+                 "attention", "parallel", "redo", "cache_dir", "offline", "encoding", "verbose"}
 
 
 def cmd_generate_distributed(args, prompt: str | None, export_options, geometry) -> int:
@@ -291,7 +294,7 @@ def cmd_generate_distributed(args, prompt: str | None, export_options, geometry)
         raise InputError("--prompts goes with --images; for one image use --prompt or --prompt-file.")
     items = None
     if args.images:
-        items = plan_items(args.images, args.prompts, prompt)  # checked before the process group starts
+        items = plan_items(args.images, args.prompts, prompt, args.encoding)  # checked before the process group starts
     elif not args.image:
         raise InputError("Give --image FILE (one scene) or --images DIR (a batch).")
     ctx = init_distributed(args.device, spec)

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, brief
 
 #: default collective timeout: batch ranks wait for each other at the end, possibly for hours
 DEFAULT_TIMEOUT_S = 48 * 3600
@@ -261,7 +261,7 @@ def enable_scene_parallel(transformer, ctx: DistContext, tokens: int | None = No
             try:
                 transformer.enable_parallelism(config=config)
             except ValueError as exc:
-                raise InputError(f"--parallel {spec}: {exc}") from exc
+                raise InputError(f"--parallel {spec}: {brief(exc)}") from exc
     if spec.cfg > 1:
         enable_cfg_parallel(transformer, ctx.mesh["cfg"].get_group())
 

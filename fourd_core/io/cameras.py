@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from ..util.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 

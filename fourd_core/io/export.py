@@ -26,10 +26,13 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from ..errors import InputError
 from ..interrupts import raise_if_stop_requested
 from ..scene import Scene4D
-from .atomic import staged_output
+from ..settings import check as check_setting
+from ..util.atomic import staged_output
 from .cameras import depth_png_scale, write_cameras_json, write_depth_png, write_npy, write_transforms_json
 from .pointcloud import clean_points, needs_open3d, warn_if_open3d_unusable, write_glb, write_ply
 from .video import to_uint8, write_video
@@ -73,16 +76,14 @@ class ExportOptions:
         Raises:
             InputError: negative sizes, fps <= 0, bad frame indices.
         """
-        if not self.fps > 0:
-            raise InputError(f"fps must be > 0, got {self.fps}.")
+        check_setting("fps", self.fps)
+        check_setting("min_confidence", self.min_confidence)
         if self.voxel_size < 0 or self.outlier_neighbors < 0 or self.outlier_std <= 0:
             raise InputError("voxel_size and outlier_neighbors must be >= 0 and outlier_std > 0.")
         if self.max_points is not None and self.max_points < 1:
             raise InputError(f"max_points must be >= 1 (or None for all), got {self.max_points}.")
         if self.gaussian_stride < 1:
             raise InputError(f"gaussian_stride must be >= 1, got {self.gaussian_stride}.")
-        if not 0 <= self.min_confidence <= 1:
-            raise InputError(f"min_confidence must be in [0, 1], got {self.min_confidence}.")
         if num_frames is not None and self.frames is not None and any(
                 not 0 <= int(i) < num_frames for i in self.frames):
             raise InputError(f"Export frames must be in 0..{num_frames - 1}, got {self.frames}.")
@@ -104,7 +105,8 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
     """Write the scene's files into ``out_dir`` (see the module docstring).
 
     Args:
-        progress: optional ``progress(stage, done, total)``.
+        progress: optional ``progress(stage, done, total)``, called before every file; raise in it to
+            stop (a host's Stop button): nothing partial is committed.
     Returns:
         ``{kind: [paths]}`` of the written files (kinds: video, scene, cameras, images, depth, ply, glb, gaussians).
     Raises:
@@ -128,9 +130,38 @@ def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | N
 
     written: dict[str, list[str]] = {}
     _import_writers()
-    with staged_output(out_dir) as (staging, out):
+    with staged_output(out_dir, needed_bytes=export_size_lower_bound(scene, opt, frames)) as (staging, out):
         _export_into(scene, staging, out, opt, frames, written, say)
     return written
+
+
+def export_size_lower_bound(scene: Scene4D, opt: ExportOptions, frames: list[int]) -> int:
+    """Bytes the export writes at least: the uncompressed files exactly (scene file, ``.npy`` arrays,
+    PLY / GLB points and splats per kept pixel), compressed ones (MP4, PNG) and point clouds that the
+    voxel / outlier clean-up thins out counted as 0. Checked against the free space before writing."""
+    f, h, w = scene.num_frames, *scene.size
+    n = 0
+    if opt.scene_file:
+        n += f * h * w * (3 + 12) + sum(getattr(scene, k).numel() * 4 for k in ("K", "cam_to_world", "depth")
+                                        if getattr(scene, k) is not None)
+        n += 0 if scene.confidence is None else f * h * w * 2
+    if scene.depth is None:
+        return n
+    if opt.depth:
+        n += f * h * w * 4 * (1 if scene.confidence is None else 2)
+    keep = torch.isfinite(scene.depth[frames]) & (scene.depth[frames] > 0)
+    if scene.confidence is not None:
+        keep &= scene.confidence[frames] >= opt.min_confidence
+    if (opt.ply or opt.glb) and not needs_open3d(opt.voxel_size, opt.outlier_neighbors):
+        per_frame = keep.flatten(1).sum(1)
+        if opt.max_points is not None:
+            per_frame = per_frame.clamp_max(opt.max_points)
+        points = int(per_frame.sum())
+        n += points * (15 * opt.ply + 16 * bool(opt.glb))  # PLY: 3 float32 + 3 uint8; GLB: + 1 byte padding
+    if opt.gaussians:
+        s = opt.gaussian_stride
+        n += int(keep[:, s // 2::s, s // 2::s].sum()) * 17 * 4  # 17 float32 properties per splat (3DGS PLY)
+    return n
 
 
 def _export_into(scene: Scene4D, staging: Path, out: Path, opt: ExportOptions, frames: list[int], written: dict,
@@ -143,9 +174,11 @@ def _export_into(scene: Scene4D, staging: Path, out: Path, opt: ExportOptions, f
     if opt.videos:
         say("videos", 0, 2)
         write_video(staging / "rgb.mp4", scene.rgb, opt.fps)
+        say("videos", 1, 2)
         write_video(staging / "xyz.mp4", scene.xyz.clamp(0, 1), opt.fps)
         add("video", "rgb.mp4"), add("video", "xyz.mp4")
     if opt.scene_file:
+        say("scene file", 0, 1)
         scene.save(staging / "scene.safetensors")
         add("scene", "scene.safetensors")
     image_rel = [f"images/frame_{i:05d}.png" for i in range(f)]
@@ -155,6 +188,7 @@ def _export_into(scene: Scene4D, staging: Path, out: Path, opt: ExportOptions, f
 
         (staging / "images").mkdir()
         for i, frame in enumerate(to_uint8(scene.rgb)):
+            say("images", i, f)
             imageio.imwrite(staging / image_rel[i], frame, format="PNG")
             add("images", image_rel[i])
     scale = None
@@ -163,6 +197,7 @@ def _export_into(scene: Scene4D, staging: Path, out: Path, opt: ExportOptions, f
         scale = depth_png_scale(depth)
         (staging / "depth").mkdir()
         for i in range(f):
+            say("depth", i, f)
             write_depth_png(staging / depth_rel[i], depth[i], scale)
             add("depth", depth_rel[i])
         write_npy(staging / "depth.npy", depth.float())
@@ -171,6 +206,7 @@ def _export_into(scene: Scene4D, staging: Path, out: Path, opt: ExportOptions, f
             write_npy(staging / "confidence.npy", scene.confidence.float())
             add("depth", "confidence.npy")
     if opt.cameras:
+        say("cameras", 0, 1)
         extra = {"units": "scene units of the point map", "depth_png_scale": scale,
                  "prompt": scene.metadata.get("prompt"), "seed": scene.metadata.get("seed")}
         write_cameras_json(staging / "cameras.json", scene.K, scene.cam_to_world, h, w, extra)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError
+from ..errors import InputError, brief
 
 #: Smallest accepted input side in pixels.
 MIN_SIDE = 32
@@ -45,10 +45,10 @@ def load_image(path: str | Path) -> torch.Tensor:
                 im.load()
                 return image_to_tensor(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"{path} is too large to open safely ({exc}). Downscale it first, e.g. to at most "
+        raise InputError(f"{path} is too large to open safely ({brief(exc)}). Downscale it first, e.g. to at most "
                          f"4096 px on the long side; 4DNeX samples at 720x480 anyway.") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"Could not read {path} as an image ({exc}). Use a PNG, JPEG or WebP file.") from exc
+        raise InputError(f"Could not read {path} as an image ({brief(exc)}). Use a PNG, JPEG or WebP file.") from exc
 
 
 def image_to_tensor(im: Image.Image) -> torch.Tensor:

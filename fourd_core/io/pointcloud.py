@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .atomic import write_bytes_atomic
+from ..errors import InputError, brief
+from ..util.atomic import write_bytes_atomic
 
 #: What to do on a Debian/Ubuntu machine where ``import open3d`` fails for want of a system library.
 OPEN3D_FIX = ("pip install open3d; on Debian/Ubuntu open3d also needs the system library libusb "
@@ -39,7 +39,7 @@ def open3d_status() -> tuple[object | None, str]:
     try:
         import open3d  # noqa: PLC0415 - optional heavy dependency
     except Exception as exc:  # ImportError, OSError from a missing shared library
-        return None, f"open3d is not usable here ({type(exc).__name__}: {exc}). Fix: {OPEN3D_FIX}."
+        return None, f"open3d is not usable here ({brief(exc)}). Fix: {OPEN3D_FIX}."
     return open3d, ""
 
 
@@ -119,7 +119,7 @@ def read_ply(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         v = PlyData.read(str(path))["vertex"].data
         pts = np.stack([v["x"], v["y"], v["z"]], axis=-1).astype(np.float32)
     except Exception as exc:
-        raise InputError(f"{path} is not a readable PLY point cloud with x, y, z vertices ({exc}).") from exc
+        raise InputError(f"{path} is not a readable PLY point cloud with x, y, z vertices ({brief(exc)}).") from exc
     names = v.dtype.names or ()
     if all(k in names for k in ("red", "green", "blue")):
         col = np.stack([v["red"], v["green"], v["blue"]], axis=-1)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .atomic import atomic_path
+from ..errors import InputError, brief
+from ..util.atomic import atomic_path
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -59,5 +59,5 @@ def read_video(path: str | Path) -> torch.Tensor:
         with imageio.get_reader(str(path), format="FFMPEG") as reader:
             frames = np.stack([f for f in reader])  # iterate: len() of an ffmpeg reader may be inf
     except Exception as exc:
-        raise InputError(f"Could not read video {path} ({exc}).") from exc
+        raise InputError(f"Could not read video {path} ({brief(exc)}).") from exc
     return torch.from_numpy(frames[..., :3]).float() / 255.0

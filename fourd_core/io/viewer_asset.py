@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..scene import Scene4D
-from .atomic import write_bytes_atomic
+from ..util.atomic import write_bytes_atomic
 
 MAGIC = b"FD4D"
 VERSION = 1

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import WeightsError
+from ..errors import WeightsError, brief
 from .lora import load_fourdnex_release
 from .memory import MemoryConfig, apply_memory_config, enable_fp8_storage
 from .patches import DOMAIN_EMBEDDING_KEY, apply_fourdnex_patches
-from .weights import check_safetensors_complete, load_safetensors
+from .weights import check_safetensors_complete, check_weight_dtypes, load_safetensors
 
 BASE_HUB_ID = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 FOURDNEX_HUB_ID = "FrozenBurning/4DNex-Lora"
@@ -86,14 +86,15 @@ def _loading(what: str, where):
     except (WeightsError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise WeightsError(f"Could not load the {what} from {where} ({type(exc).__name__}: {str(exc)[:300]}). "
+        raise WeightsError(f"Could not load the {what} from {where} ({brief(exc)}). "
                            "The files may be incomplete or from another model: download them again "
                            f"(Wan2.1-I2V-14B-480P-Diffusers layout).") from exc
 
 
 def check_weight_files(folder: Path | None, spec: ModelSpec) -> None:
     """Check every safetensors file that will be loaded (folder components and single files) from
-    its header, before any model is built (:func:`fourd_core.models.weights.check_safetensors_complete`).
+    its header, before any model is built (:func:`fourd_core.models.weights.check_safetensors_complete`,
+    :func:`~fourd_core.models.weights.check_weight_dtypes`).
 
     Raises:
         WeightsError: a truncated or corrupt file, named with the fix.
@@ -106,6 +107,7 @@ def check_weight_files(folder: Path | None, spec: ModelSpec) -> None:
     for f in files:
         if f.suffix == ".safetensors":
             check_safetensors_complete(f)
+            check_weight_dtypes(f)
 
 
 def is_hub_id(s: str) -> bool:
@@ -134,7 +136,7 @@ def hub_download(repo_id: str, *, cache_dir=None, local_dir=None, local_files_on
         offline = local_files_only or "Offline" in name or "LocalEntryNotFound" in name or "Connect" in name
         how = (f"This machine cannot download it{' (offline mode)' if offline else ''}. On a machine with internet run "
                f"`hf download {repo_id} --local-dir <folder>` and pass that folder instead of the hub id.")
-        raise WeightsError(f"Could not get '{repo_id}' from the Hugging Face hub ({name}: {exc}). {how}") from exc
+        raise WeightsError(f"Could not get '{repo_id}' from the Hugging Face hub ({brief(exc)}). {how}") from exc
     return Path(path)
 
 

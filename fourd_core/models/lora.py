@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import WeightsError
+from ..errors import WeightsError, brief
 from .patches import DOMAIN_EMBEDDING_KEY, apply_fourdnex_patches
-from .weights import load_safetensors, load_tensor_file
+from .weights import check_weight_dtypes, load_safetensors, load_tensor_file
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DOMAIN_EMBEDDING_NAMES = ("learnable_domain_embeddings.pt", "learnable_domain_embeddings.safetensors")
@@ -75,7 +75,11 @@ def read_fourdnex_lora(path: str | Path, transformer=None) -> dict[str, torch.Te
             the transformer (the message gives the expected shape).
     """
     path = Path(path)
-    sd = load_safetensors(path) if path.suffix == ".safetensors" else load_tensor_file(path)
+    if path.suffix == ".safetensors":
+        check_weight_dtypes(path, "LoRA file")
+        sd = load_safetensors(path)
+    else:
+        sd = load_tensor_file(path)
     if not sd:
         raise WeightsError(f"{path} contains no tensors.")
     family = _foreign_lora_family(sd)
@@ -89,7 +93,7 @@ def read_fourdnex_lora(path: str | Path, transformer=None) -> dict[str, torch.Te
         try:
             sd = WanImageToVideoPipeline.lora_state_dict(sd)
         except Exception as exc:
-            raise WeightsError(f"{path} could not be read as a Wan LoRA ({type(exc).__name__}: {exc}). "
+            raise WeightsError(f"{path} could not be read as a Wan LoRA ({brief(exc)}). "
                                "Use the 4DNeX release file pytorch_lora_weights.safetensors.") from exc
         if isinstance(sd, tuple):
             sd = sd[0]

@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, brief
 
 OFFLOAD_MODES = ("none", "model", "group", "sequential")
 
@@ -121,7 +121,7 @@ def apply_memory_config(pipe, config: MemoryConfig, compute_dtype: torch.dtype =
         try:
             pipe.transformer.set_attention_backend(config.attention_backend)
         except Exception as exc:
-            raise InputError(f"Attention backend {config.attention_backend!r} is not usable here ({exc}). "
+            raise InputError(f"Attention backend {config.attention_backend!r} is not usable here ({brief(exc)}). "
                              "Install its package or leave the backend empty.") from exc
     if config.vae_tiling:
         pipe.vae.enable_tiling()

@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import WeightsError, brief
 
 FORMAT = "fourd.grid_sync"
 VERSION = 1
@@ -192,7 +192,7 @@ def save_sync_weights(sync: GridSync, path: str | Path, base_model: str | None =
     """Write ``sync`` in the documented format (module docstring). Returns the path."""
     from safetensors.torch import save_file
 
-    from ..io.atomic import atomic_path
+    from ..util.atomic import atomic_path
 
     meta = sync.metadata()
     if base_model:
@@ -237,7 +237,7 @@ def read_sync_weights(path: str | Path, num_layers: int, inner_dim: int, mode: s
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise WeightsError(f"{path} is not a readable .safetensors file ({exc}).") from exc
+        raise WeightsError(f"{path} is not a readable .safetensors file ({brief(exc)}).") from exc
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a grid sync weights file (metadata format {meta.get('format')!r}, expected "
                            f"{FORMAT!r}). See fourd_core/models/sync.py for the format.")
@@ -248,7 +248,7 @@ def read_sync_weights(path: str | Path, num_layers: int, inner_dim: int, mode: s
         rank_s = meta.get("rank", "full")
         rank = None if rank_s == "full" else int(rank_s)
     except (KeyError, ValueError) as exc:
-        raise WeightsError(f"{path}: incomplete or malformed sync metadata ({exc}); needed: mode, num_layers, "
+        raise WeightsError(f"{path}: incomplete or malformed sync metadata ({brief(exc)}); needed: mode, num_layers, "
                            "inner_dim, sigma_features (and rank for soft).") from exc
     if version > VERSION:
         raise WeightsError(f"{path} has sync format version {version}; this version of ComfyUI-FourD reads {VERSION}.")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.atomic import atomic_directory
+from ..util.locks import build_once
 
 TINY_VERSION = 1
 #: Default sampling size of the tiny preset (per modality); the real model uses 480x720.
@@ -112,13 +112,18 @@ def save_tiny_preset(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def _tiny_preset_complete(folder: Path) -> bool:
+    """Every file :func:`save_tiny_preset` writes, its README last."""
+    return all((folder / rel).is_file() for rel in ("base/model_index.json", "lora/pytorch_lora_weights.safetensors",
+                                                    "lora/learnable_domain_embeddings.pt", "README.txt"))
+
+
 def ensure_tiny_preset(cache_dir: str | Path | None = None) -> Path:
-    """Build the tiny preset once under ``cache_dir`` (atomically) and return its folder."""
+    """Build the tiny preset once under ``cache_dir`` (default ``$FOURD_CACHE``) and return its folder.
+
+    Safe with many processes starting on an empty cache at once (``torchrun``, two ComfyUI servers):
+    one builds it in a temporary folder and renames it into place, the others wait and use that
+    same folder; a complete preset is never replaced (:func:`fourd_core.util.locks.build_once`).
+    """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / f"tiny-v{TINY_VERSION}"
-    if (target / "base" / "model_index.json").exists() and (target / "lora" / "pytorch_lora_weights.safetensors").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(target) as tmp:
-        save_tiny_preset(tmp)
-    return target
+    return build_once(root / f"tiny-v{TINY_VERSION}", save_tiny_preset, _tiny_preset_complete, what="tiny preset")

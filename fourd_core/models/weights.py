@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import WeightsError
+from ..errors import WeightsError, brief
 
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
@@ -52,7 +52,7 @@ def check_safetensors_complete(path: str | Path) -> None:
     except WeightsError:
         raise
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"{path} is not a readable .safetensors file ({exc}). {fix}") from exc
+        raise WeightsError(f"{path} is not a readable .safetensors file ({brief(exc)}). {fix}") from exc
     if not isinstance(header, dict):
         raise WeightsError(f"{path} has a malformed header. {fix}")
     end = max((int(v["data_offsets"][1]) for k, v in header.items()
@@ -60,6 +60,39 @@ def check_safetensors_complete(path: str | Path) -> None:
     if 8 + n + end > size:
         raise WeightsError(f"{path} is {size:,} bytes but its header describes {8 + n + end:,} bytes. {fix}")
     safetensors_keys(path)  # everything else the library would refuse at load time, refused now
+
+
+#: safetensors dtypes model weights may have (floating point, fp8 included)
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"})
+#: tensors that are integer index buffers, not weights (e.g. CLIP's ``embeddings.position_ids``)
+INDEX_BUFFER_SUFFIXES = ("position_ids",)
+
+
+def check_weight_dtypes(path: str | Path, what: str = "weights file") -> None:
+    """Refuse a ``.safetensors`` weights file holding a tensor that is not floating point (integer or
+    bool weights: another quantisation format, or a corrupt file), from its header alone, before any
+    model is built. Integer index buffers (:data:`INDEX_BUFFER_SUFFIXES`) are allowed.
+
+    Raises:
+        WeightsError: names the first offending tensor, its dtype and the fix.
+    """
+    from safetensors import safe_open
+
+    path = _check_exists(Path(path), "Weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in FLOAT_DTYPES and not name.endswith(INDEX_BUFFER_SUFFIXES) and name != "scaled_fp8":
+                    raise WeightsError(
+                        f"{path}: tensor {name} is stored as {dtype}, but a {what} holds floating-point weights "
+                        "(float32/16, bfloat16 or fp8). The file is quantised in a format FourD does not read, or "
+                        "corrupt: use the fp16, bf16 or fp8 release of the model.")
+    except WeightsError:
+        raise
+    except Exception as exc:  # safetensors raises several error types for corrupt headers
+        raise WeightsError(f"{path} is not a readable .safetensors file ({brief(exc)}). It may be truncated or "
+                           "corrupt: download it again.") from exc
 
 
 def safetensors_keys(path: str | Path) -> list[str]:
@@ -75,7 +108,7 @@ def safetensors_keys(path: str | Path) -> list[str]:
         with safe_open(str(path), framework="pt") as f:
             return list(f.keys())
     except Exception as exc:  # safetensors raises several error types for corrupt headers
-        raise WeightsError(f"{path} is not a readable .safetensors file ({exc}). It may be truncated or corrupt: "
+        raise WeightsError(f"{path} is not a readable .safetensors file ({brief(exc)}). It may be truncated or corrupt: "
                            "download it again.") from exc
 
 
@@ -118,7 +151,7 @@ def load_safetensors(path: str | Path, *, dtype: torch.dtype | None = None, keep
     except WeightsError:
         raise
     except Exception as exc:
-        raise WeightsError(f"Could not read {path} ({exc}). The file may be truncated or corrupt: download it again.") from exc
+        raise WeightsError(f"Could not read {path} ({brief(exc)}). The file may be truncated or corrupt: download it again.") from exc
     return out
 
 
@@ -136,14 +169,28 @@ def load_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_safetensors(path)
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        import pickle
+
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # torch's own text is several lines and suggests loading with weights_only=False: never do that
+            raise WeightsError(f"{path} is not a plain tensor file: it holds Python objects that need code to unpickle, "
+                               "which FourD never runs (torch.load(weights_only=True) refused it). Use the release's "
+                               "file, or convert the tensors to .safetensors.") from exc
         except Exception as exc:
-            raise WeightsError(f"Could not load {path} with torch.load(weights_only=True) ({exc}). Only plain tensors "
-                               "are accepted; convert the file to .safetensors.") from exc
+            raise WeightsError(f"Could not load {path} with torch.load(weights_only=True) ({brief(exc)}). Only plain "
+                               "tensors are accepted; convert the file to .safetensors.") from exc
         if isinstance(obj, torch.Tensor):
+            if not obj.is_floating_point():
+                raise WeightsError(f"{path} holds a {obj.dtype} tensor, but weights are floating point. The file is "
+                                   "not a weights file of this model, or corrupt.")
             return {"": obj}
         if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            bad = next((k for k, v in obj.items() if not v.is_floating_point()), None)
+            if bad is not None:
+                raise WeightsError(f"{path}: tensor {bad} is {obj[bad].dtype}, but weights are floating point. The "
+                                   "file is not a weights file of this model, or corrupt.")
             return dict(obj)
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a tensor or a dict of tensors.")
     raise WeightsError(f"Unsupported weights file type {path.suffix!r} ({path}); use .safetensors or .pt.")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.atomic import atomic_directory
+from ..util.locks import build_once
 from ..models.tiny import default_cache_dir
 
 NATIVE_TINY_VERSION = 1
@@ -130,17 +130,20 @@ def save_native_tiny(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def _native_tiny_complete(folder: Path) -> bool:
+    """Every file :func:`save_native_tiny` writes, its README last."""
+    rel = f"loras/{TINY_RELEASE_NAME}"
+    return all((folder / p).is_file() for p in (f"diffusion_models/{TINY_MODEL_NAME}", f"{rel}/pytorch_lora_weights.safetensors",
+                                                f"{rel}/learnable_domain_embeddings.pt", "README.txt"))
+
+
 def ensure_native_tiny(cache_dir: str | Path | None = None) -> Path:
-    """Build the native tiny files once under ``cache_dir`` (default ``$FOURD_CACHE``), atomically,
-    and return their folder (with ``diffusion_models/`` and ``loras/`` inside)."""
+    """Build the native tiny files once under ``cache_dir`` (default ``$FOURD_CACHE``) and return their
+    folder (with ``diffusion_models/`` and ``loras/`` inside). Safe with several processes (two ComfyUI
+    servers) on one empty cache: :func:`fourd_core.util.locks.build_once`."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / f"native-tiny-v{NATIVE_TINY_VERSION}"
-    if (target / "diffusion_models" / TINY_MODEL_NAME).exists() and (target / "loras" / TINY_RELEASE_NAME).is_dir():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(target) as tmp:
-        save_native_tiny(tmp)
-    return target
+    return build_once(root / f"native-tiny-v{NATIVE_TINY_VERSION}", save_native_tiny, _native_tiny_complete,
+                      what="native tiny model")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import dataclasses
 import torch
 
 from ..errors import InputError
+from ..settings import check
 
 SH_C0 = 0.28209479177387814
 """Degree-0 real spherical-harmonics constant ``1 / (2 sqrt(pi))``."""
@@ -221,16 +222,14 @@ def pixel_aligned_gaussians(scene, stride: int = 1, footprint: float = 0.4, min_
         :class:`Gaussians4D` with ``per_frame`` sets and the scene's cameras.
 
     Raises:
-        InputError: the scene has no cameras/depth, bad stride/footprint or frame indices.
+        InputError: the scene has no cameras/depth, bad stride/footprint/min_confidence
+            (:data:`fourd_core.settings.RULES`) or frame indices.
     """
     if not scene.has_cameras:
         raise InputError("Pixel-aligned splats need cameras and depth: put FourD Recover Cameras (or the CLI's "
                          "geometry step) before this.")
-    stride, footprint = int(stride), float(footprint)
-    if stride < 1:
-        raise InputError(f"stride must be >= 1; got {stride}.")
-    if not footprint > 0:
-        raise InputError(f"footprint must be > 0 pixels; got {footprint}.")
+    stride, footprint = int(check("stride", stride)), float(check("footprint", footprint))
+    check("min_confidence", min_confidence)
     f_all, h, w = scene.num_frames, *scene.size
     frames = list(range(f_all)) if frames is None else [int(i) for i in frames]
     if any(not 0 <= i < f_all for i in frames):

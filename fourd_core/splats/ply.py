@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io.atomic import write_bytes_atomic
+from ..util.atomic import write_bytes_atomic
 from .gaussians import Gaussians, Gaussians4D
 
 __all__ = [

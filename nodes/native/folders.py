@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ...fourd_core.errors import FourDError
 from ...fourd_core.native.tiny import ensure_native_tiny
 from .. import comfy_bridge as cb
 
@@ -36,7 +37,7 @@ def register_tiny_model_folders() -> bool:
         return False
     try:
         root = ensure_native_tiny()
-    except OSError as exc:  # read-only cache: the demo is then unavailable, the pack still loads
+    except (OSError, FourDError) as exc:  # read-only or full cache: the demo is then unavailable, the pack still loads
         log.warning("FourD: could not write the tiny native demo weights (%s); set FOURD_CACHE to a writable folder.", exc)
         return False
     fp.add_model_folder_path("diffusion_models", str(root / "diffusion_models"))

@@ -113,6 +113,31 @@ def test_one_gaussian_matches_the_closed_form():
     torch.testing.assert_close(out["alpha"], alpha, atol=1e-5, rtol=1e-4)
 
 
+def test_a_huge_footprint_is_capped_at_a_quarter_of_the_image():
+    """A splat at the image centre whose projected standard deviation (15 px) is 2.5x the cap (a quarter of the
+    24 px side) is drawn as the same Gaussian scaled down to sigma = MAX_FOOTPRINT * max(H, W): alpha(p) =
+    o exp(-|p - c|^2 / (2 sigma^2)) (isotropic, centred; the 0.3 px^2 filter is inside the cap)."""
+    from fourd_core.splats.rasterize import MAX_FOOTPRINT
+
+    K, c2w, h, w = _camera()
+    o, z = 0.8, 2.0
+    out = rasterize_torch(torch.tensor([[0.0, 0.0, z]]), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 1.0),
+                          torch.tensor([o]), torch.ones(1, 3), K, c2w, h, w)
+    sigma = MAX_FOOTPRINT * max(h, w)
+    assert (30.0 / z) ** 2 + 0.3 > sigma ** 2   # the cap binds
+    jj, ii = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32), indexing="xy")
+    r2 = (jj - (w - 1) / 2) ** 2 + (ii - (h - 1) / 2) ** 2
+    alpha = o * torch.exp(-0.5 * r2 / sigma ** 2)
+    alpha = torch.where(alpha >= 1 / 255, alpha, torch.zeros_like(alpha))
+    torch.testing.assert_close(out["alpha"], alpha, atol=1e-5, rtol=1e-4)
+    assert float(out["radii"][0]) == pytest.approx(math.sqrt(2 * math.log(255 * o)) * sigma, rel=1e-5)
+    small = rasterize_torch(torch.tensor([[0.0, 0.0, z]]), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.05),
+                            torch.tensor([o]), torch.ones(1, 3), K, c2w, h, w)
+    uncapped = rasterize_torch(torch.tensor([[0.0, 0.0, z]]), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.05),
+                               torch.tensor([o]), torch.ones(1, 3), K, c2w, h, w, max_footprint=1e9)
+    assert torch.equal(small["image"], uncapped["image"])    # a healthy splat is far below the cap
+
+
 def test_front_to_back_compositing_and_occlusion():
     """Two splats on the optical axis: C = a1 c1 + (1 - a1) a2 c2 at the centre pixel, whatever their order."""
     K, c2w, h, w = _camera(h=11, w=11)

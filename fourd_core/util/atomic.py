@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from .disk import check_free_space, disk_full_as_error, disk_full_error, is_disk_full
+
 #: Leftovers older than this (seconds) are removed even when their process id is in use again.
 STALE_AFTER_S = 24 * 3600
 #: Kinds of temporaries; only these are recognised as ours (cleaned when stale, published on commit).
@@ -61,20 +63,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the suffix of ``path`` (writers such as imageio pick the format from
     it). On any exception (KeyboardInterrupt and SystemExit included) the temporary file is removed
     and ``path`` is left untouched.
+
+    Raises:
+        DiskFullError: the disk or quota filled up while writing (:mod:`fourd_core.util.disk`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("tmp") + path.stem[:40] + ".", suffix=f".tmp{path.suffix}",
-                               dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        _publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with disk_full_as_error(path, what=path.name, filename=path.name):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix("tmp") + path.stem[:40] + ".", suffix=f".tmp{path.suffix}",
+                                   dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            _publish(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -120,20 +126,29 @@ def replace_path(src: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, needed_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` (an existing one is removed).
 
     On failure the temporary directory is deleted and ``path`` is untouched.
+
+    Args:
+        needed_bytes: optional lower bound of what will be written, checked against the free space
+            first (:func:`fourd_core.util.disk.check_free_space`) and named in a disk-full error.
+    Raises:
+        DiskFullError: not enough room, before or while writing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(path.parent)
-    try:
-        yield tmp
-        replace_path(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_full_as_error(path, needed_bytes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir(path.parent)
+        try:
+            if needed_bytes:
+                check_free_space(path.parent, needed_bytes)
+            yield tmp
+            replace_path(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _process_alive(pid: int) -> bool:
@@ -183,9 +198,11 @@ def _not_writable(path: Path, what: str, exc: OSError):
     """The :class:`~fourd_core.errors.InputError` for an ``OSError`` met creating or writing ``path``."""
     from ..errors import InputError
 
+    if is_disk_full(exc):
+        return disk_full_error(path, exc)
     reason = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-              errno.EROFS: "read-only file system", errno.ENAMETOOLONG: "a name is too long",
-              errno.ENOSPC: "no space left on the device"}.get(exc.errno, exc.strerror or str(exc))
+              errno.EROFS: "read-only file system", errno.ENAMETOOLONG: "a name is too long"}.get(
+        exc.errno, exc.strerror or str(exc))
     return InputError(f"{what} {path} is not writable ({reason}). Choose a folder you can write to.")
 
 
@@ -244,20 +261,29 @@ def writable_output_dir(path: str | Path, what: str = "Output folder", *, probe:
 
 
 @contextlib.contextmanager
-def staged_output(out_dir: str | Path, what: str = "Output folder") -> Iterator[tuple[Path, Path]]:
+def staged_output(out_dir: str | Path, what: str = "Output folder",
+                  needed_bytes: int | None = None) -> Iterator[tuple[Path, Path]]:
     """Write several entries into ``out_dir`` all-or-nothing.
 
     Yields ``(staging, out)``: write into the private folder ``staging``; when the block ends
     without error (and no stop was requested, :func:`fourd_core.interrupts.raise_if_stop_requested`)
     every entry of ``staging`` replaces its namesake in ``out``; other entries of ``out`` are kept.
-    On any error ``out`` is left as it was (a folder this call created is removed again) and the
-    staging folder is deleted. Stale staging of dead processes is removed first.
+    The commit holds :func:`fourd_core.util.locks.folder_lock` on ``out``, so a second writer
+    into the same folder waits and the folder holds one run's entries, never a mix. On any error
+    ``out`` is left as it was (a folder this call created is removed again) and the staging
+    folder is deleted. Stale staging of dead processes is removed first.
 
+    Args:
+        needed_bytes: optional lower bound of the bytes to be written, checked against the free
+            space before anything is written and named in a disk-full error.
     Raises:
         InputError: ``out_dir`` cannot be created or written (:func:`writable_output_dir`).
+        DiskFullError: not enough room, before or while writing (nothing partial is left).
+        LockTimeout: another writer kept ``out`` locked too long.
         KeyboardInterrupt / Terminated: a stop request remembered before the commit.
     """
     from ..interrupts import raise_if_stop_requested
+    from .locks import folder_lock
 
     # no probe file: creating the staging folder is the writability check (a caller such as the
     # generate CLI has already probed the folder once, before the expensive work)
@@ -266,11 +292,17 @@ def staged_output(out_dir: str | Path, what: str = "Output folder") -> Iterator[
         try:
             staging = make_temp_dir(out, "export")
         except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(out, exc, needed_bytes) from exc
             raise _not_writable(out, what, exc) from exc
         try:
-            yield staging, out
-            raise_if_stop_requested()
-            for entry in sorted(staging.iterdir()):
-                replace_path(entry, out / entry.name)
+            if needed_bytes:
+                check_free_space(out, needed_bytes)
+            with disk_full_as_error(out, needed_bytes):
+                yield staging, out
+                raise_if_stop_requested()
+                with folder_lock(out, what):
+                    for entry in sorted(staging.iterdir()):
+                        replace_path(entry, out / entry.name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
