@@ -12,23 +12,18 @@ from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.novel_view import PATHS, render_scene_views, scene_camera_path
 from ..fourd_core.io.images import to_rgb
 from ..fourd_core.models.cache import PIPELINES
-from ..fourd_core.models.grid_fused import FUSED_BACKENDS
-from ..fourd_core.models.grid_streams import MODES
 from ..fourd_core.models.sync import load_sync_weights
 from ..fourd_core.pipelines.fourdnex import to_pil
 from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview
+from ..fourd_core.kernels.streams import grid_mode
 from ..fourd_core.pipelines.grid_canvas import plan_windows
 from . import comfy_bridge as cb
 from . import validation as v
+from .widgets import fused_backend_widget, grid_mode_widget
 from .native.folders import SYNC_FOLDER
 from .types import CAMERAS, CATEGORY, MODEL, SCENE, FourDCameras, FourDModel
 
 GRID_CATEGORY = f"{CATEGORY}/grid"
-MODE_HELP = ("soft_avg: training-free soft sync (weighted averaging, deeper layers sync more); hard: training-free "
-             "hard sync (averaging; trained weights if given); soft: ModLinear soft sync (needs trained sync "
-             "weights, otherwise the two streams stay independent); sequential: view then time per block (Eq. 5 "
-             "baseline); fused: 4Real-Video-V2 view-time attention; rows: every view on its own (baseline).")
-
 
 def get_grid_pipeline(model: FourDModel):
     """The cached pipeline for the model spec (base Wan, or Wan + an *unfused* 4DNeX LoRA)."""
@@ -139,7 +134,7 @@ class FourDGridSampler:
                                           "Render Views). Its first image is replaced by the video's first frame."}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Describe the scene (same prompt "
                                       "for every row and column)."}),
-                "mode": (list(MODES), {"default": "soft_avg", "tooltip": MODE_HELP}),
+                "mode": grid_mode_widget(),
                 "window_views": ("INT", {"default": 8, "min": 2, "max": 64, "tooltip": "Views per window (paper: 8)."}),
                 "window_frames": ("INT", {"default": 49, "min": 5, "max": 81, "step": 4,
                                           "tooltip": "Frames per window, 4k+1 (49 = a whole 4DNeX video)."}),
@@ -161,8 +156,7 @@ class FourDGridSampler:
                                          "'sync' in the name in models/loras/) for mode hard/soft; none = training-free."}),
                 "scheduler": (["unipc", "euler"], {"tooltip": "Flow-matching UniPC or Euler."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt for CFG."}),
-                "fused_backend": (list(FUSED_BACKENDS), {"tooltip": "Fused mode: flex attention (GPU, compiled), a "
-                                  "dense mask (reference), or gathered keys (no flex); auto: flex on CUDA, else gather."}),
+                "fused_backend": fused_backend_widget(),
             },
         }
 
@@ -189,8 +183,9 @@ class FourDGridSampler:
         pipe, _ = get_grid_pipeline(model)
         sync = None
         if sync_weights and sync_weights != cb.NONE:
-            if mode not in ("hard", "soft"):
-                raise InputError(f"Sync weights are for mode 'hard' or 'soft'; mode is {mode!r}.")
+            if grid_mode(mode).sync is None:
+                raise InputError(f"Sync weights are for mode 'hard' or 'soft'; mode is {mode!r}. Choose one of those "
+                                 "modes or set sync_weights to (none).")
             kind = SYNC_FOLDER if sync_weights in cb.file_list(SYNC_FOLDER) else "loras"
             sync = load_sync_weights(cb.resolve_model(kind, sync_weights), pipe.transformer, mode=mode)
         windows = len(plan_windows(num_v, num_t, config))

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from fourd_core.errors import CancelledError, InputError, WeightsError
-from fourd_core.models.grid_fused import FusedEngine, fused_dense_mask, fused_mask_mod, fused_rope
+from fourd_core.kernels.fused import fused_dense_mask, fused_mask_mod
+from fourd_core.models.grid_fused import FusedEngine, fused_rope
 from fourd_core.models.grid_streams import TwoStreamEngine
-from fourd_core.models.sync import GridSync, load_sync_weights, save_sync_weights
+from fourd_core.models.sync import GridSync, load_sync_weights, save_sync_weights, sync_metadata
 from fourd_core.pipelines import grid as G
 from fourd_core.pipelines import grid_canvas as C
 from fourd_core.pipelines.grid import make_engine
@@ -69,14 +70,21 @@ def _rows(y):
 
 
 def _run_recorded(tr, engine, inp):
-    """Run the hooked forward; record (block index, row input, block output after sync, row args)."""
+    """Run the hooked forward; record (block index, row args, block output after sync) of every block call,
+    and every column-stream run of a block (its self-attention sees T sequences of V frames)."""
     recs, col_calls = [], []
     with engine.installed():
         handles = []
         for i, b in enumerate(tr.blocks):
             def rec(m, a, o, i=i):
-                (recs if a[0].shape[0] == V else col_calls).append((i, a, o))
+                recs.append((i, a, o))
+
+            def rec_col(m, a, kw, o, i=i):      # the cross-attention sees the context of the call
+                hidden = kw.get("hidden_states", a[0] if a else None)
+                if hidden.shape[0] == T and hidden.shape[1] == V * S:
+                    col_calls.append((i, kw.get("encoder_hidden_states", a[1] if len(a) > 1 else None)))
             handles.append(b.register_forward_hook(rec))
+            handles.append(b.attn2.register_forward_hook(rec_col, with_kwargs=True))
         try:
             with torch.no_grad():
                 out = engine.predict(inp["x"], inp["t"], inp["text"], inp["clip"])
@@ -249,8 +257,9 @@ def test_column_stream_uses_row0_context_without_column_clip(stock_tr):
     inp = _inputs(9)
     eng = TwoStreamEngine(stock_tr, "hard")
     _, recs, cols = _run_recorded(stock_tr, eng, inp)
-    for (l, a, o) in cols:
-        torch.testing.assert_close(a[1], recs[0][1][1][:1].expand(T, -1, -1))
+    assert len(cols) == len(stock_tr.blocks)
+    for (l, context) in cols:
+        torch.testing.assert_close(context, recs[0][1][1][:1].expand(T, -1, -1))
 
 
 def test_hooks_are_removed_after_use_and_on_errors(stock_tr):
@@ -259,6 +268,8 @@ def test_hooks_are_removed_after_use_and_on_errors(stock_tr):
     with pytest.raises(RuntimeError, match="boom"):
         with eng.installed():
             raise RuntimeError("boom")
+    registries = [getattr(m, "_diffusers_hook", None) for m in (stock_tr, *stock_tr.blocks)]
+    assert all(r is None or not r.hooks for r in registries)
     assert not stock_tr._forward_pre_hooks and all(not b._forward_hooks for b in stock_tr.blocks)
     procs = [(b.attn1.processor, b.attn2.processor) for b in stock_tr.blocks]
     with pytest.raises(RuntimeError, match="boom"):
@@ -289,7 +300,7 @@ def test_fused_mask_allows_exactly_same_frame_view_or_time_pairs():
 
 def test_fused_flex_dense_and_gather_paths_agree_with_masked_softmax():
     pytest.importorskip("torch.nn.attention.flex_attention")
-    from fourd_core.models.grid_fused import FusedGeometry, fused_attention
+    from fourd_core.kernels.fused import FusedGeometry, fused_attention
 
     v_n, t_n, hl, wl = 3, 2, 4, 6
     s_n = (hl // 2) * (wl // 2)
@@ -412,20 +423,20 @@ def test_sync_file_roundtrip_and_clear_errors(stock_tr, tmp_path):
         load_sync_weights(tmp_path / "missing.safetensors", stock_tr)
     bad = dict(sd)
     del bad["layers.1.w_t"]
-    save_file(bad, str(tmp_path / "missing_key.safetensors"), metadata=sync.metadata())
+    save_file(bad, str(tmp_path / "missing_key.safetensors"), metadata=sync_metadata(sync))
     with pytest.raises(WeightsError, match="missing"):
         load_sync_weights(tmp_path / "missing_key.safetensors", stock_tr)
     bad = dict(sd)
     bad["layers.0.w_v"] = torch.zeros(D + 1)
-    save_file(bad, str(tmp_path / "shape.safetensors"), metadata=sync.metadata())
+    save_file(bad, str(tmp_path / "shape.safetensors"), metadata=sync_metadata(sync))
     with pytest.raises(WeightsError, match="shape"):
         load_sync_weights(tmp_path / "shape.safetensors", stock_tr)
     bad = dict(sd)
     bad["layers.0.w_v"] = torch.full((D,), float("nan"))
-    save_file(bad, str(tmp_path / "nan.safetensors"), metadata=sync.metadata())
+    save_file(bad, str(tmp_path / "nan.safetensors"), metadata=sync_metadata(sync))
     with pytest.raises(WeightsError, match="corrupt"):
         load_sync_weights(tmp_path / "nan.safetensors", stock_tr)
-    save_file(sd, str(tmp_path / "layers.safetensors"), metadata={**sync.metadata(), "num_layers": "40", "inner_dim": "5120"})
+    save_file(sd, str(tmp_path / "layers.safetensors"), metadata={**sync_metadata(sync), "num_layers": "40", "inner_dim": "5120"})
     with pytest.raises(WeightsError, match="40 blocks of width 5120"):
         load_sync_weights(tmp_path / "layers.safetensors", stock_tr)
     save_file(sd, str(tmp_path / "plain.safetensors"))

@@ -76,30 +76,6 @@ def test_condition_frames_put_rgb_left_xyz_right_then_gray():
         layout.condition_frames(rgb, xyz[:8], 5)
 
 
-def test_shared_rope_repeats_the_half_width_positions():
-    t, h, w = 2, 3, 8
-    # a "table" that records each half-width token's (t, h, j) position
-    ids = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w // 2), indexing="ij"), -1)
-    table = ids.reshape(1, -1, 1, 3).float()
-    out = layout.shared_rope(table, (t, h, w)).reshape(t, h, w, 3)
-    for j in range(w):
-        assert torch.equal(out[:, :, j], ids[:, :, j % (w // 2)].float())
-    with pytest.raises(InputError):
-        layout.shared_rope(table, (t, h, w + 2))
-
-
-def test_domain_embeddings_by_token_column():
-    t, h, w = 2, 2, 6
-    x = torch.randn(1, t * h * w, D)
-    emb = torch.randn(2, D)
-    y = layout.add_domain_embeddings(x, emb, (t, h, w))
-    for n in range(t * h * w):
-        col = n % w
-        torch.testing.assert_close(y[0, n], x[0, n] + emb[0 if col < w // 2 else 1])
-    with pytest.raises(InputError, match="5120"):
-        layout.add_domain_embeddings(x, torch.randn(2, D + 1), (t, h, w))
-
-
 def test_xyz_denormalisation_in_raw_latent_space():
     mean = torch.tensor(layout.WAN21_LATENTS_MEAN).view(1, -1, 1, 1, 1)
     std = torch.tensor(layout.WAN21_LATENTS_STD).view(1, -1, 1, 1, 1)
@@ -407,7 +383,7 @@ def _fake_block(args):
 
 @pytest.mark.parametrize("mode", ["hard", "soft_avg", "sequential", "rows"])
 def test_grid_block_patches_follow_the_two_stream_equations(native, mode):
-    from fourd_core.models.grid_streams import columns_to_rows, rows_to_columns
+    from fourd_core.kernels.streams import columns_to_rows, rows_to_columns
     from fourd_core.models.sync import soft_average_weight
 
     grid = import_module(native.__name__ + ".grid")
@@ -537,7 +513,7 @@ def _random_sync(mode, layers, dim, seed=0):
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])
 def test_grid_block_patches_with_trained_sync_follow_eqs_8_to_10(native, mode):
-    from fourd_core.models.grid_streams import columns_to_rows, rows_to_columns
+    from fourd_core.kernels.streams import columns_to_rows, rows_to_columns
     from fourd_core.models.sync import sigma_features
 
     grid = _grid_patches(native)
@@ -634,7 +610,7 @@ def _plain_attention(q, k, v, heads, **kw):
 def test_fused_attention_override_masks_self_attention_and_splits_clip_per_view(native, perr):
     import math
 
-    from fourd_core.models.grid_fused import FusedGeometry, fused_dense_mask
+    from fourd_core.kernels.fused import FusedGeometry, fused_dense_mask
 
     grid = _grid_patches(native)
     views, times, s, heads, dh, n_img = 3, 2, 4, 2, 8, 5

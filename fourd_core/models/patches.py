@@ -9,69 +9,72 @@ changes the stock Wan DiT in exactly two places for a width-fused ``[RGB | XYZ]`
    both halves, so the RGB token at ``(t, h, j)`` and the XYZ token at ``(t, h, j)`` get identical
    rotations.
 
-Both are installed here as (a) a forward hook on ``patch_embedding`` and (b) a thin wrapper around
-the stock ``rope`` module. The blocks, attention processors, attention backends, caches,
-layerwise casting, group offloading and ``torch.compile`` of diffusers stay untouched. The patches
-can be switched off (``set_fourdnex_enabled(model, False)``) to run the stock Wan model, e.g. for
-the grid sampler.
+Both are installed here as diffusers model hooks (``ModelHook`` / ``HookRegistry``): a post-forward
+hook on ``patch_embedding`` and a forward hook on the stock ``rope`` module; the tensor math is the
+shared kernel :mod:`fourd_core.kernels.fourdnex` (the ComfyUI path calls the same functions). The
+blocks, attention processors, attention backends, caches, layerwise casting, group offloading and
+``torch.compile`` of diffusers stay untouched. The patches can be switched off
+(``set_fourdnex_enabled(model, False)``) to run the stock Wan model, e.g. for the grid sampler.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import InputError, WeightsError
+from ..kernels.fourdnex import add_domain_embeddings, shared_rope
 
-#: Parameter name of the domain embeddings, as in the official checkpoint (4dnex.md sec. 5).
+#: Parameter name of the domain embeddings, as in the official checkpoint (``learnable_domain_embeddings``).
 DOMAIN_EMBEDDING_KEY = "learnable_domain_embeddings"
+_ROPE_HOOK = "fourd_4dnex_shared_rope"
+_EMBEDDING_HOOK = "fourd_4dnex_domain_embeddings"
 
 
-class WidthSharedRope(nn.Module):
-    """Wraps diffusers' ``WanRotaryPosEmbed`` so both width halves share RoPE positions.
+class SharedRopeHook(ModelHook):
+    """On diffusers' ``WanRotaryPosEmbed`` (``transformer.rope``): both width halves share RoPE positions.
 
-    Input ``hidden_states`` ``[B, C, F, H, W]`` (latent, before patchify); output the stock
-    ``(freqs_cos, freqs_sin)``, each ``[1, F' * H' * W', 1, head_dim]`` in (t, h, w) order, where
-    the positions of token column ``j`` and ``j + W'/2`` coincide. When ``enabled`` is False the
-    stock module is called unchanged. Source: 4DNeX official ``samerope`` (4dnex.md sec. 5).
+    Input ``hidden_states`` ``[B, C, F, H, W]`` (latent, before patchify); output the stock ``(freqs_cos,
+    freqs_sin)``, each ``[1, F' * H' * W', 1, head_dim]`` in (t, h, w) order, where the positions of
+    token column ``j`` and ``j + W'/2`` coincide (:func:`fourd_core.kernels.fourdnex.shared_rope`). With the
+    patches switched off the stock module runs unchanged. A context-parallel split registered later on
+    the same module (``enable_parallelism``) wraps this hook and splits its output.
     """
 
-    def __init__(self, rope: nn.Module):
+    def __init__(self, owner):
         super().__init__()
-        self.inner = rope
-        self.enabled = True
+        self.owner = weakref.ref(owner)
 
-    def forward(self, hidden_states: torch.Tensor):
-        if not self.enabled:
-            return self.inner(hidden_states)
+    def new_forward(self, module, hidden_states, *args, **kwargs):
+        owner = self.owner()
+        if owner is None or not owner._fourdnex_enabled:
+            return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
         _, _, frames, height, width = hidden_states.shape
-        p_t, p_h, p_w = self.inner.patch_size
-        if width % (2 * p_w) != 0:
-            raise ValueError(
-                f"4DNeX shared RoPE needs a latent width divisible by {2 * p_w} (two equal halves of whole "
-                f"patches), got {width}. Use a per-modality pixel width that is a multiple of 16."
-            )
-        cos, sin = self.inner(hidden_states[..., : width // 2])
-        shape = (1, frames // p_t, height // p_h, width // (2 * p_w), cos.shape[-1])
-
-        def duplicate(freqs: torch.Tensor) -> torch.Tensor:
-            f = freqs.reshape(shape)
-            return torch.cat([f, f], dim=3).reshape(1, -1, 1, shape[-1])
-
-        return duplicate(cos), duplicate(sin)
+        p_t, p_h, p_w = module.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)
+        if width % p_w:
+            raise InputError(f"The latent width {width} is not a multiple of the patch width {p_w}.")
+        cos, sin = self.fn_ref.original_forward(hidden_states[..., : width // 2], *args, **kwargs)
+        return shared_rope(cos, grid), shared_rope(sin, grid)
 
 
-def _add_domain_embeddings(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook on ``patch_embedding``: add row 0 to the left half of the token grid, row 1 to
-    the right half. ``output`` is ``[B, inner_dim, F', H', W']``."""
-    owner = module._fourdnex_owner()
-    if owner is None or not owner._fourdnex_enabled:
-        return output
-    emb = getattr(owner, DOMAIN_EMBEDDING_KEY).to(device=output.device, dtype=output.dtype)
-    half = output.shape[-1] // 2
-    e_rgb = emb[0].view(1, -1, 1, 1, 1)
-    e_xyz = emb[1].view(1, -1, 1, 1, 1)
-    return torch.cat([output[..., :half] + e_rgb, output[..., half:] + e_xyz], dim=-1)
+class DomainEmbeddingHook(ModelHook):
+    """On ``transformer.patch_embedding``: adds row 0 of the domain embeddings to the left (RGB) half of the
+    token grid and row 1 to the right (XYZ) half (:func:`fourd_core.kernels.fourdnex.add_domain_embeddings`;
+    the output is ``[B, inner_dim, F', H', W']``)."""
+
+    def __init__(self, owner):
+        super().__init__()
+        self.owner = weakref.ref(owner)
+
+    def post_forward(self, module, output):
+        owner = self.owner()
+        if owner is None or not owner._fourdnex_enabled:
+            return output
+        return add_domain_embeddings(output, getattr(owner, DOMAIN_EMBEDDING_KEY), width_dim=-1, channel_dim=1)
 
 
 def is_fourdnex_patched(transformer: nn.Module) -> bool:
@@ -95,22 +98,20 @@ def apply_fourdnex_patches(transformer: nn.Module, domain_embeddings: torch.Tens
     Raises:
         WeightsError: if ``domain_embeddings`` has the wrong shape or non-finite values.
     """
-    import weakref
-
     if not is_fourdnex_patched(transformer):
         if getattr(transformer, "_parallel_config", None) is not None:
             # the context-parallel split hooks sit on `rope`'s output: wrapping it now would put the
             # width duplication *after* the split and give every rank wrong positions
-            raise ValueError("Apply the 4DNeX patches before enable_parallelism (context parallelism splits the "
+            raise InputError("Apply the 4DNeX patches before enable_parallelism (context parallelism splits the "
                              "output of `rope`; use fourd_core.distributed.runtime.enable_scene_parallel).")
         inner_dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         ref = transformer.patch_embedding.weight
         device = ref.device if ref.device.type != "meta" else torch.device("cpu")
         param = nn.Parameter(torch.zeros(2, inner_dim, dtype=ref.dtype, device=device), requires_grad=False)
         transformer.register_parameter(DOMAIN_EMBEDDING_KEY, param)
-        transformer.rope = WidthSharedRope(transformer.rope)
-        transformer.patch_embedding._fourdnex_owner = weakref.ref(transformer)
-        transformer._fourdnex_hook = transformer.patch_embedding.register_forward_hook(_add_domain_embeddings)
+        HookRegistry.check_if_exists_or_initialize(transformer.rope).register_hook(SharedRopeHook(transformer), _ROPE_HOOK)
+        HookRegistry.check_if_exists_or_initialize(transformer.patch_embedding).register_hook(
+            DomainEmbeddingHook(transformer), _EMBEDDING_HOOK)
         transformer._fourdnex_patched = True
     set_fourdnex_enabled(transformer, True)
     if domain_embeddings is not None:
@@ -122,14 +123,13 @@ def set_fourdnex_enabled(transformer: nn.Module, enabled: bool) -> None:
     """Switch the 4DNeX patches on or off (off = the stock Wan forward, bit for bit).
 
     Raises:
-        ValueError: if the model was never patched and ``enabled`` is True.
+        InputError: if the model was never patched and ``enabled`` is True.
     """
     if not is_fourdnex_patched(transformer):
         if enabled:
-            raise ValueError("Call apply_fourdnex_patches(transformer) before enabling the 4DNeX mode.")
+            raise InputError("Call apply_fourdnex_patches(transformer) before enabling the 4DNeX mode.")
         return
     transformer._fourdnex_enabled = bool(enabled)
-    transformer.rope.enabled = bool(enabled)
 
 
 def set_domain_embeddings(transformer: nn.Module, embeddings: torch.Tensor) -> None:
@@ -140,7 +140,7 @@ def set_domain_embeddings(transformer: nn.Module, embeddings: torch.Tensor) -> N
     """
     param = getattr(transformer, DOMAIN_EMBEDDING_KEY, None)
     if param is None:
-        raise ValueError("Call apply_fourdnex_patches(transformer) before setting domain embeddings.")
+        raise InputError("Call apply_fourdnex_patches(transformer) before setting domain embeddings.")
     if tuple(embeddings.shape) != tuple(param.shape):
         raise WeightsError(
             f"Domain embeddings have shape {tuple(embeddings.shape)}, but this transformer expects "

@@ -45,20 +45,13 @@ import torch
 from einops import rearrange
 
 from ..errors import InputError
-from ..models.grid_fused import (
-    FusedGeometry,
-    fused_attention,
-    fused_backend_for,
-    fused_time_positions,
-    select_rope_frames,
-)
-from ..models.grid_streams import columns_to_rows, rows_to_columns
-from ..models.sync import GridSync, sigma_features, soft_average_weight
+from ..kernels.fused import FusedGeometry, fold_views, fused_attention, fused_backend_for, fused_time_positions, \
+    select_rope_frames
+from ..kernels.streams import check_sync_for, columns_to_rows, grid_mode, rows_to_columns
+from ..kernels.sync import GridSync, layer_runner, sigma_features
 
 GRID_STATE = "fourd_grid_state"
 ATTN_OVERRIDE = "optimized_attention_override"
-NATIVE_GRID_MODES = ("soft_avg", "hard", "soft", "sequential", "fused", "rows")
-SYNC_MODES = ("hard", "soft")
 
 
 def call_sigma(transformer_options: dict, timestep: torch.Tensor | None) -> float | None:
@@ -75,7 +68,7 @@ class GridForwardWrapper:
     """DIFFUSION_MODEL wrapper: per-call grid state for the block patches (see module doc).
 
     Args:
-        views: ``V``. mode: one of :data:`NATIVE_GRID_MODES`. fused_backend: ``"auto"`` |
+        views: ``V``. mode: a name of :data:`~fourd_core.kernels.streams.GRID_MODES`. fused_backend: ``"auto"`` |
             ``"flex"`` | ``"dense"`` | ``"gather"`` (fused mode).
         column_clip: two-stream modes: raw CLIP features ``[T, N_img, C_img]`` of the columns (one per
             latent time; the diffusers engine's ``column_clip``), embedded by the model's ``img_emb``
@@ -85,8 +78,7 @@ class GridForwardWrapper:
 
     def __init__(self, views: int, mode: str = "soft_avg", fused_backend: str = "auto",
                  column_clip: torch.Tensor | None = None):
-        if mode not in NATIVE_GRID_MODES:
-            raise InputError(f"mode must be one of {NATIVE_GRID_MODES}, got {mode!r}.")
+        self.kind = grid_mode(mode).kind                           # validates the name
         fused_backend_for(fused_backend, torch.device("cpu"))      # validates the name
         self.views, self.mode, self.fused_backend = int(views), mode, fused_backend
         self.column_clip = column_clip
@@ -101,7 +93,7 @@ class GridForwardWrapper:
                              "Use the LATENT of FourD Grid Conditioning (native) with the same number of views.")
         opts = dict(transformer_options or {})
         times = t // wan.patch_size[0]
-        if self.mode == "fused":
+        if self.kind == "fused":
             return self._fused(executor, wan, x, timestep, context, clip_fea, time_dim_concat, opts, **kwargs)
         opts[GRID_STATE] = {"mode": self.mode, "views": self.views, "times": times,
                             "sigma": call_sigma(opts, timestep), "feats": None,
@@ -111,7 +103,7 @@ class GridForwardWrapper:
 
     def _column_image_tokens(self, wan, clip_fea, times: int, x: torch.Tensor):
         """``img_emb(column_clip)`` ``[T, N_img, D]`` for the column stream, or None."""
-        if self.column_clip is None or self.mode in ("rows", "fused"):
+        if self.column_clip is None or self.kind != "two_stream":
             return None
         if clip_fea is None or getattr(wan, "img_emb", None) is None:
             raise InputError("column_clip needs an image-to-video model with CLIP conditioning (clip_vision_output on "
@@ -194,73 +186,63 @@ class FusedBlockAttention:
             if k.shape[1] != n_img or q.shape[1] != n:
                 raise InputError(f"Fused grid attention expected the image cross-attention over {n_img} CLIP tokens, "
                                  f"got {k.shape[1]} keys.")
-            qv = q.reshape(b * g.views, n // g.views, q.shape[-1])
-            kv, vv = (t.reshape(b * g.views, n_img // g.views, t.shape[-1]) for t in (k, v))
+            qv, kv, vv = (fold_views(t, g.views) for t in (q, k, v))
             out = self._run(func, (qv, kv, vv) + tuple(args[3:]), kwargs)
             return out.reshape(b, n, out.shape[-1])
         return self._run(func, args, kwargs)                    # text cross-attention: unchanged
 
 
 class GridBlockPatch:
-    """Grid replace for block ``index`` of ``num_blocks`` (see module doc).
+    """Grid replace for block ``index`` of ``num_blocks`` (see module doc): calls the shared kernel
+    (:mod:`fourd_core.kernels.streams`) for the mode's rule.
 
     Args:
-        mode: one of :data:`NATIVE_GRID_MODES`. previous: a replace already installed on this block
-            (run for the row stream instead of the plain block). sync: trained
-            :class:`~fourd_core.models.sync.GridSync` for ``hard`` / ``soft`` (shared by all blocks;
-            moved to the activations' device on first use), None = the neutral initialisation.
+        mode: a name of :data:`~fourd_core.kernels.streams.GRID_MODES`. previous: a replace already
+            installed on this block (run for the row stream instead of the plain block). sync: trained
+            :class:`~fourd_core.kernels.sync.GridSync` for ``hard`` / ``soft`` (shared by all blocks), None =
+            the neutral initialisation.
+    Raises:
+        InputError: an unknown mode, or sync layers that do not fit the mode or the block count.
     """
 
     def __init__(self, index: int, num_blocks: int, mode: str, previous=None, sync: GridSync | None = None):
-        if mode not in NATIVE_GRID_MODES:
-            raise InputError(f"mode must be one of {NATIVE_GRID_MODES}, got {mode!r}.")
-        if sync is not None and (sync.mode != mode or len(sync.layers) != num_blocks):
-            raise InputError(f"sync weights of mode {sync.mode!r} with {len(sync.layers)} layers cannot be used with "
-                             f"grid mode {mode!r} on {num_blocks} blocks.")
+        self.spec = grid_mode(mode)
+        check_sync_for(mode, sync, num_blocks)
         self.index, self.num_blocks, self.mode, self.previous, self.sync = index, num_blocks, mode, previous, sync
 
     def _row(self, args, extra):
         return (self.previous(args, extra) if self.previous is not None else extra["original_block"](args))["img"]
 
     def _sync_layer(self, st: dict, like: torch.Tensor):
-        """(this block's sync layer as a callable on ``like``'s device, the sigma features).
+        """(this block's sync layer as a callable on ``like``'s device, the sigma features), or (None, None).
 
         ComfyUI's memory manager loads the sync layers (the node registers them as an additional
         model of the MODEL, :func:`nodes.native.grid.register_sync_model`), so their weights are
-        normally on ``like.device`` already.  A partial (low-VRAM) load can leave some of them, or
-        parts of one layer, on the offload device: the layer then runs on copies of its weights
-        on ``like.device`` (``torch.func.functional_call``) and the module itself is never moved
-        behind the memory manager's back."""
-        layer = self.sync.layers[self.index]
-        params = dict(layer.named_parameters())
-        if all(p.device == like.device for p in params.values()):
-            run = layer
-        else:
-            moved = {n: p.to(like.device) for n, p in params.items()}
-
-            def run(*a):
-                return torch.func.functional_call(layer, moved, a)
+        normally on ``like.device`` already; a partial (low-VRAM) load can leave some of them on the
+        offload device, and :func:`~fourd_core.kernels.sync.layer_runner` then runs on copies without
+        moving the module behind the memory manager's back."""
+        if self.sync is None:
+            return None, None
         if st.get("feats") is None:
             if st.get("sigma") is None:
                 raise InputError("Trained sync layers need the noise level of the call (transformer_options['sigmas']).")
             st["feats"] = sigma_features(st["sigma"], self.sync.features).to(like.device)
-        return run, st["feats"]
+        return layer_runner(self.sync.layers[self.index], like.device), st["feats"]
 
     def __call__(self, args: dict, extra: dict) -> dict:
         st = args["transformer_options"].get(GRID_STATE)
         if st is None:
             raise InputError("Grid block patch without its forward wrapper: apply FourD Grid Model (native) again.")
-        if self.mode == "fused":
+        if self.spec.kind == "fused":
             opts = dict(args["transformer_options"])
             opts[ATTN_OVERRIDE] = FusedBlockAttention(st, opts.get(ATTN_OVERRIDE))
             return {"img": self._row(dict(args, pe=st["fused_freqs"], transformer_options=opts), extra)}
         y_v = self._row(args, extra)
-        if self.mode == "rows":
+        if self.spec.kind == "rows":
             return {"img": y_v}
         views, times = st["views"], st["times"]
         x, txt, vec = args["img"], args["txt"], args["vec"]
         block = extra["original_block"]
-
         col_img = st.get("col_img")
 
         def column_run(tokens, group):
@@ -274,31 +256,13 @@ class GridBlockPatch:
             return columns_to_rows(out, views, times)
 
         outs = []
-        for g in range(x.shape[0] // views):
+        for g in range(x.shape[0] // views):                  # ComfyUI batches cond and uncond: k groups of V rows
             rows = slice(g * views, (g + 1) * views)
             yv = y_v[rows]
-            if self.mode == "sequential":                      # Eq. 5
-                outs.append(column_run(yv, g))
-                continue
-            if self.mode == "hard":                            # Eq. 8; neutral weights = averaging (Eq. 12)
-                yt = column_run(x[rows], g)
-                if self.sync is None:
-                    outs.append(((yv.float() + yt.float()) * 0.5).to(yv.dtype))
-                else:
-                    layer, feats = self._sync_layer(st, yv)
-                    outs.append(layer(yv, yt, feats))
-                continue
-            yt = column_run(st["x_t"].get(g, x[rows]), g)
-            if self.mode == "soft_avg":                        # supp. Eq. 13
-                w = soft_average_weight(self.index, self.num_blocks)
-                xv_next = ((1 - w) * yv.float() + w * yt.float()).to(yv.dtype)
-                xt_next = ((1 - w) * yt.float() + w * yv.float()).to(yt.dtype)
-            elif self.sync is None:                            # soft, neutral: independent streams
-                xv_next, xt_next = yv, yt
-            else:                                              # soft, Eqs. 9-10
-                layer, feats = self._sync_layer(st, yv)
-                dv, dt = layer(yv, yt, feats)
-                xv_next, xt_next = yv + dv, yt + dt
-            st["x_t"][g] = xt_next
+            yt = column_run(self.spec.column_input(x[rows], yv, st["x_t"].get(g)), g)
+            layer, feats = self._sync_layer(st, yv)
+            xv_next, xt_next = self.spec.merge(self.index, self.num_blocks, yv, yt, layer, feats)
+            if self.spec.stateful:
+                st["x_t"][g] = xt_next
             outs.append(xv_next)
         return {"img": torch.cat(outs, dim=0)}

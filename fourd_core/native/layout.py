@@ -98,53 +98,6 @@ def known_noise_mask(full: torch.Tensor, latent_height: int, latent_width: int) 
     return (~keep).float().contiguous()
 
 
-def shared_rope(freqs_half: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """4DNeX shared RoPE: positions of the half width repeated over both halves.
-
-    Args:
-        freqs_half: rotary table for a ``(t, h, w/2)`` token grid, ``[1, t*h*(w/2), ...]`` in (t, h, w)
-            order (ComfyUI's ``rope_encode`` output for the half width).
-        grid: ``(t, h, w)`` token grid of the *fused* latent (``w`` even).
-    Returns:
-        ``[1, t*h*w, ...]`` where token column ``j`` and ``j + w/2`` get the same rotation.
-    Raises:
-        InputError: odd token width or a table that does not match the grid.
-    """
-    t, h, w = grid
-    if w % 2:
-        raise InputError(f"The fused latent must have an even token width (two equal halves), got {w}.")
-    rest = freqs_half.shape[2:]
-    if freqs_half.shape[1] != t * h * (w // 2):
-        raise InputError(f"RoPE table has {freqs_half.shape[1]} positions, expected {t * h * (w // 2)} for grid {grid}.")
-    f = freqs_half.reshape(freqs_half.shape[0], t, h, w // 2, *rest)
-    return torch.cat([f, f], dim=3).reshape(freqs_half.shape[0], t * h * w, *rest)
-
-
-def add_domain_embeddings(tokens: torch.Tensor, embeddings: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Add 4DNeX's domain embeddings to patch-embedded tokens: row 0 on the RGB (left) half, row 1 on
-    the XYZ (right) half.
-
-    Args:
-        tokens: ``[B, t*h*w, D]`` in (t, h, w) order (w fastest). embeddings: ``[2, D]``.
-        grid: ``(t, h, w)`` token grid (``w`` even).
-    Returns:
-        a new tensor, same shape and dtype as ``tokens``.
-    Raises:
-        InputError: shape mismatch (names the expected ``D``).
-    """
-    b, n, d = tokens.shape
-    t, h, w = grid
-    if n != t * h * w or w % 2:
-        raise InputError(f"{n} tokens do not form an even-width grid {grid}.")
-    if tuple(embeddings.shape) != (2, d):
-        raise InputError(f"Domain embeddings {tuple(embeddings.shape)} do not fit the model width {d}: use the "
-                         "learnable_domain_embeddings file of the same base model (Wan2.1-I2V-14B: [2, 5120]).")
-    emb = embeddings.to(device=tokens.device, dtype=tokens.dtype)
-    side = (torch.arange(w, device=tokens.device) >= w // 2).long()         # 0 = RGB, 1 = XYZ
-    per_col = emb[side]                                                      # [w, D]
-    return (tokens.view(b, t * h, w, d) + per_col).view(b, n, d)
-
-
 def latent_stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Wan2.1 ``(mean, std)`` shaped ``[1, 16, 1, 1, 1]`` on ``like``'s device and dtype."""
     mean = torch.tensor(WAN21_LATENTS_MEAN, dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1)

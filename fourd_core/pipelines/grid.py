@@ -59,10 +59,12 @@ from typing import Callable
 import torch
 
 from ..errors import InputError
-from ..models.grid_fused import FUSED_BACKENDS, FusedEngine
-from ..models.grid_streams import MODES, TwoStreamEngine
+from ..kernels.fused import fused_backend_names
+from ..kernels.streams import grid_mode
+from ..kernels.sync import GridSync
+from ..models.grid_fused import FusedEngine
+from ..models.grid_streams import TwoStreamEngine
 from ..models.patches import is_fourdnex_patched, set_fourdnex_enabled
-from ..models.sync import GridSync
 from .fourdnex import make_scheduler, to_pil, vae_latent_stats, validate_sampler_settings
 from .grid_canvas import GridCanvas, GridResult, fully_known_latents, latent_mask, plan_windows
 
@@ -75,10 +77,8 @@ class GridConfig:
     """Grid sampling parameters.
 
     Attributes:
-        mode: ``"soft_avg"`` (training-free soft sync, supp. Eq. 13; default), ``"hard"`` (hard sync,
-            Eq. 8; averaging without weights), ``"soft"`` (ModLinear soft sync, Eqs. 9-10; needs
-            trained weights, otherwise the streams stay independent), ``"sequential"`` (Eq. 5),
-            ``"fused"`` (4Real-Video-V2 view-time attention) or ``"rows"`` (each view on its own).
+        mode: a name of :data:`~fourd_core.kernels.streams.GRID_MODES` (``"soft_avg"``, the
+            training-free soft sync of supp. Eq. 13, by default).
         window_views: views per window (the paper: 8). window_frames: pixel frames per window,
             ``4k + 1`` (49 = a whole 4DNeX video).
         overlap_views, overlap_frames: rows / frames shared by consecutive windows (>= 1).
@@ -107,8 +107,7 @@ class GridConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the fix for any invalid field."""
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        grid_mode(self.mode)                              # an unknown mode names the known ones
         if self.window_views < 2:
             raise InputError(f"window_views must be >= 2, got {self.window_views}.")
         if self.window_frames < 5 or (self.window_frames - 1) % 4:
@@ -120,15 +119,15 @@ class GridConfig:
         validate_sampler_settings(self)
         if self.soft_readout not in ("row", "mean"):
             raise InputError(f"soft_readout must be 'row' or 'mean', got {self.soft_readout!r}.")
-        if self.fused_backend not in FUSED_BACKENDS:
-            raise InputError(f"fused_backend must be one of {FUSED_BACKENDS}, got {self.fused_backend!r}.")
+        if self.fused_backend not in fused_backend_names():
+            raise InputError(f"fused_backend must be one of {fused_backend_names()}, got {self.fused_backend!r}.")
 
 
 # ----------------------------------------------------------------------------------------------
 # Engines
 def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_readout: str = "row",
                 fused_backend: str = "auto", num_train_timesteps: int = 1000):
-    """The engine for a grid mode (one of :data:`MODES`; 4Real-Video Sec. 3.2 / -V2).
+    """The engine for a grid mode (:data:`~fourd_core.kernels.streams.GRID_MODES`; 4Real-Video Sec. 3.2 / -V2).
 
     Returns:
         a :class:`~fourd_core.models.grid_fused.FusedEngine` for ``"fused"``, else a
@@ -137,7 +136,7 @@ def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_re
         InputError: sync weights with ``"fused"``, an unknown mode or backend, or sync weights that
             do not fit the transformer (raised by the engines).
     """
-    if mode == "fused":
+    if grid_mode(mode).kind == "fused":
         if sync is not None:
             raise InputError("Fused view-time attention has no sync layers; sync weights apply to 'hard'/'soft'.")
         return FusedEngine(transformer, fused_backend)

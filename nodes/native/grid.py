@@ -24,10 +24,9 @@ import torch
 
 from ...fourd_core.errors import InputError
 from ...fourd_core.io.images import to_rgb
-from ...fourd_core.models.grid_fused import FUSED_BACKENDS
+from ...fourd_core.kernels.streams import grid_mode
 from ...fourd_core.models.sync import read_sync_weights
-from ...fourd_core.native.grid_patches import (GRID_STATE, NATIVE_GRID_MODES, SYNC_MODES,  # noqa: F401 (re-exported)
-                                               GridBlockPatch, GridForwardWrapper)
+from ...fourd_core.native.grid_patches import GRID_STATE, GridBlockPatch, GridForwardWrapper  # noqa: F401 (re-exported)
 from ...fourd_core.native.layout import known_noise_mask
 from ...fourd_core.pipelines.grid_canvas import GridCanvas, fully_known_latents, latent_mask
 from .. import comfy_bridge as cb
@@ -35,14 +34,10 @@ from .apply import NATIVE_CATEGORY
 from .conditioning import set_cond_values
 from .folders import SYNC_FOLDER
 from .patches import is_fourdnex_patched
+from ..widgets import fused_backend_widget, grid_mode_widget
 
 log = logging.getLogger(__name__)
 GRID_WRAPPER_KEY = "fourd_grid_native"
-MODE_HELP = ("soft_avg: training-free soft sync (weighted averaging, deeper layers sync more); hard: hard sync "
-             "(averaging, or the trained sync_weights); soft: ModLinear soft sync (needs sync_weights; without them "
-             "the streams stay independent); sequential: view then time per block; fused: 4Real-Video-V2 sparse "
-             "view-time attention (one attention over the whole grid: same view or same time); rows: every view "
-             "on its own (baseline).")
 
 
 class FourDGridModelNative:
@@ -62,14 +57,12 @@ class FourDGridModelNative:
         return {"required": {
             "model": ("MODEL", {"tooltip": "Wan2.1-I2V from core Load Diffusion Model (not the 4DNeX-patched one)."}),
             "views": ("INT", {"default": 8, "min": 2, "max": 64, "tooltip": "Views V of the grid (rows of the batch)."}),
-            "mode": (list(NATIVE_GRID_MODES), {"tooltip": MODE_HELP}),
+            "mode": grid_mode_widget(),
         }, "optional": {
             "sync_weights": ([cb.NONE] + cb.file_list(SYNC_FOLDER), {
                 "tooltip": "Trained sync layers (.safetensors in models/fourd_sync/, format in "
                            "fourd_core/models/sync.py) for mode hard or soft; (none) = training-free."}),
-            "fused_backend": (list(FUSED_BACKENDS), {
-                "tooltip": "Fused mode: flex attention (GPU, compiled), a dense mask (reference), or gathered keys "
-                           "(exact, no mask); auto: flex on CUDA, else gather."}),
+            "fused_backend": fused_backend_widget(),
             "column_clip": ("CLIP_VISION_OUTPUT", {
                 "tooltip": "Two-stream modes: CLIP of row 0 at every latent time, from FourD Grid Conditioning / Window "
                            "(native), so each column sees the image of its own instant (as the diffusers grid sampler); "
@@ -85,12 +78,11 @@ class FourDGridModelNative:
         if is_fourdnex_patched(model):
             raise InputError("The grid runs the base Wan model: connect the MODEL from Load Diffusion Model, not the "
                              "output of FourD Apply 4DNeX (native).")
-        if mode not in NATIVE_GRID_MODES:
-            raise InputError(f"mode must be one of {NATIVE_GRID_MODES}, got {mode!r}.")
+        spec = grid_mode(mode)
         n = len(dm.blocks)
         sync = None
         if sync_weights and sync_weights != cb.NONE:
-            if mode not in SYNC_MODES:
+            if spec.sync is None:
                 raise InputError(f"Sync weights are for mode 'hard' or 'soft'; mode is {mode!r}. Choose one of those "
                                  "modes or set sync_weights to (none).")
             sync = read_sync_weights(cb.resolve_model(SYNC_FOLDER, sync_weights), n, int(dm.dim), mode,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ...fourd_core.errors import InputError
-from ...fourd_core.native.layout import add_domain_embeddings, shared_rope
+from ...fourd_core.kernels.fourdnex import add_domain_embeddings, shared_rope
 
 WRAPPER_KEY = "fourd_4dnex_native"
 GRID_KEY = "fourd_4dnex_grid"     # transformer_options entry: (t, h, w) token grid of the fused latent
@@ -74,7 +74,13 @@ class DomainEmbeddingPatch:
             raise InputError("4DNeX domain embeddings without the 4DNeX forward wrapper: re-apply FourD Apply 4DNeX "
                              "(native) to an unpatched model.")
         args = dict(args)
-        args["img"] = add_domain_embeddings(args["img"], self.embeddings, grid)
+        tokens = args["img"]                                   # [B, t*h*w, D], w fastest
+        b, n, d = tokens.shape
+        t, h, w = grid
+        if n != t * h * w:
+            raise InputError(f"{n} tokens do not form the 4DNeX token grid {grid}.")
+        tokens = tokens.view(b, t * h, w, d)
+        args["img"] = add_domain_embeddings(tokens, self.embeddings, width_dim=2, channel_dim=3).view(b, n, d)
         if self.previous is not None:
             return self.previous(args, extra)
         return extra["original_block"](args)

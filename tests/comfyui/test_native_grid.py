@@ -272,7 +272,8 @@ def test_native_grid_sync_file_errors(comfy, pack, base, sync_files, tmp_path):
 
 @pytest.mark.parametrize("backend", ["gather", "dense", "flex"])
 def test_native_fused_grid_matches_diffusers_fused_engine(comfy, pack, base, backend):
-    from fourd_core.models.grid_fused import FusedEngine, flex_available
+    from fourd_core.kernels.fused import flex_available
+    from fourd_core.models.grid_fused import FusedEngine
 
     if backend == "flex" and not flex_available():
         pytest.skip("no flex attention in this torch")
