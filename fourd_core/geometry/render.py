@@ -138,10 +138,9 @@ def gather_colors(colors: torch.Tensor, index: torch.Tensor, background: torch.T
     Returns:
         [H,W,3] float32 (``out`` when given).
     """
-    valid = index >= 0
-    picked = colors[index.clamp_min(0)]
-    picked = picked.to(torch.float32) / 255.0 if not picked.is_floating_point() else picked.to(torch.float32).clamp(0.0, 1.0)
-    img = torch.where(valid[..., None], picked, background.to(picked.device))
+    table = colors.to(torch.float32) / 255.0 if not colors.is_floating_point() else colors.to(torch.float32).clamp(0.0, 1.0)
+    table = torch.cat([table, background.to(table.device, torch.float32).reshape(1, 3)])
+    img = table[index]  # index -1 picks the appended background row
     if out is None:
         return img
     out.copy_(img)
@@ -156,6 +155,7 @@ def zbuffer_splat(
     width: int,
     point_size: int = 1,
     near: float = 1e-6,
+    with_depth: bool = True,
 ):
     """The z-buffer: which point is visible in each pixel of a camera (square splats).
 
@@ -174,14 +174,15 @@ def zbuffer_splat(
         cam_to_world: [4,4] OpenCV camera-to-world pose.
         height, width: image size in pixels (>= 1). point_size: splat side in pixels (>= 1).
         near: points with camera depth z <= max(near, 0) are dropped.
+        with_depth: also return the depth map (else ``None`` in its place).
 
     Returns:
         (index [height,width] int64: the visible point's index into ``points.reshape(-1, 3)``, -1
         where no point covers the pixel; depth [height,width] float32: its camera z, 0 where
-        none), on the device of ``points``.
+        none, or None), on the device of ``points``.
 
     Raises:
-        InputError: wrong shapes, non-finite K / pose, non-positive sizes, 2^32 points or more.
+        InputError: wrong shapes, non-finite K / pose, non-positive sizes, 2^32 - 1 points or more.
     """
     if not isinstance(points, torch.Tensor) or points.shape[-1] != 3 or not points.is_floating_point():
         raise InputError("points must be a floating-point tensor [N,3] or [H,W,3].")
@@ -192,32 +193,41 @@ def zbuffer_splat(
         raise InputError(f"point_size must be >= 1; got {point_size}.")
     dev = points.device
     P = points.reshape(-1, 3)
-    if P.shape[0] >= 2**32:
-        raise InputError("render_points supports fewer than 2^32 points.")
+    n = P.shape[0]
+    if n >= 2**32 - 1:
+        raise InputError("render_points supports fewer than 2^32 - 1 points.")
     dt = torch.float64 if P.dtype == torch.float64 else torch.float32
     Kd = _as_matrix(K, (3, 3), "K", dev)
     T = _as_matrix(cam_to_world, (4, 4), "cam_to_world", dev)
     R, t = T[:3, :3], T[:3, 3]
     Kp = torch.cat([Kd[:2], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64, device=dev)])
-    M = (R @ Kp.T).to(dt)  # row vectors: [u z, v z, z] = (p - t) R K^T
-    Y = (P.to(dt) - t.to(dt)) @ M
-    z = Y[:, 2]
-    inv = 1.0 / z
+    M = R @ Kp.T  # row vectors: [u z, v z, z] = (p - t) R K^T = p M - t M
+    # transposed product: rows u z, v z, z, each contiguous
+    Y = torch.addmm((-(t @ M))[:, None].to(dt), M.T.to(dt), P.to(dt).T)
+    z = Y[2] if dt == torch.float32 else Y[2].to(torch.float32)
+    inv = torch.reciprocal(Y[2])
     lo = (point_size - 1) // 2
     hi = point_size - 1 - lo
     hp, wp = height + point_size - 1, width + point_size - 1
     # padded coordinates: a point landing in column c covers c - lo .. c + hi, so it matters iff
     # c + hi is in [0, wp - 1]; NaN and inf fail these comparisons, so non-finite points drop out
-    cu = torch.floor(Y[:, 0] * inv + (0.5 + hi))
-    cv = torch.floor(Y[:, 1] * inv + (0.5 + hi))
-    keep = (z > max(float(near), 0.0)) & (cu >= 0) & (cu < wp) & (cv >= 0) & (cv < hp)
-    pix = torch.where(keep, cv.to(torch.int64) * wp + cu.to(torch.int64), hp * wp)  # dropped -> a spare slot
-    zbits = z.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
-    key = (zbits << 32) | torch.arange(P.shape[0], device=dev)  # positive float bits order like the value
-    buf = torch.full((hp * wp + 1,), _NO_HIT, dtype=torch.int64, device=dev)
+    cu = torch.addcmul(torch.full((), 0.5 + hi, dtype=dt, device=dev), Y[0], inv).floor_()
+    cv = torch.addcmul(torch.full((), 0.5 + hi, dtype=dt, device=dev), Y[1], inv).floor_()
+    keep = Y[2] > max(float(near), 0.0)
+    keep &= cu >= 0
+    keep &= cu < wp
+    keep &= cv >= 0
+    keep &= cv < hp
+    if hp * wp < 2**24 or dt == torch.float64:  # exact in floating point
+        pix = torch.where(keep, cv.mul_(wp).add_(cu), hp * wp).to(torch.int64)
+    else:
+        pix = torch.where(keep, cv.to(torch.int64) * wp + cu.to(torch.int64), hp * wp)
+    key = z.contiguous().view(torch.int32).to(torch.int64)  # positive float bits order like the value
+    key <<= 32
+    key |= torch.arange(n, device=dev)
+    buf = torch.full((hp * wp + 1,), _NO_HIT, dtype=torch.int64, device=dev)  # the last slot takes dropped points
     buf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
-    buf = buf[:-1]
-    buf = buf.view(hp, wp)
+    buf = buf[:-1].view(hp, wp)
     if point_size > 1:  # pixel (r, c) is covered by the points landing in padded rows/cols [r, r + s - 1]
         rows = buf[:height]
         for k in range(1, point_size):
@@ -225,7 +235,9 @@ def zbuffer_splat(
         buf = rows[:, :width]
         for k in range(1, point_size):
             buf = torch.minimum(buf, rows[:, k:k + width])
-    valid = buf != _NO_HIT
-    index = torch.where(valid, buf & 0xFFFFFFFF, torch.full_like(buf, -1))
-    depth = torch.where(valid, z.to(torch.float32)[index.clamp_min(0)], torch.zeros((), device=dev))
+    index = buf & 0xFFFFFFFF  # _NO_HIT's low half is 0xFFFFFFFF, never a point index (n < 2^32 - 1)
+    index.masked_fill_(index == 0xFFFFFFFF, -1)
+    if not with_depth:
+        return index, None
+    depth = torch.cat([z, z.new_zeros(1)])[index]  # index -1 picks the appended 0
     return index, depth

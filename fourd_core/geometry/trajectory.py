@@ -273,18 +273,30 @@ def render_trajectory(scene, K: torch.Tensor, cam_to_world: torch.Tensor, height
     bg = background_color(background, dev)
     video = torch.empty(T, H, W, 3, dtype=torch.float32)
     holes = torch.empty(T, H, W, dtype=torch.float32)
-    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    # Points are splatted in their own camera's frame with the relative pose inv(C_s) @ pose_t: the
+    # same projection as world points through pose_t (scene.points() is C_s applied to d K^-1 [u, v, 1]),
+    # without unprojecting into the world first.
+    C = scene.cam_to_world.to(torch.float64)
+    jj, ii = torch.meshgrid(torch.arange(scene.size[1], dtype=torch.float64), torch.arange(scene.size[0], dtype=torch.float64),
+                            indexing="xy")
+    pix = torch.stack([jj, ii, torch.ones_like(jj)], -1).reshape(-1, 3)
+    rays_for: tuple[torch.Tensor, torch.Tensor] | None = None
+    current: tuple[int, torch.Tensor, torch.Tensor] | None = None
     for t in range(T):
         s = int(src[t])
-        if s not in cache:  # consecutive output frames may show the same scene frame
-            cache.clear()
-            pts = scene.points(s).to(dev, torch.float32)
+        if current is None or current[0] != s:  # consecutive output frames may show the same scene frame
+            Ksrc = scene.K[s].to(torch.float64)
+            if rays_for is None or not torch.equal(rays_for[0], Ksrc):
+                ray = pix @ torch.linalg.inv(Ksrc).T
+                rays_for = (Ksrc, (ray / ray[:, 2:3]).to(dev, torch.float32))
+            d = scene.depth[s].to(dev, torch.float32).reshape(-1)
             if min_confidence > 0 and scene.confidence is not None:
-                pts = torch.where((scene.confidence[s].to(dev) >= min_confidence)[..., None], pts,
-                                  torch.full((), float("nan"), device=dev))
-            cache[s] = (pts.reshape(-1, 3), scene.rgb[s].to(dev).reshape(-1, 3))
-        pts, col = cache[s]
-        index, _ = zbuffer_splat(pts, Ks[t], c2w[t], H, W, point_size=point_size)
+                d = torch.where(scene.confidence[s].to(dev).reshape(-1) >= min_confidence, d,
+                                torch.full((), float("nan"), device=dev))
+            current = (s, rays_for[1] * d[:, None], scene.rgb[s].to(dev).reshape(-1, 3))
+        _, pts, col = current
+        relative = torch.linalg.inv(C[s]) @ c2w[t].to(torch.float64)
+        index, _ = zbuffer_splat(pts, Ks[t], relative, H, W, point_size=point_size)
         video[t] = gather_colors(col, index, bg).cpu()
         holes[t] = (index < 0).to(torch.float32).cpu()
     return TrajectoryRender(video=video, holes=holes, K=Ks.clone(), cam_to_world=c2w.clone(), source_frames=src,
