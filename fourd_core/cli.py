@@ -1,4 +1,4 @@
-"""Command line: ``python -m fourd_core {generate,geometry,gaussians,info}``.
+"""Command line: ``python -m fourd_core {generate,geometry,gaussians,novel-view,info}``.
 
 Examples::
 
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_geometry_export_args(r)
 
     _add_gaussians_parser(sub)
+    from .cli_novel_view import add_parser as _add_novel_view_parser
+
+    _add_novel_view_parser(sub)
 
     sub.add_parser("info", help="print versions and devices")
     return parser
@@ -299,6 +302,12 @@ def cmd_gaussians(args) -> int:
     return 0
 
 
+def cmd_novel_view(args) -> int:
+    from .cli_novel_view import cmd_novel_view as run
+
+    return run(args)
+
+
 def cmd_info(args) -> int:
     import diffusers
     import torch
@@ -334,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.unraisablehook = make_unraisable_hook(previous_hook)
     try:
         return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
-                "info": cmd_info}[args.command](args)
+                "novel-view": cmd_novel_view, "info": cmd_info}[args.command](args)
     except FourDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
