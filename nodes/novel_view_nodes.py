@@ -7,6 +7,7 @@ VAE Decode, SaveVideo)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.trajectory import FITS, HOLE_GRAY, TRAJECTORY_PATHS, render_novel_view
@@ -15,12 +16,30 @@ from . import validation as v
 from .types import CAMERAS, CATEGORY, SCENE, FourDCameras
 
 
+def cameras_folder(prefix: str) -> Path:
+    """``<output>/<prefix>_cameras_NNNNN``, NNNNN being the number core SaveVideo gives its next file of
+    the same prefix (``folder_paths.get_save_image_path``): the cameras and the video it is rendered
+    into share the number. The ``_cameras_`` part keeps SaveVideo's counter from counting this folder.
+
+    Raises:
+        InputError: a prefix that leaves the output folder (:func:`comfy_bridge.prefix_problem`).
+    """
+    problem = cb.prefix_problem(prefix)
+    if problem:
+        raise InputError(problem)
+    fp = cb._folder_paths()
+    if fp is not None and hasattr(fp, "get_save_image_path"):
+        full, name, counter, _, _ = fp.get_save_image_path(prefix, str(cb.output_directory()))
+        return Path(full) / f"{name}_cameras_{counter:05d}"
+    return cb.safe_output_folder(prefix + "_cameras")[0]  # without ComfyUI: the pack's own numbering
+
+
 class FourDRenderTrajectory:
     DESCRIPTION = ("Render the scene's moving point cloud along a camera path: output frame t shows scene frame t "
                    "from pose t (z-buffered square splats). The video (holes mid-gray), the hole mask (1 = nothing "
                    "rendered = what VACE generates) and width / height / length connect straight to core "
                    "WanVaceToVideo's control_video, control_masks, width, height and length; give it the input photo "
-                   "as reference_image. The path's cameras are saved as cameras.json / transforms.json.")
+                   "as reference_image. The path's cameras are saved as cameras.json / transforms.json beside SaveVideo's video.")
     CATEGORY = f"{CATEGORY}/novel view"
     RETURN_TYPES = ("IMAGE", "MASK", CAMERAS, "STRING", "INT", "INT", "INT")
     RETURN_NAMES = ("video", "holes", "cameras", "cameras_json", "width", "height", "length")
@@ -63,8 +82,9 @@ class FourDRenderTrajectory:
                 "point_size": ("INT", {"default": 2, "min": 1, "max": 9, "tooltip": "Splat size in output pixels "
                                "(2-3 closes the cracks between neighbouring points)."}),
                 "filename_prefix": ("STRING", {"default": "fourd/novel_view", "tooltip": "Saves "
-                                    "<prefix>_NNNNN/cameras.json and transforms.json in the output folder (empty: do "
-                                    "not save). Use the SaveVideo prefix to keep them beside the video."}),
+                                    "<prefix>_cameras_NNNNN/cameras.json and transforms.json in the output folder, "
+                                    "numbered like SaveVideo's next <prefix>_NNNNN_.mp4 (give both the same prefix); "
+                                    "empty: do not save."}),
             },
             "optional": {
                 "cameras": (CAMERAS, {"tooltip": "A path from FourD Camera Path instead of the settings above (its "
@@ -84,10 +104,8 @@ class FourDRenderTrajectory:
                point_size, filename_prefix, cameras=None, min_confidence=0.0):
         if frames < 1:
             raise InputError(f"frames must be >= 1, got {frames} (a path with zero frames cannot be rendered).")
-        if filename_prefix:
-            problem = cb.prefix_problem(filename_prefix)
-            if problem:
-                raise InputError(problem)
+        if filename_prefix and cb.prefix_problem(filename_prefix):
+            raise InputError(cb.prefix_problem(filename_prefix))
         kw = {}
         if cameras is not None:
             kw = dict(path_poses=cameras.cam_to_world, path_K=cameras.K, path_size=(cameras.height, cameras.width))
@@ -104,8 +122,7 @@ class FourDRenderTrajectory:
         if filename_prefix:
             from ..fourd_core.io.atomic import atomic_directory, write_text_atomic
 
-            folder, _ = cb.safe_output_folder(filename_prefix)
-            with atomic_directory(folder) as tmp:
+            with atomic_directory(cameras_folder(filename_prefix)) as tmp:
                 write_text_atomic(tmp / "cameras.json", json.dumps(doc, indent=1))
                 tr = transforms_dict(r.K, r.cam_to_world, height, width, [f"frame_{i:05d}" for i in range(r.num_frames)])
                 write_text_atomic(tmp / "transforms.json", json.dumps(tr, indent=1))

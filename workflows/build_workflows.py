@@ -556,7 +556,8 @@ def native_novel_view(tiny: bool) -> dict:
             "along a 30 degree orbit (49 frames, 832x480, holes gray + mask) -> core WanVaceToVideo (control video, "
             "mask: 1 = generate, the photo as reference) -> core KSampler on Wan2.1 VACE (models/diffusion_models: "
             "wan2.1_vace_14B_fp16 or wan2.1_vace_1.3B_fp16) -> TrimVideoLatent -> VAE Decode -> SaveVideo. The path's "
-            "cameras are saved as output/fourd/novel_view_NNNNN/cameras.json and transforms.json.")
+            "cameras are saved beside the video (output/fourd/novel_view_NNNNN_.mp4) as "
+            "output/fourd/novel_view_cameras_NNNNN/cameras.json and transforms.json.")
     return {"nodes": nodes, "info": info}
 
 
