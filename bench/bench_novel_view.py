@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark: the trajectory render at full size (49 frames, 480x720 source, 480x832 output).
 
-Prints, in one process, time (best of ``--repeats``) and peak resident memory of:
+Prints, in one process, wall time and CPU time (each the best of ``--repeats``; CPU time says more
+on a shared machine) and peak resident memory of:
 
 1. ``render_novel_view`` (fourd_core.geometry.trajectory): output frame t = scene frame t's points
    from pose t of a 30-degree orbit, point size 2, ``fit=cover``;
@@ -87,15 +88,16 @@ def rss_gb(key: str) -> float:
 
 
 def measure(fn, repeats: int):
-    best, peak = float("inf"), 0.0
+    best, cpu, peak = float("inf"), float("inf"), 0.0
     for _ in range(repeats):
         reset_peak()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         best = min(best, time.perf_counter() - t0)
+        cpu = min(cpu, time.process_time() - c0)
         peak = max(peak, rss_gb("VmHWM:"))
         del out
-    return best, peak
+    return best, cpu, peak
 
 
 def main() -> int:
@@ -137,17 +139,23 @@ def main() -> int:
     if not args.skip_previous:
         rows.append(("freeze-time loop, previous splatter (0fddb46)", previous))
     results = {}
-    hdr = f"{'variant':<52} | {'time (best)':>11} | {'per frame':>9} | {'ratio':>6} | {'peak RSS':>8} | {'added':>6}"
+    hdr = (f"{'variant':<52} | {'time (best)':>11} | {'per frame':>9} | {'ratio':>6} | {'CPU s':>7} | {'CPU ratio':>9} | "
+           f"{'peak RSS':>8} | {'added':>6}")
     print(hdr)
     print("-" * len(hdr))
+    cpus = {}
+    base_name = "freeze-time render (render_scene_views), baseline"
     for name, fn in rows:
-        t, peak = measure(fn, args.repeats)
-        results[name] = t
-        ref = results.get("freeze-time render (render_scene_views), baseline")
+        t, cpu, peak = measure(fn, args.repeats)
+        results[name], cpus[name] = t, cpu
+        ref, cref = results.get(base_name), cpus.get(base_name)
         ratio = f"{t / ref:6.2f}" if ref else "     -"
-        print(f"{name:<52} | {t:10.2f}s | {t / F * 1000:7.1f}ms | {ratio} | {peak:6.2f}GB | {peak - base:5.2f}G", flush=True)
-    ref = results["freeze-time render (render_scene_views), baseline"]
-    print(f"ratio trajectory / freeze-time = {results['trajectory render (render_novel_view)'] / ref:.2f}"
+        cratio = f"{cpu / cref:9.2f}" if cref else "        -"
+        print(f"{name:<52} | {t:10.2f}s | {t / F * 1000:7.1f}ms | {ratio} | {cpu:6.2f}s | {cratio} | {peak:6.2f}GB | "
+              f"{peak - base:5.2f}G", flush=True)
+    ref = results[base_name]
+    print(f"ratio trajectory / freeze-time = {results['trajectory render (render_novel_view)'] / ref:.2f} "
+          f"(CPU time {cpus['trajectory render (render_novel_view)'] / cpus[base_name]:.2f})"
           + ("" if args.skip_previous else f"; previous splatter / current freeze-time = "
              f"{results['freeze-time loop, previous splatter (0fddb46)'] / ref:.2f}")
           + f"; load avg now {os.getloadavg()[0]:.2f}")
