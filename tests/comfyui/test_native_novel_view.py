@@ -161,3 +161,35 @@ def test_tiny_native_novel_view_workflow_runs_end_to_end(comfy, pack, tmp_path, 
     cams = json.loads((cams_dir / "cameras.json").read_text())
     assert len(cams["frames"]) == render["frames"] and (cams["width"], cams["height"]) == (render["width"], render["height"])
     assert (cams_dir / "transforms.json").is_file()
+
+
+def test_real_novel_view_workflow_validates_in_comfyui(comfy, pack, tmp_path, monkeypatch):
+    """The full-size graph passes ComfyUI's own prompt validation (node types, link types, INT outputs into
+    WanVaceToVideo's size widgets, widget ranges and model-file combos, with empty stand-ins for the files)."""
+    import folder_paths
+    import nodes as comfy_nodes
+
+    if not hasattr(comfy_nodes, "init_extra_nodes"):
+        pytest.skip("`nodes` is not ComfyUI's nodes.py (run tests/comfyui on their own)")
+    import execution
+
+    asyncio.run(comfy_nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    monkeypatch.setattr(comfy_nodes, "NODE_CLASS_MAPPINGS", {**comfy_nodes.NODE_CLASS_MAPPINGS, **pack.NODE_CLASS_MAPPINGS})
+    prompt = json.loads((ROOT / "workflows" / "api" / "fourd_native_novel_view.json").read_text())
+    for node in prompt.values():  # an empty file for every model the graph names, in its core folder
+        kind = {"UNETLoader": "diffusion_models", "VAELoader": "vae", "CLIPLoader": "text_encoders",
+                "CLIPVisionLoader": "clip_vision"}.get(node["class_type"])
+        names = [(kind, node["inputs"].get({"UNETLoader": "unet_name", "VAELoader": "vae_name"}.get(node["class_type"],
+                                                                                               "clip_name")))]
+        if node["class_type"] == "FourDApply4DNeXNative":
+            kind, names = "loras", [("loras", node["inputs"]["release"]), ("loras", "learnable_domain_embeddings.pt")]
+        if kind is None:
+            continue
+        for k, name in names:
+            (tmp_path / k).mkdir(exist_ok=True)
+            (tmp_path / k / name).write_bytes(b"")
+            folder_paths.add_model_folder_path(k, str(tmp_path / k))
+    getattr(folder_paths, "filename_list_cache", {}).clear()
+    valid = asyncio.run(execution.validate_prompt("nv-validate", prompt, None))
+    assert valid[0], valid[1:]
+    assert {prompt[k]["class_type"] for k in valid[2]} >= {"SaveVideo"}
