@@ -12,9 +12,10 @@ the components that must be there, and every ``.safetensors`` file's header agai
 truncated download).
 
 The tiny model is the real architecture (``WanVACETransformer3DModel``: a text-to-video Wan DiT with
-VACE blocks, diffusers ``transformer_wan_vace.py``) at toy width with the tiny preset's VAE, UMT5 and
-tokenizer (:mod:`fourd_core.models.tiny`), saved by ``WanVACEPipeline.save_pretrained`` and loaded
-back through :func:`load_vace_pipeline` like a downloaded one.
+VACE blocks, diffusers 0.42.1 ``models/transformers/transformer_wan_vace.py``) at toy width with the
+tiny preset's VAE, UMT5 and tokenizer (:mod:`fourd_core.models.tiny`), saved by
+``WanVACEPipeline.save_pretrained`` and loaded back through :func:`load_vace_pipeline` like a
+downloaded one.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ splats (4DNeX paper, Sec. 5.1 and Appendix A, where TrajectoryCrafter plays this
 
 The refiner here is Wan2.1 VACE through diffusers ``WanVACEPipeline`` (the pack's CLI); the ComfyUI
 graph uses core ``WanVaceToVideo`` with the same inputs (nodes/novel_view_nodes.py).  VACE's
-conventions (diffusers ``pipeline_wan_vace.py``; ComfyUI ``comfy_extras/nodes_wan.py``): a control
-video, a mask where 1 (white) marks pixels to generate and 0 (black) pixels to keep, and reference
-images prepended as extra latent frames.  Here: control video = the render (holes mid-gray, the
-neutral value: it encodes to zero in VACE's [-1, 1] inputs), mask = the hole mask, reference = the
-input photo (the scene's first frame).
+conventions (diffusers 0.42.1 ``pipelines/wan/pipeline_wan_vace.py``; ComfyUI 0.3.64
+``comfy_extras/nodes_wan.py``): a control video, a mask where 1 (white) marks pixels to generate and
+0 (black) pixels to keep, and reference images prepended as extra latent frames.  Here: control
+video = the render (holes mid-gray, the neutral value: it encodes to zero in VACE's [-1, 1]
+inputs), mask = the hole mask, reference = the input photo (the scene's first frame).
 
 Output files (:func:`write_novel_view`), all-or-nothing into one folder:
 
