@@ -1,4 +1,4 @@
-"""Command line: ``python -m fourd_core {generate,geometry,gaussians,info}``.
+"""Command line: ``python -m fourd_core {generate,geometry,gaussians,novel-view,info}``.
 
 Examples::
 
@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_geometry_export_args(r)
 
     _add_gaussians_parser(sub)
+    from .cli_novel_view import add_parser as _add_novel_view_parser
+
+    _add_novel_view_parser(sub)
 
     sub.add_parser("info", help="print versions and devices")
     for p in sub.choices.values():
@@ -327,6 +330,12 @@ def cmd_gaussians(args) -> int:
     return 0
 
 
+def cmd_novel_view(args) -> int:
+    from .cli_novel_view import cmd_novel_view as run
+
+    return run(args)
+
+
 def cmd_info(args) -> int:
     import diffusers
     import torch
@@ -383,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
-                    "info": cmd_info}[args.command](args)
+                    "novel-view": cmd_novel_view, "info": cmd_info}[args.command](args)
         except FourDError as exc:
             _print_error(exc, getattr(args, "verbose", False))
             return 2

@@ -8,6 +8,7 @@ from .examples import FourDExampleImage
 from .grid_nodes import FourDCameraPath, FourDGridSampler, FourDRenderViews
 from .loaders import FourDLoad4DNeX, FourDLoadWan, FourDMemorySettings
 from .native import NODE_CLASS_MAPPINGS as NATIVE_NODES, NODE_DISPLAY_NAME_MAPPINGS as NATIVE_NAMES
+from .novel_view_nodes import FourDRenderTrajectory
 from .sampling import FourDDecode, FourDPrepareImage, FourDSampler
 from .splat_nodes import FourDFit4DGaussians, FourDGaussiansFromScene, FourDPreviewGaussians, FourDSaveGaussians
 from .scene_nodes import FourDExport, FourDLoadScene, FourDPreview4D, FourDRecoverCameras, FourDSaveScene
@@ -32,6 +33,7 @@ NODE_CLASS_MAPPINGS = {
     "FourDFit4DGaussians": FourDFit4DGaussians,
     "FourDSaveGaussians": FourDSaveGaussians,
     "FourDPreviewGaussians": FourDPreviewGaussians,
+    "FourDRenderTrajectory": FourDRenderTrajectory,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -54,6 +56,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDFit4DGaussians": "FourD Fit 4D Gaussians",
     "FourDSaveGaussians": "FourD Save Gaussians (PLY sequence)",
     "FourDPreviewGaussians": "FourD 4D Preview (Gaussians)",
+    "FourDRenderTrajectory": "FourD Render Trajectory (novel-view video for VACE)",
 }
 
 NODE_CLASS_MAPPINGS.update(NATIVE_NODES)

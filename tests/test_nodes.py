@@ -39,6 +39,14 @@ CORE_NODES = {  # name -> (inputs {name: (type, widget options)}, outputs [types
                   "cfg": ("FLOAT", {"min": 0.0, "max": 100.0}), "sampler_name": ("COMBO", None), "scheduler": ("COMBO", None),
                   "positive": ("CONDITIONING", None), "negative": ("CONDITIONING", None), "latent_image": ("LATENT", None),
                   "denoise": ("FLOAT", {"min": 0.0, "max": 1.0})}, ["LATENT"]),
+    # novel view (comfy_extras/nodes_wan.py)
+    "WanVaceToVideo": ({"positive": ("CONDITIONING", None), "negative": ("CONDITIONING", None), "vae": ("VAE", None),
+                        "width": ("INT", {"min": 16, "max": 16384}), "height": ("INT", {"min": 16, "max": 16384}),
+                        "length": ("INT", {"min": 1, "max": 16384}), "batch_size": ("INT", {"min": 1, "max": 4096}),
+                        "strength": ("FLOAT", {"min": 0.0, "max": 1000.0}), "control_video": ("IMAGE", None),
+                        "control_masks": ("MASK", None), "reference_image": ("IMAGE", None)},
+                       ["CONDITIONING", "CONDITIONING", "LATENT", "INT"]),
+    "TrimVideoLatent": ({"samples": ("LATENT", None), "trim_amount": ("INT", {"min": 0, "max": 99999})}, ["LATENT"]),
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 MODEL_FILES = {"diffusion_models": ["wan2.1_i2v_480p_14B_fp16.safetensors"], "text_encoders": ["umt5_xxl_fp16.safetensors"],

@@ -5,7 +5,8 @@
 
 Widget values follow the order of each node's ``INPUT_TYPES`` (required, then optional); an INT
 named ``seed`` gets ComfyUI's extra ``control_after_generate`` value. Core nodes used here
-(LoadImage, PreviewImage, CreateVideo, SaveVideo, Preview3D) are described in ``CORE``.
+(LoadImage, PreviewImage, CreateVideo, SaveVideo, Preview3D, the native loaders/samplers, WanVaceToVideo,
+TrimVideoLatent) are described in ``CORE``.
 """
 
 from __future__ import annotations
@@ -481,6 +482,87 @@ NATIVE_GRAPHS = {"fourd_native_image_to_4d": lambda: native_image_to_4d(False),
                  "fourd_native_tiny_grid_cpu": lambda: native_image_to_grid(True),
                  "fourd_native_image_to_grid_windows": lambda: native_image_to_grid_windows(False),
                  "fourd_native_tiny_grid_windows_cpu": lambda: native_image_to_grid_windows(True)}
+
+
+# --- Novel-view video (4DNeX's last step): trajectory render -> core WanVaceToVideo on a Wan VACE MODEL ---------
+VACE_FILES = {
+    "14B": ("wan2.1_vace_14B_fp16.safetensors", "diffusion_models",
+            "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/diffusion_models/wan2.1_vace_14B_fp16.safetensors"),
+    "1.3B": ("wan2.1_vace_1.3B_fp16.safetensors", "diffusion_models",
+             "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/diffusion_models/wan2.1_vace_1.3B_fp16.safetensors"),
+}
+TINY_NATIVE_VACE = "fourd_tiny_wan21_vace_native.safetensors"   # written by the pack (fourd_core.native.tiny_vace)
+CORE.update({
+    "WanVaceToVideo": ([("positive", "CONDITIONING", False), ("negative", "CONDITIONING", False), ("vae", "VAE", False),
+                        ("width", "INT", True), ("height", "INT", True), ("length", "INT", True),
+                        ("batch_size", "INT", True), ("strength", "FLOAT", True), ("control_video", "IMAGE", False),
+                        ("control_masks", "MASK", False), ("reference_image", "IMAGE", False)],
+                       [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT"),
+                        ("trim_latent", "INT")]),
+    "TrimVideoLatent": ([("samples", "LATENT", False), ("trim_amount", "INT", True)], [("LATENT", "LATENT")]),
+})
+
+
+def native_novel_view(tiny: bool) -> dict:
+    """The native 4DNeX graph, then FourD Render Trajectory (the scene along a 30 degree orbit) -> core
+    WanVaceToVideo (control video + hole mask + the photo as reference) -> core KSampler on a Wan VACE MODEL ->
+    TrimVideoLatent (drops the reference frame) -> VAE Decode -> SaveVideo."""
+    nodes = native_image_to_4d(tiny)["nodes"]
+    keep = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 18}
+    nodes = {k: v for k, v in nodes.items() if k in keep}
+    w, h, frames, steps = (160, 96, 13, 4) if tiny else (832, 480, 49, 30)
+    nodes[40] = {"type": "FourDRenderTrajectory", "pos": [1540, 60], "size": [340, 420],
+                 "values": {"path": "orbit", "degrees": 30.0, "axis": "y", "distance": 0.3, "elevation": 0.0,
+                            "follow_scene": False, "frames": frames, "width": w, "height": h, "fit": "cover",
+                            "point_size": 2, "filename_prefix": "fourd/novel_view_tiny" if tiny else "fourd/novel_view",
+                            "min_confidence": 0.0},
+                 "links": {"scene": (18, 0)}}
+    if tiny:
+        nodes[41] = {"type": "UNETLoader", "pos": [1540, 520], "values": {"unet_name": TINY_NATIVE_VACE,
+                     "weight_dtype": "default"}, "title": "Load Diffusion Model (tiny VACE demo weights, written by the pack)"}
+        pos, neg = (9, 0), (9, 1)
+    else:
+        nodes[41] = {"type": "UNETLoader", "pos": [1540, 520], "values": {"unet_name": VACE_FILES["14B"][0],
+                     "weight_dtype": "default"}, "models": [VACE_FILES["14B"]],
+                     "title": "Load Diffusion Model (Wan2.1 VACE 14B; 1.3B works too)"}
+        nodes[43] = {"type": "CLIPTextEncode", "pos": [1540, 780], "size": [360, 160], "values": {},
+                     "links": {"clip": (4, 0), "text": (1, 1)}, "title": "VACE prompt (the scene's prompt)"}
+        nodes[44] = {"type": "CLIPTextEncode", "pos": [1540, 980], "values": {"text": ""}, "links": {"clip": (4, 0)},
+                     "title": "VACE negative (empty)"}
+        pos, neg = (43, 0), (44, 0)
+    nodes.update({
+        42: {"type": "ModelSamplingSD3", "pos": [1540, 660], "values": {"shift": 3.0}, "links": {"model": (41, 0)}},
+        45: {"type": "WanVaceToVideo", "pos": [1920, 60], "size": [340, 300],
+             "values": {"width": w, "height": h, "length": frames, "batch_size": 1, "strength": 1.0},
+             "links": {"positive": pos, "negative": neg, "vae": (3, 0), "width": (40, 4), "height": (40, 5),
+                       "length": (40, 6), "control_video": (40, 0), "control_masks": (40, 1), "reference_image": (8, 0)}},
+        46: {"type": "KSampler", "pos": [2300, 60], "size": [320, 300],
+             "values": {"seed": 42, "steps": steps, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                        "denoise": 1.0},
+             "links": {"model": (42, 0), "positive": (45, 0), "negative": (45, 1), "latent_image": (45, 2)}},
+        47: {"type": "TrimVideoLatent", "pos": [2300, 400], "values": {"trim_amount": 1},
+             "links": {"samples": (46, 0), "trim_amount": (45, 3)}, "title": "TrimVideoLatent (drop the reference frame)"},
+        48: {"type": "VAEDecode", "pos": [2300, 520], "links": {"samples": (47, 0), "vae": (3, 0)}},
+        49: {"type": "CreateVideo", "pos": [2660, 60], "values": {"fps": 16.0}, "links": {"images": (48, 0)}},
+        50: {"type": "SaveVideo", "pos": [2660, 180], "values": {"filename_prefix": "fourd/novel_view_tiny" if tiny else
+             "fourd/novel_view", "format": "auto", "codec": "auto"}, "links": {"video": (49, 0)}},
+        51: {"type": "PreviewImage", "pos": [1920, 420], "size": [360, 300], "links": {"images": (40, 0)},
+             "title": "Trajectory render (control video, holes gray)"},
+    })
+    info = ("Native novel view, CPU demo: the native tiny 4DNeX scene rendered along a 30 degree orbit (13 frames, "
+            "160x96), refined by core WanVaceToVideo + KSampler on the tiny random VACE model the pack writes (original "
+            "Wan VACE layout). Meaningless pictures; exercises the graph." if tiny else
+            "Novel-view video as 4DNeX makes it: 4DNeX scene on the native MODEL -> the moving point cloud rendered "
+            "along a 30 degree orbit (49 frames, 832x480, holes gray + mask) -> core WanVaceToVideo (control video, "
+            "mask: 1 = generate, the photo as reference) -> core KSampler on Wan2.1 VACE (models/diffusion_models: "
+            "wan2.1_vace_14B_fp16 or wan2.1_vace_1.3B_fp16) -> TrimVideoLatent -> VAE Decode -> SaveVideo. The path's "
+            "cameras are saved beside the video (output/fourd/novel_view_NNNNN_.mp4) as "
+            "output/fourd/novel_view_cameras_NNNNN/cameras.json and transforms.json.")
+    return {"nodes": nodes, "info": info}
+
+
+NATIVE_GRAPHS.update({"fourd_native_novel_view": lambda: native_novel_view(False),
+                      "fourd_native_tiny_novel_view_cpu": lambda: native_novel_view(True)})
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import os
 
 from ...fourd_core.errors import FourDError
 from ...fourd_core.native.tiny import ensure_native_tiny
+from ...fourd_core.native.tiny_vace import ensure_native_tiny_vace
 from .. import comfy_bridge as cb
 
 log = logging.getLogger(__name__)
@@ -30,16 +31,19 @@ def register_sync_folder() -> bool:
 
 
 def register_tiny_model_folders() -> bool:
-    """Inside ComfyUI: write the tiny native files once (``$FOURD_CACHE``, ~22 MB) and add their
-    folders to ``diffusion_models`` and ``loras`` so core loaders list them. False without ComfyUI."""
+    """Inside ComfyUI: write the tiny native files once (``$FOURD_CACHE``, ~22 MB, and the ~21 MB tiny
+    VACE model) and add their folders to ``diffusion_models`` and ``loras`` so core loaders list them.
+    False without ComfyUI."""
     fp = cb._folder_paths()
     if fp is None or not hasattr(fp, "add_model_folder_path"):
         return False
     try:
         root = ensure_native_tiny()
+        vace_root = ensure_native_tiny_vace()
     except (OSError, FourDError) as exc:  # read-only or full cache: the demo is then unavailable, the pack still loads
         log.warning("FourD: could not write the tiny native demo weights (%s); set FOURD_CACHE to a writable folder.", exc)
         return False
     fp.add_model_folder_path("diffusion_models", str(root / "diffusion_models"))
+    fp.add_model_folder_path("diffusion_models", str(vace_root / "diffusion_models"))
     fp.add_model_folder_path("loras", str(root / "loras"))
     return True
