@@ -828,6 +828,7 @@ def import_check() -> int:
     for m in ("diffusers", "transformers", "accelerate"):
         mod = sys.modules.get(m)
         info[m] = getattr(mod, "__version__", None)
+    info["diffusers_from"] = os.path.dirname(getattr(sys.modules.get("diffusers"), "__file__", "") or "")
     print("import check:", " ".join(f"{k}={v}" for k, v in info.items()))
     if bad:
         print("import check FAILED: " + "; ".join(bad), file=sys.stderr)

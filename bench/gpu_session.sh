@@ -53,6 +53,7 @@ run)
   export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
   if compgen -G "$WHL/*.whl" >/dev/null; then
     site="$(mktemp -d "${TMPDIR:-/tmp}/fourd_site.XXXXXX")"
+    trap 'rm -rf "$site"' EXIT
     log "installing $(ls "$WHL" | tr '\n' ' ')into $site"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$WHL"/*.whl \
       2>&1 | tee -a "$out/session.log"
