@@ -30,8 +30,6 @@ import contextlib
 import dataclasses
 from typing import Callable
 
-import torch
-
 from ..errors import InputError
 
 NONE = "none"
@@ -72,6 +70,7 @@ def _first_block(value, transformer, pipe):
 
 
 def _taylorseer(value, transformer, pipe):
+    import torch
     from diffusers.hooks import TaylorSeerCacheConfig
 
     reuse = int(round(value))
