@@ -54,6 +54,7 @@ from ..models.grid_fused import (
 )
 from ..models.grid_streams import columns_to_rows, rows_to_columns
 from ..models.sync import GridSync, sigma_features, soft_average_weight
+from .caches import refuse_unusable_step_cache
 
 GRID_STATE = "fourd_grid_state"
 ATTN_OVERRIDE = "optimized_attention_override"
@@ -95,6 +96,7 @@ class GridForwardWrapper:
     def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
                  **kwargs):
         wan = executor.class_obj
+        refuse_unusable_step_cache(transformer_options)
         b, _, t, h, w = x.shape
         if b % self.views:
             raise InputError(f"The grid model expects batches of {self.views} rows (one per view), got a batch of {b}. "
