@@ -1,40 +1,41 @@
 """One-shot GPU check: the real 4DNeX shapes on random weights at the real Wan2.1-I2V-14B config.
 
-Measures, in one process, and prints one table (each row with its target where one exists):
+Measures, in one process, and prints one table (each row with its target where one exists), in this
+order (what the budget cuts comes last):
 
 * per-step time (CFG on: two DiT passes per step; the time between step ends, so step 1 with the
   condition encode is never counted) of the 4DNeX path (``generate_latents``) vs diffusers' stock
   ``WanImageToVideoPipeline`` on the same transformer (4DNeX patches off) at the same latent size,
   ordered stock / 4DNeX / stock (A/B/A) with the median of ``--steps`` (>= 4) steps each; SDPA
   (``native``), then cuDNN (``_native_cudnn``) and flash / sage where their packages import;
-* a step cache (diffusers hooks, ``fourd_core.models.step_cache``) at real size: the cost of a
-  computed and of a skipped step against the plain step;
-* VAE decode (both halves, float32) time and peak;
-* correctness on CUDA (seconds each, small sizes): group-offloaded vs resident latents, flex vs
-  gathered-keys fused attention, the compiled flex block mask vs the eager one, fp8 storage vs
-  bf16 latents;
-* the fused grid attention (4Real-Video-V2 view-time pattern) at a real grid size: gathered keys
-  vs flex attention (compiled; its first call, which compiles, is timed apart); q/k/v are made on
-  the device;
+* a step cache (``--cache``, diffusers hooks through ``fourd_core.models.step_cache``) at real size:
+  the time of a skipped step against the plain one, and the speed-up that gives at a skip fraction;
+* correctness on CUDA (small sizes, seconds each): group-offloaded vs resident latents (also with
+  the first-block cache), flex vs gathered-keys fused attention (fp32, bf16), the compiled flex
+  block mask vs the eager one, fp8 storage vs bf16 latents;
 * the 4DNeX path with ``--fp8`` weight storage, then with ``--offload group`` (its setup timed as
-  its own row): per-step time and peak allocated / reserved CUDA memory.
+  its own row): per-step time and peak allocated / reserved CUDA memory;
+* the fused grid attention (4Real-Video-V2 view-time pattern) at a real grid size: gathered keys
+  vs flex attention (compiled; its first call, which compiles, is timed apart); q/k/v made on the
+  device;
+* VAE decode (both halves, float32) time and peak.
 
 Every section runs in its own ``try``: a failing section is one ``failed`` row and the others go
 on. The table is printed at the end, also after SIGINT / SIGTERM (``timeout -s INT``), and
-rewritten to ``--table FILE`` after every row. Sections are skipped, with a row saying so, when
-their time estimate (scaled by the measured step time) exceeds what is left of ``--budget-s``, and
-a section still running when the budget ends is stopped (SIGALRM) so the rest of the table survives.
+rewritten to ``--table FILE`` after every row. A section is skipped, with a row saying so, when its
+time estimate (scaled by the measured step time) exceeds what is left of ``--budget-s``; a section
+still running when the budget ends is stopped (SIGALRM) so the rest of the table survives.
 
 Full mode (default; CUDA; 49 frames, 480x720 per modality = 35,100 tokens, 14B config in bf16
 with the RoPE tables and ``_keep_in_fp32_modules`` in float32 as ``from_pretrained`` keeps them,
 grid 8 views x 13 latent frames at 480x720)::
 
-    python bench/gpu_check.py --budget-s 420     # one H100 / H200; see bench/gpu_session.sh
+    python bench/gpu_check.py --budget-s 480     # one H100 / H200; see bench/gpu_session.sh
 
 ``--tiny`` runs the same code at toy sizes (tiny config, 5 frames, 32x48, float32) on the CPU, so
 CI keeps it working; sections that need CUDA say so in the table. Random weights: only times,
 memory and the correctness checks mean anything. Exit status: 0 all sections ran, 1 a section
-failed, 2 bad arguments or no CUDA, 130 interrupted (the table is printed in every case).
+failed, 2 bad arguments or no CUDA, 130 / 143 interrupted (the table is printed in every case).
 """
 
 from __future__ import annotations
@@ -476,26 +477,24 @@ def section_sampling_backends(ctx: Ctx) -> None:
 
 
 def section_cache(ctx: Ctx) -> None:
-    """The real-size cost of a step cache (random weights: only the step costs mean anything): value 0
-    computes every step (the hooks' overhead); ``skip_all`` skips every step after the warm-up."""
+    """The real-size cost of a skipped step (random weights: only the step costs mean anything): the
+    cache's ``skip_all`` value skips every step after its warm-up; the speed-up at a skip fraction
+    follows from the skipped / plain step times."""
     from fourd_core.models.step_cache import STEP_CACHES, step_cache_enabled
 
     entry = STEP_CACHES[ctx.args.cache]
     run_fourdnex, _, _ = sampling_runs(ctx.pipe, ctx.sizes, ctx.conds, ctx.device)
     m = ctx.args.steps_other
-    skipped = None
-    for label, value, steps in (("computed", 0.0, m + 1), ("skipped", entry.skip_all, entry.warmup + m)):
-        with step_cache_enabled(ctx.tr, entry.name, value) as stats:
-            reset_peak(ctx.device)
-            gaps = step_gaps(lambda cb: run_fourdnex(steps, cb), ctx.device)[-m:]
-        t = statistics.median(gaps)
-        skipped = t if label == "skipped" else None
-        ctx.report.add("cache", f"{entry.name}, every step {label}", t, t / ctx.sdpa_4dnex_s, peak(ctx.device), "",
-                       f"median of {m}; {stats.summary()}; ratio vs 4DNeX SDPA without a cache")
+    with step_cache_enabled(ctx.tr, entry.name, entry.skip_all) as stats:
+        reset_peak(ctx.device)
+        gaps = step_gaps(lambda cb: run_fourdnex(entry.warmup + m, cb), ctx.device)[-m:]
+    t = statistics.median(gaps)
+    c = t / ctx.sdpa_4dnex_s
+    ctx.report.add("cache", f"{entry.name}, skipped step", t, c, peak(ctx.device), "",
+                   f"median of {m}; {stats.summary()}; ratio vs the 4DNeX SDPA step without a cache")
     f = ctx.args.cache_skip_fraction
-    speed = 1.0 / (1.0 - f + f * skipped / ctx.sdpa_4dnex_s)
-    ctx.report.add("cache", f"{entry.name}, {f:.0%} of steps skipped", None, speed, None, "",
-                   "speed-up 1 / (1 - f + f * skipped/plain) at --cache-skip-fraction f (tiny-model f: "
+    ctx.report.add("cache", f"{entry.name}, {f:.0%} of steps skipped", None, 1.0 / (1.0 - f + f * c), None, "",
+                   "speed-up 1 / (1 - f + f * skipped/plain) at --cache-skip-fraction f (tiny-model fractions: "
                    "bench/bench_caches.py)")
 
 
@@ -621,9 +620,8 @@ def section_checks(ctx: Ctx) -> None:
 
 def section_grid_attention(ctx: Ctx, repeats: int = 3) -> None:
     from fourd_core.models.grid_fused import FusedGeometry, flex_available, fused_attention
-    from fourd_core.models.patches import set_fourdnex_enabled
 
-    sizes, device, tr = ctx.sizes, ctx.device, ctx.tr
+    sizes, device, tr = ctx.sizes, ctx.device, ctx.tr  # only the config: the model may be offloaded by now
     v, t, h, w = sizes.grid_views, sizes.grid_times, sizes.height // 8, sizes.width // 8
     heads, d = tr.config.num_attention_heads, tr.config.attention_head_dim
     p_t, p_h, p_w = tr.config.patch_size
@@ -637,11 +635,7 @@ def section_grid_attention(ctx: Ctx, repeats: int = 3) -> None:
             reset_peak(device)
             sync(device)
             t0 = time.perf_counter()
-            set_fourdnex_enabled(tr, False)  # the grid runs the stock Wan positions
-            try:
-                geometry = FusedGeometry.for_transformer(tr, v, t, h, w, b, device)  # flex: builds the block mask
-            finally:
-                set_fourdnex_enabled(tr, True)
+            geometry = FusedGeometry(v, t, (h // p_h) * (w // p_w), b, device)  # flex: builds the block mask
             sync(device)
             setup = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -720,23 +714,22 @@ def _sampling_estimate(ctx: Ctx, steps: int, runs: int = 1) -> float:
     return steps * ctx.step_s + runs * ctx.est(4.0, 0.3)
 
 
-SECTIONS: list[Section] = [
+SECTIONS: list[Section] = [  # in order of priority: what is cut by the budget comes last
     Section("setup", "random DiT + VAE", section_setup, lambda c: c.est(60, 15)),
-    Section("sampling", "stock / 4DNeX / stock, SDPA", section_sampling_sdpa, lambda c: _sampling_estimate(c, 2 * c.args.steps + 3, 3),
-            needs=("pipe",)),
+    Section("sampling", "stock / 4DNeX / stock, SDPA", section_sampling_sdpa,
+            lambda c: _sampling_estimate(c, 2 * c.args.steps + 3, 3), needs=("pipe",)),
     Section("sampling", "4DNeX, other attention backends", section_sampling_backends,
-            lambda c: _sampling_estimate(c, c.args.steps_other + 1) if c.cuda else 0.0,
+            lambda c: _sampling_estimate(c, c.args.steps_other + 1) if c.cuda else 0.0, needs=("pipe", "sdpa_4dnex_s")),
+    Section("cache", "step cache (--cache)", section_cache, lambda c: _sampling_estimate(c, 2) + c.est(5, 0.5),
             needs=("pipe", "sdpa_4dnex_s")),
-    Section("cache", "step cache (--cache)", section_cache,
-            lambda c: _sampling_estimate(c, 2 * c.args.steps_other + 4, 2),
-            needs=("pipe", "sdpa_4dnex_s")),
-    Section("VAE decode", "2 halves, float32", section_decode, lambda c: c.est(25, 3), needs=("pipe", "latents")),
-    Section("check", "CUDA correctness checks", section_checks, lambda c: c.est(40, 10), cuda=True),
-    Section("grid attn", "fused view-time attention", section_grid_attention, lambda c: c.est(60, 3), needs=("tr",)),
+    Section("check", "CUDA correctness checks", section_checks, lambda c: c.est(45, 10), cuda=True),
     Section("memory", "4DNeX --fp8", section_fp8, lambda c: c.est(30, 2) + _sampling_estimate(c, c.args.steps_other + 1),
             needs=("pipe", "sdpa_4dnex_s")),
-    Section("memory", "4DNeX --offload group", section_offload, lambda c: c.est(40, 2) + 1.2 * _sampling_estimate(c, c.args.steps_other + 1),
+    Section("memory", "4DNeX --offload group", section_offload,
+            lambda c: c.est(40, 2) + 1.2 * _sampling_estimate(c, c.args.steps_other + 1),
             needs=("pipe", "sdpa_4dnex_s"), cuda=True),
+    Section("grid attn", "fused view-time attention", section_grid_attention, lambda c: c.est(60, 3), needs=("tr",)),
+    Section("VAE decode", "2 halves, float32", section_decode, lambda c: c.est(25, 3), needs=("pipe", "latents")),
 ]
 
 
@@ -847,7 +840,7 @@ def main(argv=None) -> int:
                                                          "the target needs >= 4)")
     ap.add_argument("--steps-other", type=int, default=2, help="timed steps of the other sampling rows")
     ap.add_argument("--device", default=None, help="default: cuda (full), cpu (--tiny)")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="no section starts that its estimate says would "
+    ap.add_argument("--budget-s", type=float, default=480.0, help="no section starts that its estimate says would "
                                                                  "end after this many seconds; a running one stops")
     ap.add_argument("--table", default=None, help="also write the table to this file (rewritten after every row)")
     ap.add_argument("--cache", default="first_block", choices=["first_block", "taylorseer"],

@@ -9,10 +9,13 @@
 # On the lent GPU machine (its working-tree copy gets $OUT, the folder whose files come back):
 #   1. here, once:  bash bench/gpu_session.sh prepare          (~8 MB; .whl/ is git-ignored)
 #   2. the one device call:
-#        run(command="bash bench/gpu_session.sh run $OUT/gs", carry=[".whl"], timeout_s=540)
-#      .whl must be named in carry (ignored paths travel only that way). The run takes about
-#      GPU_CHECK_BUDGET_S (420) + 60 s; timeout -s INT stops gpu_check 30 s after its budget, so the table is
-#      printed, and OUTDIR/gpu_check_table.txt is rewritten after every row even if the call is killed.
+#        run(command="bash bench/gpu_session.sh run $OUT/gs", carry=[".whl"], timeout_s=600)
+#      .whl must be named in carry (ignored paths travel only that way). The run takes at most about
+#      GPU_CHECK_BUDGET_S (480) + 60 s: gpu_check starts no section its estimate says would end after the
+#      budget and stops a running one there; timeout -s INT stops it 30 s after the budget (SIGKILL 15 s
+#      later), so the table is printed, and OUTDIR/gpu_check_table.txt is rewritten after every row anyway.
+#      With ~3 min of machine start that is ~12 of the 15 device minutes: there is no time for a second call;
+#      GPU_CHECK_BUDGET_S=300 shortens it (the sections cut come last: grid attention, VAE decode).
 #   OUTDIR then holds: gpu.txt (GPU, driver, versions), import_check.log, gpu_check.log (rows as measured and
 #   the final table), gpu_check_table.txt (the table alone), session.log (this script's own lines).
 #
@@ -28,7 +31,7 @@ cd "$(dirname "$0")/.."
 WHEELS=(diffusers==0.42.1 plyfile==1.1.5 trimesh==5.2.0 ftfy==6.3.1 wcwidth==0.9.4)
 PY="${PYTHON:-python3}"
 WHL="${GPU_SESSION_WHEELS:-.whl}"    # the wheel folder (tests point it elsewhere)
-BUDGET="${GPU_CHECK_BUDGET_S:-420}"
+BUDGET="${GPU_CHECK_BUDGET_S:-480}"
 
 case "${1:-}" in
 prepare)
