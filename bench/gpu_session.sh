@@ -80,8 +80,8 @@ run)
     mode=(--tiny)
     log "no CUDA: CPU emulation (gpu_check --tiny; the CUDA sections are listed as skipped)"
   fi
-  log "gpu_check ${mode[*]} --budget-s $BUDGET (SIGINT at $((BUDGET + 30)) s, SIGKILL 15 s later)"
-  timeout -s INT -k 15 $((BUDGET + 30)) "$PY" bench/gpu_check.py "${mode[@]}" --budget-s "$BUDGET" \
+  log "gpu_check ${mode[*]+${mode[*]}} --budget-s $BUDGET (SIGINT at $((BUDGET + 30)) s, SIGKILL 15 s later)"
+  timeout -s INT -k 15 $((BUDGET + 30)) "$PY" bench/gpu_check.py ${mode[@]+"${mode[@]}"} --budget-s "$BUDGET" \
     --table "$out/gpu_check_table.txt" 2>&1 | tee -i "$out/gpu_check.log"
   rc=${PIPESTATUS[0]}
   log "gpu_check exit status $rc (0 all sections ran, 1 a section failed, 130 interrupted, 124/137 timeout)"
