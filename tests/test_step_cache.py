@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from fourd_core.errors import FourDError, InputError
-from fourd_core.models.step_cache import CACHE_NAMES, STEP_CACHES, USABLE_CACHES, resolve_cache, step_cache_enabled
+from fourd_core.models.step_cache import (CACHE_NAMES, STEP_CACHES, USABLE_CACHES, cache_help, resolve_cache,
+                                         step_cache_enabled)
 from fourd_core.pipelines.fourdnex import SamplingConfig, generate_latents
 
 STEPS = 8
@@ -171,3 +172,31 @@ def test_grid_samplers_refuse_an_enabled_cache(tiny_pipe):
             with pytest.raises(InputError, match="two-stream grid runs every block twice"):
                 make_engine(tiny_pipe.transformer, mode)
     make_engine(tiny_pipe.transformer, "hard")  # no cache: fine
+
+
+def test_sampler_node_reads_the_table_and_passes_the_cache_on(monkeypatch, tmp_path_factory):
+    """FourD 4DNeX Sampler's cache combo is the table's usable names, its tooltip the shared help text, and
+    the node hands cache / cache_value (-1: the cache's default) to the sampling config."""
+    import sys
+
+    import test_nodes
+
+    fake = test_nodes.FakeComfy(tmp_path_factory.mktemp("comfyui"))
+    for k, v in fake.modules.items():
+        monkeypatch.setitem(sys.modules, k, v)
+    pack = test_nodes.import_pack("ComfyUI_FourD_cache_test")
+    node = pack.NODE_CLASS_MAPPINGS["FourDSampler"]
+    choices, opts = node.INPUT_TYPES()["optional"]["cache"]
+    assert choices == list(USABLE_CACHES) and opts["tooltip"].endswith(cache_help())
+    sampling = sys.modules[pack.__name__ + ".nodes.sampling"]
+    seen = []
+    monkeypatch.setattr(sampling, "get_pipeline", lambda model: (object(), {}))
+    monkeypatch.setattr(sampling, "generate_latents", lambda pipe, img, prompt, cfg, **kw: seen.append(cfg) or
+                        torch.zeros(1, 16, 2, 4, 12))
+    for value, expected in ((-1.0, None), (0.3, 0.3)):
+        node().sample(model=None, image=torch.rand(1, 32, 48, 3), prompt="x", seed=1, steps=2, cfg=5.0, shift=3.0,
+                      scheduler="unipc", frames=5, cache="first_block", cache_value=value)
+        assert (seen[-1].cache, seen[-1].cache_value) == ("first_block", expected)
+    for key in [k for k in sys.modules if k.startswith("ComfyUI_FourD_cache_test")]:
+        del sys.modules[key]
+
