@@ -24,7 +24,8 @@ Every section runs in its own ``try``: a failing section is one ``failed`` row a
 on. The table is printed at the end, also after SIGINT / SIGTERM (``timeout -s INT``), and
 rewritten to ``--table FILE`` after every row. A section is skipped, with a row saying so, when its
 time estimate (scaled by the measured step time) exceeds what is left of ``--budget-s``; a section
-still running when the budget ends is stopped (SIGALRM) so the rest of the table survives.
+still running when the budget ends, or at 3 x its estimate + 60 s, is stopped (SIGALRM) so the
+rest of the table survives.
 
 Full mode (default; CUDA; 49 frames, 480x720 per modality = 35,100 tokens, 14B config in bf16
 with the RoPE tables and ``_keep_in_fp32_modules`` in float32 as ``from_pretrained`` keeps them,
@@ -67,6 +68,7 @@ H100_STEP_ESTIMATE_S = 10.5
 #: H100 SXM dense bf16 tensor-core peak (NVIDIA H100 datasheet), for the FLOP floor.
 H100_BF16_PEAK_FLOPS = 989e12
 RATIO_TARGET = 1.03        # 4DNeX / stock per-step time
+DEADLINE_FACTOR, DEADLINE_MARGIN_S = 3.0, 60.0   # a section is stopped after factor x its estimate + margin
 OFFLOAD_TARGET = 1.10      # group offload / resident per-step time
 
 
@@ -785,12 +787,16 @@ def _run_section(ctx: Ctx, sec: Section) -> int:
     if est > rep.left():
         rep.add(sec.name, sec.label, note=f"skipped: estimate {est:.0f} s > {max(rep.left(), 0):.0f} s left of --budget-s")
         return 0
+    left = rep.left()
+    limit = min(left, DEADLINE_FACTOR * est + DEADLINE_MARGIN_S)  # a stuck compile must not eat the whole window
+    where = ("at the end of --budget-s" if limit == left else
+             f"after {limit:.0f} s ({DEADLINE_FACTOR:g} x estimate + {DEADLINE_MARGIN_S:g} s)")
     try:
-        with _deadline(rep.left()):
+        with _deadline(limit):
             sec.run(ctx)
         return 0
     except SectionTimeout:
-        rep.add(sec.name, sec.label, note=f"failed: still running at the end of --budget-s (estimate was {est:.0f} s)")
+        rep.add(sec.name, sec.label, note=f"failed: still running {where} (estimate was {est:.0f} s)")
         return 1
     except Exception as exc:  # noqa: BLE001 - a failing section is a row, the next one runs
         traceback.print_exc()

@@ -130,6 +130,22 @@ def test_runner_skip_rule_deadline_and_needs():
     assert "skipped: estimate 0 s > 0 s left" in rows["fake/after the budget"]
 
 
+def test_runner_stops_a_section_at_its_own_deadline(monkeypatch):
+    """A section still running at DEADLINE_FACTOR x its estimate + DEADLINE_MARGIN_S is stopped long before the
+    budget ends, and the next section runs."""
+    g = _load()
+    monkeypatch.setattr(g, "DEADLINE_MARGIN_S", 0.5)
+    report = g.Report(torch.device("cpu"), budget_s=60.0)
+    ctx = g.Ctx(types.SimpleNamespace(tiny=True), None, torch.device("cpu"), report, step_s=0.1)
+    sections = [g.Section("fake", "stuck", lambda c: time.sleep(30), lambda c: 0.1),
+                g.Section("fake", "next", lambda c: c.report.add("fake", "next ran", 0.01), lambda c: 0.0)]
+    t = time.perf_counter()
+    assert g.run_sections(ctx, sections) == 1
+    assert time.perf_counter() - t < 10
+    rows = _rows(report.table())
+    assert "failed: still running after 1 s (3 x estimate + 0.5 s)" in rows["fake/stuck"] and "fake/next ran" in rows
+
+
 def test_sigint_mid_run_still_prints_the_table(tmp_path):
     """SIGINT (what `timeout -s INT` sends) during sampling: exit 130, the table with the rows measured so far
     and a row naming the sections not run. SIGINT starts ignored, as for a background job of a
