@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resize", default="crop", choices=["crop", "max_area"],
                    help="'crop': cover + centre crop to exactly HxW (in distribution); 'max_area': official rule")
     s.add_argument("--no-geometry", action="store_true", help="skip camera/depth recovery and its exports")
+    from .models.step_cache import CACHE_NAMES, cache_help
+
+    s.add_argument("--cache", default="none", choices=CACHE_NAMES, help="step cache: " + cache_help())
+    s.add_argument("--cache-value", type=float, default=None, help="the --cache threshold / reuse count "
+                                                                   "(default: the cache's own, see --cache)")
     _add_model_args(g)
     _add_geometry_export_args(g)
 

@@ -39,8 +39,12 @@ class SceneJob:
         self.sampling = SamplingConfig(num_frames=args.frames or d["num_frames"], height=args.height or d["height"],
                                        width=args.width or d["width"], steps=args.steps or d["steps"],
                                        guidance_scale=args.cfg, shift=args.shift, scheduler=args.scheduler,
-                                       seed=args.seed)
+                                       seed=args.seed, cache=getattr(args, "cache", "none"),
+                                       cache_value=getattr(args, "cache_value", None))
         self.sampling.validate()
+        if self.sampling.cache != "none" and getattr(args, "parallel", None):
+            raise FourDError("--cache cannot be combined with --parallel: each rank would decide on its own shard or "
+                             "pass whether to skip, and the ranks' collectives must match. Drop one of the two.")
         lora = args.lora if args.lora is not None else FOURDNEX_HUB_ID
         single_files = all([args.transformer_file, args.vae_file, args.text_encoder_file, args.image_encoder_file])
         base = "tiny" if self.tiny else (args.base or (None if single_files else ModelSpec.base))

@@ -9,6 +9,7 @@ from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.xyz_init import sloped_plane, xyz_from_depth
 from ..fourd_core.io.images import prepare_image, to_rgb
 from ..fourd_core.models.cache import PIPELINES
+from ..fourd_core.models.step_cache import USABLE_CACHES, cache_help
 from ..fourd_core.pipelines.fourdnex import SamplingConfig, decode_6d, generate_latents, latent_preview
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
@@ -106,6 +107,10 @@ class FourDSampler:
             "optional": {
                 "xyz_init": (XYZ, {"tooltip": "First-frame XYZ condition (default: the sloped plane)."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Empty officially."}),
+                "cache": (list(USABLE_CACHES), {"default": "none", "tooltip": "Step cache (diffusers hooks): "
+                          + cache_help()}),
+                "cache_value": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1000.0, "step": 0.01, "tooltip":
+                                "The cache's threshold / reuse count; -1 = the cache's default (see cache)."}),
             },
         }
 
@@ -113,7 +118,8 @@ class FourDSampler:
     def VALIDATE_INPUTS(cls, frames=None):
         return v.frames_4k1("frames", frames)
 
-    def sample(self, model, image, prompt, seed, steps, cfg, shift, scheduler, frames, xyz_init=None, negative_prompt=""):
+    def sample(self, model, image, prompt, seed, steps, cfg, shift, scheduler, frames, xyz_init=None, negative_prompt="",
+               cache="none", cache_value=-1.0):
         img = to_rgb(image[0])
         h, w = img.shape[:2]
         if h % 16 or w % 16:
@@ -121,7 +127,8 @@ class FourDSampler:
         if not prompt.strip():
             raise InputError("The prompt is empty: 4DNeX needs a text description of the scene.")
         cfgs = SamplingConfig(num_frames=frames, height=h, width=w, steps=steps, guidance_scale=cfg, shift=shift,
-                              scheduler=scheduler, seed=seed, negative_prompt=negative_prompt)
+                              scheduler=scheduler, seed=seed, negative_prompt=negative_prompt, cache=cache,
+                              cache_value=None if cache_value < 0 else cache_value)
         cfgs.validate()
         pipe, info = get_pipeline(model)
         progress = cb.Progress(steps)

@@ -680,7 +680,9 @@ print(json.dumps({{"built": len(built), "inode": os.stat(path).st_ino, "path": s
 
 
 @pytest.mark.parametrize("module,save,ensure", [("models.tiny", "save_tiny_preset", "ensure_tiny_preset"),
-                                               ("native.tiny", "save_native_tiny", "ensure_native_tiny")])
+                                               ("native.tiny", "save_native_tiny", "ensure_native_tiny"),
+                                               ("models.vace", "save_tiny_vace", "ensure_tiny_vace"),
+                                               ("native.tiny_vace", "save_native_tiny_vace", "ensure_native_tiny_vace")])
 def test_processes_on_an_empty_cache_build_it_once(tmp_path, module, save, ensure):
     import json
 

@@ -49,6 +49,7 @@ from ..kernels.fused import FusedGeometry, fold_views, fused_attention, fused_ba
     select_rope_frames
 from ..kernels.streams import check_sync_for, columns_to_rows, grid_mode, rows_to_columns
 from ..kernels.sync import GridSync, layer_runner, sigma_features
+from .caches import refuse_unusable_step_cache
 
 GRID_STATE = "fourd_grid_state"
 ATTN_OVERRIDE = "optimized_attention_override"
@@ -87,6 +88,7 @@ class GridForwardWrapper:
     def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
                  **kwargs):
         wan = executor.class_obj
+        refuse_unusable_step_cache(transformer_options)
         b, _, t, h, w = x.shape
         if b % self.views:
             raise InputError(f"The grid model expects batches of {self.views} rows (one per view), got a batch of {b}. "

@@ -21,6 +21,7 @@ What is fixed against the official code:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable
@@ -56,6 +57,8 @@ class SamplingConfig:
         shift: flow shift of the sigma schedule. scheduler: ``"unipc"`` (official) or ``"euler"``.
         seed: seed of a CPU ``torch.Generator`` (as officially: noise does not depend on the GPU).
         negative_prompt: ``""`` officially. prompt_suffix: appended to the prompt.
+        cache: a step cache of :data:`fourd_core.models.step_cache.STEP_CACHES` (``"none"``: off);
+            cache_value: its threshold / reuse count (None: the cache's default).
     """
 
     num_frames: int = 49
@@ -68,9 +71,14 @@ class SamplingConfig:
     seed: int = 42
     negative_prompt: str = ""
     prompt_suffix: str = PROMPT_SUFFIX
+    cache: str = "none"
+    cache_value: float | None = None
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the fix for any invalid field."""
+        from ..models.step_cache import resolve_cache
+
+        resolve_cache(self.cache, self.cache_value)
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
             raise InputError(f"num_frames must be 4k+1 (e.g. 13, 25, 49), got {self.num_frames}.")
         for name in ("height", "width"):
@@ -310,6 +318,10 @@ def generate_latents(
             callback(i + 1, total, kwargs["latents"])
         return {}
 
+    from ..models.step_cache import step_cache_enabled
+
+    cache = contextlib.ExitStack()  # the step cache (if any) lives for this sampling only
+    cache.enter_context(step_cache_enabled(pipe.transformer, config.cache, config.cache_value, pipe=pipe))
     pipe._xyz_condition = None if xyz_condition is None else xyz_condition.permute(2, 0, 1).float()
     try:
         out = pipe(
@@ -330,6 +342,7 @@ def generate_latents(
         )[0]
     finally:
         pipe._xyz_condition = None
+        cache.close()
     return out.float()
 
 

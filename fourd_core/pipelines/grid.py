@@ -133,9 +133,12 @@ def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_re
         a :class:`~fourd_core.models.grid_fused.FusedEngine` for ``"fused"``, else a
         :class:`~fourd_core.models.grid_streams.TwoStreamEngine` (``sync`` only for hard / soft).
     Raises:
-        InputError: sync weights with ``"fused"``, an unknown mode or backend, or sync weights that
-            do not fit the transformer (raised by the engines).
+        InputError: sync weights with ``"fused"``, an unknown mode or backend, sync weights that
+            do not fit the transformer (raised by the engines), or a step cache enabled on the model.
     """
+    from ..models.step_cache import refuse_for_grid
+
+    refuse_for_grid(transformer)
     if grid_mode(mode).kind == "fused":
         if sync is not None:
             raise InputError("Fused view-time attention has no sync layers; sync weights apply to 'hard'/'soft'.")

@@ -21,6 +21,7 @@ import torch
 
 from ...fourd_core.errors import InputError
 from ...fourd_core.kernels.fourdnex import add_domain_embeddings, shared_rope
+from ...fourd_core.native.caches import refuse_unusable_step_cache
 
 WRAPPER_KEY = "fourd_4dnex_native"
 GRID_KEY = "fourd_4dnex_grid"     # transformer_options entry: (t, h, w) token grid of the fused latent
@@ -45,7 +46,9 @@ def _rebuilt_forward(wan, x, timestep, context, clip_fea=None, time_dim_concat=N
 
 def fourdnex_forward_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None,
                              transformer_options=None, **kwargs):
-    """DIFFUSION_MODEL wrapper: replaces the innermost ``_forward`` with the shared-RoPE version."""
+    """DIFFUSION_MODEL wrapper: replaces the innermost ``_forward`` with the shared-RoPE version (and
+    refuses a core step cache that cannot work with I2V models, ``fourd_core.native.caches``)."""
+    refuse_unusable_step_cache(transformer_options)
     wan = executor.class_obj
 
     def original(*args, **kw):
