@@ -17,29 +17,29 @@ import torch
 from . import __version__
 from .errors import GeometryError
 from .geometry.registration import fit_cameras, prepare_4dnex_points
+from .geometry.solver.config import SolverConfig
 from .pipelines.fourdnex import SamplingConfig, StepCallback, decode_6d, generate_latents
 from .scene import Scene4D
+from .settings import setting
 
 
 @dataclasses.dataclass
-class GeometryConfig:
-    """Options of the camera/depth recovery (see :func:`fourd_core.geometry.registration.fit_cameras`)."""
+class GeometryConfig(SolverConfig):
+    """The camera/depth recovery step: the solver's options (:class:`~fourd_core.geometry.solver.config.SolverConfig`,
+    defaults and rules there) plus what to do when it fails."""
 
-    #: None: chosen from the data (one focal, or one per frame for a zoom); True/False force it
-    shared_intrinsics: bool | None = None
-    square_pixels: bool = True
-    #: None: fitted when the data determine it, centred otherwise; True/False force it
-    centered_principal_point: bool | None = None
-    robust: str = "auto"
-    temporal_smoothness: float = 0.0
     #: when the maps admit no perspective camera (e.g. random weights, a mirrored or flat map),
     #: fall back to reading them in the camera frame instead of raising (see :func:`camera_frame_fallback`)
-    fallback: bool = True
+    fallback: bool = setting(True, help="when the point maps admit no camera, read them in the camera frame with "
+                             "confidence 0 (off: fail instead)", flag="--strict-geometry")
 
     def kwargs(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("fallback")
-        return d
+        """The options users choose (CLI, FourD Recover Cameras), as recorded in a scene's metadata."""
+        return {k: getattr(self, k) for k in REPORTED_OPTIONS}
+
+
+#: the solver options a scene's ``metadata["geometry"]`` records
+REPORTED_OPTIONS = ("shared_intrinsics", "square_pixels", "centered_principal_point", "robust", "temporal_smoothness")
 
 
 def recover_geometry(scene: Scene4D, config: GeometryConfig | None = None, device=None,
@@ -58,7 +58,7 @@ def recover_geometry(scene: Scene4D, config: GeometryConfig | None = None, devic
     points = prepare_4dnex_points(scene.xyz)
     meta = dict(scene.metadata)
     try:
-        fit = fit_cameras(points, device=device, callback=callback, **config.kwargs())
+        fit = fit_cameras(points, config, device=device, callback=callback)
         K, c2w, depth, conf, info = fit.K, fit.cam_to_world, fit.depth, fit.confidence, fit.info
     except GeometryError as exc:
         if not config.fallback or not torch.isfinite(points).all():

@@ -90,9 +90,10 @@ def _add_geometry_export_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--voxel-size", type=float, default=0.0, help="voxel down-sampling (scene units)")
     e.add_argument("--outlier-neighbors", type=_int, default=0, help="statistical outlier removal neighbours (0: off)")
     e.add_argument("--max-points", type=_int, default=None, help="at most this many points per frame file")
-    e.add_argument("--no-ply", action="store_true")
-    e.add_argument("--no-glb", action="store_true")
-    e.add_argument("--no-gaussians", action="store_true", help="skip gaussians/frame_#####.ply (pixel-aligned splats)")
+    from .io.formats import EXPORT_FORMATS
+
+    for name in EXPORT_FORMATS:
+        e.add_argument(f"--no-{name}", action="store_true", help=f"skip {EXPORT_FORMATS.help(name)}")
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
@@ -181,11 +182,17 @@ def _geometry_config(args):
 
 def _export_options(args, geometry: bool):
     from .io.export import ExportOptions
+    from .io.formats import EXPORT_FORMATS
 
-    return ExportOptions(fps=args.fps, cameras=geometry, depth=geometry, ply=geometry and not args.no_ply,
-                         glb=geometry and not args.no_glb, gaussians=geometry and not args.no_gaussians,
-                         min_confidence=args.min_confidence,
-                         voxel_size=args.voxel_size, outlier_neighbors=args.outlier_neighbors, max_points=args.max_points)
+    formats = {}
+    for name in EXPORT_FORMATS:
+        fmt = EXPORT_FORMATS.get(name)()
+        if fmt.needs_cameras and not geometry:
+            formats[name] = False
+        elif getattr(args, f"no_{name}", False):
+            formats[name] = False
+    return ExportOptions(fps=args.fps, formats=formats, min_confidence=args.min_confidence, voxel_size=args.voxel_size,
+                         outlier_neighbors=args.outlier_neighbors, max_points=args.max_points)
 
 
 class _Progress:
@@ -284,7 +291,9 @@ def _add_gaussians_parser(sub) -> None:
     p.add_argument("--min-confidence", type=float, default=0.0, help="drop pixels below this confidence")
     p.add_argument("--orbit", action="store_true", help="also render gaussians_orbit.mp4 (8 views, 30 degrees)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"], help="rasteriser")
+    from .splats.rasterize import rasterizer_help, rasterizer_names
+
+    p.add_argument("--backend", default="auto", choices=rasterizer_names(), help="rasteriser: " + rasterizer_help())
 
 
 def cmd_gaussians(args) -> int:
@@ -294,13 +303,14 @@ def cmd_gaussians(args) -> int:
 
     from . import settings
     from .scene import Scene4D
+    from .splats.config import PixelSplatConfig
     from .splats.fit import FitConfig, fit_gaussians
     from .splats.gaussians import pixel_aligned_gaussians
     from .splats.ply import write_gaussians_sequence
     from .util.atomic import staged_output, writable_output_dir
 
     for name in ("stride", "footprint", "min_confidence"):
-        settings.check(name, getattr(args, name), flag="--" + name.replace("_", "-"))
+        settings.check(PixelSplatConfig, name, getattr(args, name), flag="--" + name.replace("_", "-"))
     cfg = None
     if args.fit:
         cfg = FitConfig(iterations=args.iterations, resolution=args.resolution, isotropic=args.isotropic,

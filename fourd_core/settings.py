@@ -27,6 +27,10 @@ from .errors import InputError
 
 _KEY = "fourd"
 
+#: The rule of every confidence threshold (exports, splats, previews, the CLI): defined once here.
+MIN_CONFIDENCE = dict(help="drop pixels below this confidence", low=0.0, high=1.0, step=0.05,
+                      hint="a fraction: 0.5 keeps pixels with confidence >= 50 %")
+
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
@@ -38,7 +42,11 @@ class Spec:
         multiple_of / offset: ``(value - offset) % multiple_of == 0`` (e.g. 4k + 1 frames: 4 / 1).
         choices: the allowed values (a tuple, or a zero-argument callable returning one, for choices a
             registry provides). hint: added to the error message (how to choose a good value).
-        flag: the command-line flag (default ``--field-name``). step: the node widget's step.
+        flag: the command-line flag (default ``--field-name``); for a boolean, the switch that flips its default
+            (default ``--field-name`` for a False default, ``--no-field-name`` for a True one).
+        labels: ``{label: value}`` for a field whose values are shown as words (e.g. ``{"auto": None,
+            "shared": True, "per-frame": False}``): the CLI choices and the node combo are the labels.
+        step: the node widget's step.
         node_low, node_high: the widget's range where it should be narrower than the rule's.
         allow_none: None is a valid value (e.g. "chosen from the data").
     """
@@ -52,15 +60,26 @@ class Spec:
     choices: Any = None
     hint: str = ""
     flag: str | None = None
+    labels: dict | None = None
     step: float | None = None
     node_low: float | None = None
     node_high: float | None = None
     allow_none: bool = False
 
     def allowed(self) -> tuple | None:
+        if self.labels is not None:
+            return tuple(self.labels.values())
         return tuple(self.choices()) if callable(self.choices) else (tuple(self.choices) if self.choices else None)
 
+    def label_of(self, value) -> str:
+        """The label of ``value`` (``labels`` reversed), or ``value`` itself."""
+        if self.labels is None:
+            return value
+        return next(k for k, v in self.labels.items() if v == value)
+
     def describe(self) -> str:
+        if self.labels is not None:
+            return "one of " + ", ".join(self.labels)
         if self.allowed() is not None:
             return "one of " + ", ".join(map(str, self.allowed()))
         kind = "an integer" if self.integer else "a number"
@@ -121,7 +140,8 @@ def check(cls, name: str, value: Any, *, flag: str | None = None) -> Any:
     allowed = s.allowed()
     if allowed is not None:
         if value not in allowed:
-            raise InputError(f"{label} must be one of {', '.join(map(str, allowed))}; got {str(value)[:40]!r}.")
+            shown = ", ".join(s.labels) if s.labels else ", ".join(str(a) for a in allowed if a is not None)
+            raise InputError(f"{label} must be one of {shown}; got {str(value)[:40]!r}.")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         if s.low is None and s.high is None and not s.integer and not s.multiple_of:
@@ -149,7 +169,7 @@ def validate(config) -> None:
 # ----------------------------------------------------------------------------------------------
 # Command line
 def flag_of(cls, name: str) -> str:
-    """The command-line flag of field ``name``: its Spec's ``flag`` or ``--field-name``."""
+    """The command-line flag of a non-boolean field ``name``: its Spec's ``flag`` or ``--field-name``."""
     return spec(cls, name).flag or "--" + name.replace("_", "-")
 
 
@@ -160,41 +180,54 @@ def _base_type(cls, name: str):
     return args[0] if args and typing.get_origin(t) is not None else t
 
 
-def add_arguments(parser, cls, names, *, defaults: dict | None = None, type_overrides: dict | None = None) -> None:
+def add_arguments(parser, cls, names, *, defaults: dict | None = None) -> None:
     """Add one option per field ``names`` of ``cls`` to ``parser`` (an ArgumentParser or group).
 
-    Booleans become ``--flag`` switches (default False) or ``--no-flag`` (default True); numbers get their
-    type; choices their choices; every help line ends with the default. ``defaults`` overrides the
-    parser default of a field (``None`` = "the preset decides", said in the help).
+    Booleans become a switch that flips the default (:attr:`Spec.flag`); labelled fields take their labels
+    (converted back by :func:`from_arguments`); numbers get their type; choices their choices; every help
+    line ends with the default. ``defaults`` overrides the parser default of a field (``None`` = "set by
+    the preset", said in the help).
     """
     defaults = defaults or {}
-    type_overrides = type_overrides or {}
     for name in names:
         s = spec(cls, name)
         dflt = defaults.get(name, default(cls, name))
-        flag = flag_of(cls, name)
         base = _base_type(cls, name)
-        if base is bool:
+        if base is bool and s.labels is None:
             if dflt:
-                parser.add_argument(flag if flag.startswith("--no-") else "--no-" + flag[2:], dest=name,
-                                    action="store_false", help=s.help)
+                parser.add_argument(s.flag or "--no-" + name.replace("_", "-"), dest=name, action="store_false",
+                                    help=s.help)
             else:
-                parser.add_argument(flag, dest=name, action="store_true", help=s.help)
+                parser.add_argument(s.flag or "--" + name.replace("_", "-"), dest=name, action="store_true", help=s.help)
             continue
-        kwargs: dict = {"dest": name, "default": dflt}
-        allowed = s.allowed()
-        if allowed is not None:
-            kwargs["choices"] = allowed
-        kwargs["type"] = type_overrides.get(name, base if base in (int, float, str) else str)
-        shown = "set by the preset" if dflt is None and not s.allow_none else dflt
+        kwargs: dict = {"dest": name}
+        if s.labels is not None:
+            kwargs.update(choices=tuple(s.labels), type=str, default=s.label_of(dflt))
+            shown = kwargs["default"]
+        else:
+            allowed = s.allowed()
+            if allowed is not None:
+                kwargs["choices"] = tuple(a for a in allowed if a is not None)
+            kwargs.update(type=base if base in (int, float, str) else str, default=dflt)
+            shown = "set by the preset" if dflt is None and not s.allow_none else dflt
         kwargs["help"] = f"{s.help} (default: {shown})"
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag_of(cls, name), **kwargs)
 
 
-def from_arguments(cls, args: argparse.Namespace, names, **fixed):
-    """``cls(**{name: args.name})`` for the ``names`` whose value is not None, plus ``fixed``."""
-    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    return cls(**{**values, **fixed})
+def from_arguments(cls, args: argparse.Namespace, names, **fixed) -> dict:
+    """``{name: value}`` of the ``names`` parsed by :func:`add_arguments` (labels turned back into values;
+    a None that the field does not allow is left out, so the config's own default applies), plus ``fixed``."""
+    out = {}
+    for n in names:
+        value = getattr(args, n, None)
+        s = spec(cls, n)
+        if s.labels is not None and isinstance(value, str):
+            value = s.labels[value]
+        elif value is None and not s.allow_none:
+            continue
+        out[n] = value
+    out.update(fixed)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,10 +239,14 @@ def node_input(cls, name: str, *, tooltip: str | None = None, **options) -> tupl
     s = spec(cls, name)
     base = _base_type(cls, name)
     opts: dict = {"default": default(cls, name), "tooltip": tooltip or s.help}
+    if s.labels is not None:
+        opts["default"] = s.label_of(opts["default"])
+        opts.update(options)
+        return (list(s.labels), opts)
     allowed = s.allowed()
     if allowed is not None:
         opts.update(options)
-        return (list(allowed), opts)
+        return ([a for a in allowed if a is not None], opts)
     if base is bool:
         kind = "BOOLEAN"
     elif base is int:
@@ -230,3 +267,9 @@ def node_input(cls, name: str, *, tooltip: str | None = None, **options) -> tupl
             opts["step"] = step
     opts.update(options)
     return (kind, opts)
+
+
+def from_node(cls, name: str, value):
+    """A node widget's value as the field's value (a label turned back into its value)."""
+    s = spec(cls, name)
+    return s.labels[value] if s.labels is not None and isinstance(value, str) else value

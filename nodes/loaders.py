@@ -7,11 +7,11 @@ keeps it while the specs stay the same.
 from __future__ import annotations
 
 from ..fourd_core.models.loading import BASE_HUB_ID, FOURDNEX_HUB_ID, ModelSpec
-from ..fourd_core.models.memory import OFFLOAD_MODES, MemoryConfig
+from ..fourd_core.models.memory import MemoryConfig, attention_backend_names
+from ..fourd_core.settings import node_input, spec
 from . import comfy_bridge as cb
 from .types import CATEGORY, MEMORY, MODEL, FourDModel
 
-ATTENTION_BACKENDS = ["default", "native", "_native_cudnn", "_native_flash", "flash", "sage", "xformers"]
 NO_BASE = "(none: single files only)"
 
 
@@ -126,13 +126,11 @@ class FourDMemorySettings:
         return {
             "required": {
                 "device": (["auto", "cuda", "cpu"], {"tooltip": "auto: the GPU if there is one."}),
-                "offload": (list(OFFLOAD_MODES), {"default": "group", "tooltip": "none: all on the GPU; model: each model "
-                            "moves in while it runs; group: DiT blocks stream in (fits 24 GB); sequential: per layer, slowest."}),
-                "fp8_storage": ("BOOLEAN", {"default": False, "tooltip": "Store DiT weights in fp8 (half the memory, "
-                                "small quality cost), up-cast per layer."}),
-                "vae_tiling": ("BOOLEAN", {"default": False, "tooltip": "Tiled VAE encode/decode (less memory)."}),
-                "attention_backend": (ATTENTION_BACKENDS, {"tooltip": "diffusers attention backend; 'default' keeps "
-                                      "PyTorch SDPA. flash/sage/xformers need their packages."}),
+                "offload": node_input(MemoryConfig, "offload", default="group"),
+                "fp8_storage": node_input(MemoryConfig, "fp8_storage"),
+                "vae_tiling": node_input(MemoryConfig, "vae_tiling"),
+                "attention_backend": (["default", *attention_backend_names()],
+                                      {"tooltip": "default: " + spec(MemoryConfig, "attention_backend").help}),
             }
         }
 

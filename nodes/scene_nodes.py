@@ -9,6 +9,8 @@ import torch
 from ..fourd_core.api import GeometryConfig, recover_geometry
 from ..fourd_core.errors import InputError
 from ..fourd_core.io.export import ExportOptions, export_scene
+from ..fourd_core.io.formats import EXPORT_FORMATS
+from ..fourd_core.settings import from_node, node_input
 from ..fourd_core.io.viewer_asset import viewer_asset_bytes
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
@@ -30,8 +32,6 @@ def depth_to_image(depth: torch.Tensor) -> torch.Tensor:
 
 
 #: widget value -> GeometryConfig field (None: chosen from the data by the solver's model selection)
-INTRINSICS = {"auto": None, "shared": True, "per frame": False}
-PRINCIPAL_POINT = {"auto": None, "centred": True, "free": False}
 
 
 class FourDRecoverCameras:
@@ -49,22 +49,18 @@ class FourDRecoverCameras:
     def INPUT_TYPES(cls):
         return {"required": {
             "scene": (SCENE, {"tooltip": "From FourD Decode 6D or FourD Load Scene."}),
-            "intrinsics": (list(INTRINSICS), {"default": "auto", "tooltip": "auto: one K for the clip, or one per frame "
-                           "when the maps show a zoom (chosen by a statistical test, reported). shared / per frame force it."}),
-            "square_pixels": ("BOOLEAN", {"default": True, "tooltip": "fx = fy."}),
-            "principal_point": (list(PRINCIPAL_POINT), {"default": "auto", "tooltip": "auto: fitted when the maps "
-                                "determine it, else the image centre. centred / free force it."}),
-            "robust_loss": (["auto", "huber", "cauchy", "tukey", "none"], {"default": "auto", "tooltip": "Down-weights "
-                            "outlier points. auto: Huber, then Tukey (outliers get weight 0) when the maps hold gross "
-                            "outliers (flying pixels, decoding errors); reported in the fit's info."}),
-            "temporal_smoothness": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                    "tooltip": "Penalise jerky camera trajectories (0 = independent frames)."}),
+            "intrinsics": node_input(GeometryConfig, "shared_intrinsics"),
+            "square_pixels": node_input(GeometryConfig, "square_pixels", tooltip="fx = fy."),
+            "principal_point": node_input(GeometryConfig, "centered_principal_point"),
+            "robust_loss": node_input(GeometryConfig, "robust"),
+            "temporal_smoothness": node_input(GeometryConfig, "temporal_smoothness"),
         }}
 
     def recover(self, scene, intrinsics, square_pixels, principal_point, robust_loss, temporal_smoothness):
-        cfg = GeometryConfig(shared_intrinsics=INTRINSICS[intrinsics], square_pixels=square_pixels,
-                             centered_principal_point=PRINCIPAL_POINT[principal_point], robust=robust_loss,
-                             temporal_smoothness=temporal_smoothness)
+        cfg = GeometryConfig(shared_intrinsics=from_node(GeometryConfig, "shared_intrinsics", intrinsics),
+                             square_pixels=square_pixels,
+                             centered_principal_point=from_node(GeometryConfig, "centered_principal_point", principal_point),
+                             robust=robust_loss, temporal_smoothness=temporal_smoothness)
         progress = cb.Progress(1)
         out = recover_geometry(scene, cfg, device="cuda" if torch.cuda.is_available() else None,
                                callback=lambda s, t: progress(s, t))
@@ -88,36 +84,35 @@ class FourDExport:
 
     @classmethod
     def INPUT_TYPES(cls):
+        toggles = {where: {name: ("BOOLEAN", {"default": True, "tooltip": EXPORT_FORMATS.help(name)})
+                           for name in EXPORT_FORMATS if EXPORT_FORMATS.get(name).node == where}
+                   for where in ("required", "optional")}
         return {"required": {
             "scene": (SCENE, {"tooltip": "A scene with cameras (FourD Recover Cameras)."}),
             "filename_prefix": ("STRING", {"default": "fourd/scene", "tooltip": "Folder name inside the output folder; "
                                 "a number is appended. Cannot leave the output folder."}),
-            "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "tooltip": "Frame rate of the MP4 files."}),
-            "ply": ("BOOLEAN", {"default": True, "tooltip": "Per-frame PLY point clouds (binary, float32 x y z, "
-                    "uchar colours; OpenCV world axes)."}),
-            "glb": ("BOOLEAN", {"default": True, "tooltip": "Per-frame GLB point clouds, glTF y-up (Preview3D, "
-                    "Blender, three.js)."}),
-            "min_confidence": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                         "tooltip": "Drop points below this confidence."}),
-            "voxel_size": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                     "tooltip": "Voxel down-sampling in scene units (0 = off; needs open3d)."}),
-            "outlier_neighbors": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip": "Statistical outlier removal "
-                                  "neighbours (0 = off; needs open3d, skipped with a warning without it)."}),
-            "max_points": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": "At most this many points "
-                           "per frame file (0 = all)."}),
-        }}
+            "fps": node_input(ExportOptions, "fps"),
+            **toggles["required"],
+            "min_confidence": node_input(ExportOptions, "min_confidence"),
+            "voxel_size": node_input(ExportOptions, "voxel_size"),
+            "outlier_neighbors": node_input(ExportOptions, "outlier_neighbors"),
+            "max_points": node_input(ExportOptions, "max_points", default=0, min=0, max=10_000_000,
+                                     tooltip="At most this many points per frame file (0 = all)."),
+        }, "optional": toggles["optional"]}
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix=None):
         return v.filename_prefix(filename_prefix)
 
-    def export(self, scene, filename_prefix, fps, ply, glb, min_confidence, voxel_size, outlier_neighbors, max_points):
+    def export(self, scene, filename_prefix, fps, min_confidence, voxel_size, outlier_neighbors, max_points, **toggles):
         if not scene.has_cameras:
             raise InputError("This scene has no cameras yet: put FourD Recover Cameras before FourD Export.")
         folder, rel = cb.safe_output_folder(filename_prefix)
-        opts = ExportOptions(fps=fps, ply=ply, glb=glb, min_confidence=min_confidence, voxel_size=voxel_size,
-                             outlier_neighbors=outlier_neighbors, max_points=max_points or None)
+        opts = ExportOptions(fps=fps, formats={k: bool(val) for k, val in toggles.items() if k in EXPORT_FORMATS},
+                             min_confidence=min_confidence, voxel_size=voxel_size, outlier_neighbors=outlier_neighbors,
+                             max_points=max_points or None)
         export_scene(scene, folder, opts, progress=lambda stage, done, total: cb.check_interrupt())
+        glb, ply = opts.enabled("glb"), opts.enabled("ply")
         glb_rel = f"{rel}/pointclouds/frame_00000.glb" if glb else ""
         result = (glb_rel, rel)
         if file3d.available():

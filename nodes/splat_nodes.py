@@ -12,7 +12,7 @@ from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import pixel_aligned_gaussians
 from ..fourd_core.splats.orbit import render_orbit
 from ..fourd_core.splats.ply import write_gaussians_sequence
-from ..fourd_core.splats.rasterize import gsplat_available
+from ..fourd_core.splats.rasterize import rasterizer_help, rasterizer_names, resolve_rasterizer
 from . import comfy_bridge as cb
 from . import validation as v
 from .types import CAMERAS, CATEGORY, GAUSSIANS, SCENE
@@ -80,7 +80,7 @@ class FourDFit4DGaussians:
                 "cameras": (CAMERAS, {"tooltip": "The grid's camera path (FourD Camera Path)."}),
                 "init_stride": ("INT", {"default": 2, "min": 1, "max": 16, "tooltip": "Pixel stride of the pixel-aligned "
                                         "start (per keyframe)."}),
-                "backend": (["auto", "torch", "gsplat"], {"tooltip": "auto: gsplat on CUDA when installed, else torch."}),
+                "backend": (list(rasterizer_names()), {"tooltip": rasterizer_help()}),
             },
         }
 
@@ -98,8 +98,7 @@ class FourDFit4DGaussians:
                         init_stride=init_stride, backend=backend, densify_every=max(10, min(100, iterations // 20)))
         cfg.validate()
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        if backend == "gsplat" and not gsplat_available(device):
-            raise InputError("backend 'gsplat' needs CUDA and the gsplat package (pip install gsplat); use 'auto'.")
+        resolve_rasterizer(backend, device)              # an unavailable rasteriser is refused before the fit
         progress = cb.Progress(iterations)
         progress(0, iterations)
         from ..fourd_core.pipelines.fourdnex import to_pil

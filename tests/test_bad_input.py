@@ -220,7 +220,7 @@ def test_generate_out_is_probed_once(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", spy)
     out = tmp_path / "new" / "out"
     with writable_output_dir(out, "--out"):
-        export_scene(_scene(), out, ExportOptions(videos=False, cameras=False, depth=False, ply=False, glb=False))
+        export_scene(_scene(), out, ExportOptions.with_formats(videos=False, cameras=False, depth=False, ply=False, glb=False))
     assert probes == [out] and (out / "scene.safetensors").is_file()
 
 
@@ -230,7 +230,7 @@ def test_export_into_unwritable_folder_is_a_clear_error(tmp_path):
 
     out = unwritable_dir(tmp_path)
     with pytest.raises(InputError, match=r"is not writable \(.*\)\. Choose a folder you can write to"):
-        export_scene(_scene(), out, ExportOptions(videos=False, cameras=False, depth=False, ply=False, glb=False))
+        export_scene(_scene(), out, ExportOptions.with_formats(videos=False, cameras=False, depth=False, ply=False, glb=False))
 
 
 # ------------------------------------------------------------------------------------------------ ComfyUI nodes
@@ -289,6 +289,12 @@ def test_frame_counts_that_are_not_4k_plus_1_fail_validation(nodes_pack):
     assert prep.VALIDATE_INPUTS(width=720, height=480) is True
 
 
+def _export_inputs(scene) -> dict:
+    """FourD Export's inputs as ComfyUI passes them (by name): its widgets' defaults."""
+    return dict(scene=scene, filename_prefix="fourd/scene", fps=24.0, ply=True, glb=True, min_confidence=0.0,
+                voxel_size=0.0, outlier_neighbors=0, max_points=0)
+
+
 def test_export_failure_leaves_the_output_dir_unchanged(nodes_pack, monkeypatch):
     pack, output = nodes_pack
     from fourd_core.api import camera_frame_fallback
@@ -296,16 +302,16 @@ def test_export_failure_leaves_the_output_dir_unchanged(nodes_pack, monkeypatch)
     s = _scene()
     K, c2w, depth, conf = camera_frame_fallback(s.xyz - 0.5 + torch.tensor([0, 0, 2.0]))
     scene = Scene4D(rgb=s.rgb, xyz=s.xyz, K=K, cam_to_world=c2w, depth=depth, confidence=conf)
-    export_mod = sys.modules[pack.__name__ + ".fourd_core.io.export"]
+    formats_mod = sys.modules[pack.__name__ + ".fourd_core.io.formats.pointclouds"]
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_mod, "write_glb", boom)
+    monkeypatch.setattr(formats_mod, "write_glb", boom)
     before = snapshot(output)
     pack_errors = sys.modules[pack.__name__ + ".fourd_core.errors"]
     with pytest.raises(pack_errors.DiskFullError, match=r"(?s)No space left.*disk is full.*free some space"):
-        pack.NODE_CLASS_MAPPINGS["FourDExport"]().export(scene, "fourd/scene", 24.0, True, True, 0.0, 0.0, 0, 0)
+        pack.NODE_CLASS_MAPPINGS["FourDExport"]().export(**_export_inputs(scene))
     assert snapshot(output) == before
 
 
@@ -363,7 +369,7 @@ def test_stale_staging_of_a_killed_run_is_removed_by_the_next(tmp_path):
     live.mkdir()
     unrelated = out / ".my-notes"
     unrelated.write_text("not ours")
-    export_scene(_scene(), out, ExportOptions(cameras=False, depth=False, ply=False, glb=False))
+    export_scene(_scene(), out, ExportOptions.with_formats(cameras=False, depth=False, ply=False, glb=False))
     assert not stale.exists() and not stale_tmp.exists()
     assert live.is_dir() and unrelated.read_text() == "not ours"
     assert (out / "rgb.mp4").is_file()
@@ -621,7 +627,7 @@ def test_two_exports_into_one_folder_never_interleave(tmp_path, monkeypatch):
             assert resume.wait(60)
 
     monkeypatch.setattr(atomic, "replace_path", replace)
-    opts = ExportOptions(videos=False, images=False, glb=False, gaussians=False)
+    opts = ExportOptions.with_formats(videos=False, images=False, glb=False, gaussians=False)
     errors = []
 
     def run(name):
@@ -789,8 +795,7 @@ def test_export_node_honours_stop_between_files(nodes_pack, monkeypatch):
     monkeypatch.setattr(bridge, "check_interrupt", check_interrupt)
     before = snapshot(output)
     with pytest.raises(Stopped):
-        pack.NODE_CLASS_MAPPINGS["FourDExport"]().export(_camera_scene(F=9), "fourd/scene", 24.0, True, True, 0.0, 0.0,
-                                                         0, 0)
+        pack.NODE_CLASS_MAPPINGS["FourDExport"]().export(**_export_inputs(_camera_scene(F=9)))
     assert snapshot(output) == before and len(calls) == 6
 
 

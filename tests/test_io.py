@@ -232,7 +232,9 @@ def test_export_failure_leaves_no_partial_output(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export_mod, "write_glb", boom)
+    from fourd_core.io.formats import pointclouds
+
+    monkeypatch.setattr(pointclouds, "write_glb", boom)
     with pytest.raises(RuntimeError):
         export_mod.export_scene(_scene(), out)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
@@ -245,7 +247,7 @@ def test_export_without_cameras_is_refused(tmp_path):
     bare = Scene4D(rgb=s.rgb, xyz=s.xyz)
     with pytest.raises(InputError, match="fit_cameras"):
         export_scene(bare, tmp_path)
-    w = export_scene(bare, tmp_path, ExportOptions(cameras=False, depth=False, ply=False, glb=False))
+    w = export_scene(bare, tmp_path, ExportOptions.with_formats(cameras=False, depth=False, ply=False, glb=False))
     assert set(w) == {"video", "scene", "images"}
 
 
@@ -267,7 +269,7 @@ def test_open3d_note_is_shown_once_per_process(tmp_path, open3d_unusable):
 
     from fourd_core.io.export import ExportOptions, export_scene
 
-    opts = ExportOptions(videos=False, voxel_size=0.1, outlier_neighbors=4)
+    opts = ExportOptions.with_formats(videos=False, voxel_size=0.1, outlier_neighbors=4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # no deduplication by the warnings module: count every emission
         opts.check()

@@ -266,10 +266,6 @@ def enable_scene_parallel(transformer, ctx: DistContext, tokens: int | None = No
         enable_cfg_parallel(transformer, ctx.mesh["cfg"].get_group())
 
 
-#: attention backends whose kernels return the log-sum-exp that ring attention merges partial results with
-RING_BACKENDS = ("_native_cudnn", "_native_flash", "flash", "flash_hub", "_flash_3_hub", "sage", "sage_hub")
-
-
 def attention_backend_of(transformer) -> str | None:
     """The diffusers attention backend set on the model's attention processors (None: the default, SDPA)."""
     for module in transformer.modules():
@@ -284,13 +280,15 @@ def _ring_attention_backend(transformer, ctx: DistContext) -> None:
     """Ring attention merges per-chunk results by their log-sum-exp, which diffusers' default
     ``native`` (SDPA) backend does not return ("Native attention does not support return_lse=True").
     With no backend chosen, take cuDNN attention (bf16/fp16) on CUDA; otherwise say what to choose."""
+    from ..models.memory import ring_attention_backends
+
     backend = attention_backend_of(transformer)
-    if backend in RING_BACKENDS:
+    if backend in ring_attention_backends():
         return
     if backend in (None, "native") and ctx.device.type == "cuda":
         transformer.set_attention_backend("_native_cudnn")
         ctx.log("ring attention: using the _native_cudnn attention backend (returns the log-sum-exp ring needs)")
         return
     raise InputError(f"--parallel {ctx.spec}: ring attention needs an attention backend that returns the log-sum-exp "
-                     f"({', '.join(RING_BACKENDS)}); the current one is {backend or 'native'} on {ctx.device.type}. "
+                     f"({', '.join(ring_attention_backends())}); the current one is {backend or 'native'} on {ctx.device.type}. "
                      "Choose one with --attention, or use ulysses instead of ring.")

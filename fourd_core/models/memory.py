@@ -14,13 +14,32 @@ import dataclasses
 import torch
 
 from ..errors import InputError, brief
+from ..settings import setting, validate
 
 OFFLOAD_MODES = ("none", "model", "group", "sequential")
 
 
+def attention_backend_names() -> tuple[str, ...]:
+    """The attention backends diffusers knows (``diffusers.models.attention_dispatch.AttentionBackendName``),
+    the choices of ``--attention`` and FourD Memory Settings."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return tuple(b.value for b in AttentionBackendName)
+
+
+def ring_attention_backends() -> tuple[str, ...]:
+    """Backends that return the log-sum-exp ring attention merges partial results with: those diffusers
+    registers as supporting context parallelism (``_AttentionBackendRegistry._supports_context_parallel``)
+    except ``native`` (SDPA), which diffusers refuses for ``return_lse``."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    supported = {str(getattr(b, "value", b)) for b in _AttentionBackendRegistry._supports_context_parallel}
+    return tuple(sorted(supported - {"native"}))
+
+
 @dataclasses.dataclass
 class MemoryConfig:
-    """How to place the models.
+    """How to place the models (every field's rule and help: :func:`fourd_core.settings.setting`).
 
     Attributes:
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``... (None: CUDA if available, else CPU).
@@ -30,18 +49,22 @@ class MemoryConfig:
         fp8_storage: keep DiT linear weights in float8_e4m3fn and up-cast per layer at run time
             (diffusers layerwise casting): halves DiT memory, small quality cost.
         vae_tiling: decode/encode the VAE in spatial tiles (bounded memory at 480x720).
-        attention_backend: a diffusers attention backend name (``"native"``, ``"flash"``,
-            ``"sage"``, ``"_native_cudnn"``...), None for the default.
+        attention_backend: a diffusers attention backend name (:func:`attention_backend_names`), None for
+            the default (PyTorch SDPA).
         release_encoders: with ``offload="none"`` on a GPU, keep UMT5 and CLIP on the CPU except
             while they encode (frees ~14 GB of GPU memory during sampling). Offload modes already
             move them off the GPU.
     """
 
-    device: str | None = None
-    offload: str = "none"
-    fp8_storage: bool = False
-    vae_tiling: bool = False
-    attention_backend: str | None = None
+    device: str | None = setting(None, help="cuda, cuda:1, cpu (default: cuda if available)", allow_none=True)
+    offload: str = setting("none", help="none: all on the device; model: each model moves in while it runs; group: DiT "
+                           "blocks stream in (fits 24 GB); sequential: per layer, slowest", choices=OFFLOAD_MODES)
+    fp8_storage: bool = setting(False, help="store DiT weights in fp8 (half the memory, small quality cost), up-cast "
+                                "per layer", flag="--fp8")
+    vae_tiling: bool = setting(False, help="tiled VAE encode/decode (less memory)")
+    attention_backend: str | None = setting(None, help="diffusers attention backend (default: PyTorch SDPA; flash, "
+                                            "sage, xformers need their packages)", choices=lambda: (None, *attention_backend_names()),
+                                            allow_none=True, flag="--attention")
     release_encoders: bool = False
 
     def resolved_device(self) -> torch.device:
@@ -51,8 +74,12 @@ class MemoryConfig:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def validate(self) -> None:
-        if self.offload not in OFFLOAD_MODES:
-            raise InputError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}.")
+        """Check every setting and the device.
+
+        Raises:
+            InputError: an unknown offload mode or attention backend, or CUDA asked for without a GPU.
+        """
+        validate(self)
         dev = self.resolved_device()
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {self.device!r} asked for CUDA but torch sees no GPU; use device='cpu'.")

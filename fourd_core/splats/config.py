@@ -6,8 +6,21 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import InputError
+from ..settings import MIN_CONFIDENCE, setting
 
-__all__ = ["FitConfig"]
+__all__ = ["FitConfig", "PixelSplatConfig"]
+
+
+@dataclasses.dataclass
+class PixelSplatConfig:
+    """Settings of the pixel-aligned splats (:func:`fourd_core.splats.gaussians.pixel_aligned_gaussians`)."""
+
+    stride: int = setting(1, help="keep every n-th pixel in both directions (2 = a quarter of the splats, each twice "
+                          "as large)", low=1, high=64, integer=True, node_high=16)
+    footprint: float = setting(0.4, help="splat standard deviation in pixels of its own frame (larger closes gaps in "
+                               "other views, smaller keeps the frame sharp)", low=1e-3, high=64.0, node_low=0.05,
+                               node_high=4.0, step=0.05)
+    min_confidence: float = setting(0.0, **MIN_CONFIDENCE)
 
 
 @dataclasses.dataclass
@@ -69,7 +82,9 @@ class FitConfig:
             raise InputError(f"resolution must be 0 (scene size) or >= 8 pixels; got {self.resolution}.")
         if self.init_stride < 1 or self.keyframes < 1 or self.densify_every < 1:
             raise InputError("init_stride, keyframes and densify_every must be >= 1.")
-        if self.backend not in ("auto", "torch", "gsplat"):
-            raise InputError(f"backend must be auto, torch or gsplat; got {self.backend!r}.")
+        from .rasterize import rasterizer_names
+
+        if self.backend not in rasterizer_names():
+            raise InputError(f"backend must be one of {', '.join(rasterizer_names())}; got {str(self.backend)[:40]!r}.")
         if not 0 <= self.ssim_weight <= 1:
             raise InputError(f"ssim_weight must be in [0, 1]; got {self.ssim_weight}.")

@@ -34,7 +34,7 @@ from .config import FitConfig
 from .gaussians import Gaussians, Gaussians4D, pixel_aligned_gaussians
 from .losses import photometric_loss, psnr
 from .model import DeformableModel, densify_and_prune
-from .rasterize import gsplat_available, rasterize_gsplat, rasterize_torch
+from .rasterize import resolve_rasterizer
 
 __all__ = ["FitConfig", "Observations", "build_observations", "fallback_cameras", "fit_gaussians", "resize_camera"]
 
@@ -200,10 +200,8 @@ def _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callb
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    use_gsplat = cfg.backend == "gsplat" or (cfg.backend == "auto" and gsplat_available(device))
-    if cfg.backend == "gsplat" and not gsplat_available(device):
-        raise InputError("backend='gsplat' needs CUDA and the gsplat package; use 'auto' or 'torch'.")
-    raster = rasterize_gsplat if use_gsplat else rasterize_torch
+    backend_name, backend = resolve_rasterizer(cfg.backend, device)
+    raster = backend.rasterize
     obs = build_observations(scene, grid, grid_K, grid_cam_to_world, cfg.resolution)
     extent = _scene_extent(scene)
     model = DeformableModel(_initial_gaussians(scene, cfg), scene.num_frames, obs.num_views, cfg, extent, device)
@@ -234,8 +232,6 @@ def _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callb
         out = raster(means, p["quats"], model.scales(), torch.sigmoid(p["logit_opacities"]),
                      (0.5 + 0.28209479177387814 * p["sh0"]).clamp_min(0), Ks[i], c2ws[i], th, tw, bg)
         m2d = out["means2d"]
-        if not use_gsplat:
-            m2d.retain_grad()
         loss = photometric_loss(out["image"], images[i], cfg.ssim_weight)
         if "time_offsets" in p and cfg.time_smoothness > 0:
             off = p["time_offsets"]
@@ -275,7 +271,7 @@ def _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callb
     train_psnr = _train_psnr(model, obs, raster, images, Ks, c2ws, bg)
     meta = {"kind": "fitted", "fit": {"iterations": total, "gaussians": len(g), "final_loss": last_loss,
                                       "train_psnr": train_psnr, "seconds": round(seconds, 3),
-                                      "seconds_per_iteration": seconds / total, "backend": "gsplat" if use_gsplat else "torch",
+                                      "seconds_per_iteration": seconds / total, "backend": backend_name,
                                       "resolution": [th, tw], "views": obs.num_views, "isotropic": cfg.isotropic}}
     return Gaussians4D(canonical=g, time_offsets=None if time_offsets is None else time_offsets.detach().cpu(),
                        view_offsets=view_offsets, K=scene.K.float().cpu(), cam_to_world=scene.cam_to_world.float().cpu(),

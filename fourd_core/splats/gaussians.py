@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..settings import check
+from .config import PixelSplatConfig
 
 SH_C0 = 0.28209479177387814
 """Degree-0 real spherical-harmonics constant ``1 / (2 sqrt(pi))``."""
@@ -223,13 +224,14 @@ def pixel_aligned_gaussians(scene, stride: int = 1, footprint: float = 0.4, min_
 
     Raises:
         InputError: the scene has no cameras/depth, bad stride/footprint/min_confidence
-            (:data:`fourd_core.settings.RULES`) or frame indices.
+            (:class:`~fourd_core.splats.config.PixelSplatConfig`) or frame indices.
     """
     if not scene.has_cameras:
         raise InputError("Pixel-aligned splats need cameras and depth: put FourD Recover Cameras (or the CLI's "
                          "geometry step) before this.")
-    stride, footprint = int(check("stride", stride)), float(check("footprint", footprint))
-    check("min_confidence", min_confidence)
+    stride = int(check(PixelSplatConfig, "stride", stride))
+    footprint = float(check(PixelSplatConfig, "footprint", footprint))
+    check(PixelSplatConfig, "min_confidence", min_confidence)
     f_all, h, w = scene.num_frames, *scene.size
     frames = list(range(f_all)) if frames is None else [int(i) for i in frames]
     if any(not 0 <= i < f_all for i in frames):

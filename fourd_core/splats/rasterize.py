@@ -29,10 +29,11 @@ import math
 import torch
 
 from ..errors import InputError
+from ..registry import Registry
 from .gaussians import Gaussians
 
-__all__ = ["clip_footprint", "gsplat_available", "quat_to_rotmat", "rasterize_gsplat", "rasterize_torch",
-           "render_gaussians"]
+__all__ = ["RASTERIZERS", "clip_footprint", "gsplat_available", "quat_to_rotmat", "rasterize_gsplat", "rasterize_torch",
+           "rasterizer_names", "render_gaussians", "resolve_rasterizer"]
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
@@ -144,7 +145,7 @@ def rasterize_torch(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tens
     Returns:
         dict with ``image`` ``[H, W, C]``, ``alpha`` ``[H, W]`` (1 - final transmittance), ``depth``
         ``[H, W]`` (alpha-weighted camera z, not normalised), ``means2d`` ``[N, 2]`` (pixel
-        positions; a non-leaf tensor whose ``.grad`` can be kept with ``retain_grad`` for densification),
+        positions; a non-leaf tensor that keeps its ``.grad`` for densification when it requires grad),
         ``radii`` ``[N]`` (half-extent of the 1/255 box in pixels, 0 = culled).
 
     Raises:
@@ -224,6 +225,8 @@ def rasterize_torch(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tens
         log_t = log_t.index_add(0, pix, torch.where(include, la, torch.zeros_like(la)))
     t_final = torch.exp(log_t).to(dt)
     image = image + t_final[:, None] * bg
+    if means2d.requires_grad:
+        means2d.retain_grad()                      # its .grad is what densification reads
     return {"image": image.reshape(H, W, C), "alpha": (1 - t_final).reshape(H, W), "depth": depth.reshape(H, W),
             "means2d": means2d, "radii": radii}
 
@@ -267,20 +270,61 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, K, cam_to_world, h
     return {"image": image, "alpha": alpha, "depth": render[0, ..., C], "means2d": m2d, "radii": radii.float()}
 
 
+# ----------------------------------------------------------------------------------------------
+# The registry: choices of every rasteriser setting (FitConfig.backend, the CLI's --backend, the nodes)
+class Rasterizer:
+    """A registered rasteriser: ``available(device)`` and ``rasterize(...)`` with the arguments and outputs
+    of :func:`rasterize_torch` (``means2d`` keeps its ``.grad`` for densification when it requires grad)."""
+
+    def __init__(self, rasterize, available):
+        self.rasterize, self.available = rasterize, available
+
+
+RASTERIZERS: Registry[Rasterizer] = Registry("rasteriser")
+RASTERIZERS.add("torch", Rasterizer(rasterize_torch, lambda device: True),
+                help="pure-torch EWA rasteriser (CPU and GPU; differentiable, for small resolutions on a CPU)")
+RASTERIZERS.add("gsplat", Rasterizer(rasterize_gsplat, gsplat_available),
+                help="gsplat's CUDA rasteriser (pip install gsplat; CUDA only)")
+AUTO = "auto"
+
+
+def rasterizer_names() -> tuple[str, ...]:
+    """``("auto", *registered)``: the choices of a rasteriser setting."""
+    return (AUTO, *RASTERIZERS.names())
+
+
+def rasterizer_help() -> str:
+    """One line for help texts and tooltips: what ``auto`` picks and what each rasteriser is."""
+    return "auto: gsplat on CUDA when installed, else torch; " + RASTERIZERS.describe()
+
+
+def resolve_rasterizer(name: str, device) -> tuple[str, Rasterizer]:
+    """``(name, rasteriser)`` for a setting: ``"auto"`` is gsplat when it is available on ``device``, else torch.
+
+    Raises:
+        InputError: an unknown name, or one that is not available on ``device`` (names the fix).
+    """
+    if name == AUTO:
+        name = "gsplat" if "gsplat" in RASTERIZERS and RASTERIZERS.get("gsplat").available(device) else "torch"
+    entry = RASTERIZERS.get(name)
+    if not entry.available(device):
+        raise InputError(f"The {name} rasteriser is not available here ({RASTERIZERS.help(name)}); use 'auto' or 'torch'.")
+    return name, entry
+
+
 def render_gaussians(g: Gaussians, K, cam_to_world, height: int, width: int, background=None,
                      backend: str = "auto", isotropic: bool = False, **kwargs) -> dict:
-    """Render a :class:`Gaussians` set (colours from SH degree 0): ``rasterize_torch``/``rasterize_gsplat``.
+    """Render a :class:`Gaussians` set (colours from SH degree 0) with a registered rasteriser.
 
     Args:
-        backend: ``"auto"`` (gsplat on CUDA when importable, else torch), ``"torch"`` or ``"gsplat"``.
+        backend: a name of :func:`rasterizer_names` (``"auto"``: gsplat on CUDA when importable, else torch).
         isotropic: use ``log_scales[:, :1]`` on all three axes (rotation-free splats).
     Returns:
         see :func:`rasterize_torch`.
+    Raises:
+        InputError: an unknown or unavailable rasteriser.
     """
     scales = g.log_scales[:, :1].exp().expand(-1, 3) if isotropic else g.scales
-    args = (g.means, g.quats, scales, g.opacities, g.colors, K, cam_to_world, height, width, background)
-    if backend == "gsplat" or (backend == "auto" and gsplat_available(g.means.device)):
-        return rasterize_gsplat(*args, **kwargs)
-    if backend not in ("auto", "torch", "gsplat"):
-        raise InputError(f"Unknown rasteriser backend {backend!r}: use auto, torch or gsplat.")
-    return rasterize_torch(*args, **kwargs)
+    _, entry = resolve_rasterizer(backend, g.means.device)
+    return entry.rasterize(g.means, g.quats, scales, g.opacities, g.colors, K, cam_to_world, height, width, background,
+                           **kwargs)

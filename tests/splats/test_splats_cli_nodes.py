@@ -59,7 +59,7 @@ def test_export_writes_pixel_aligned_splats_by_default(tmp_path):
     from fourd_core.io.export import ExportOptions, export_scene
 
     scene = small_scene(frames=3)
-    written = export_scene(scene, tmp_path, ExportOptions(videos=False, glb=False, frames=[0, 2]))
+    written = export_scene(scene, tmp_path, ExportOptions.with_formats(videos=False, glb=False, frames=[0, 2]))
     assert [p.rsplit("/", 1)[1] for p in written["gaussians"]] == ["frame_00000.ply", "frame_00002.ply"]
     v = plyfile.PlyData.read(written["gaussians"][1])["vertex"]
     assert v.count == (12 // 2) * (16 // 2)  # default stride 2

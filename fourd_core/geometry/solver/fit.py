@@ -34,6 +34,7 @@ import torch
 
 from ...errors import CancelledError, GeometryError
 from . import robust as rb
+from .config import SolverConfig
 from .checks import check_focal, fixed_kappa, validate_options
 from .data import (
     F64,
@@ -270,25 +271,13 @@ def _fine_level(fx: _Fit, fit, fine: Sample, keep_f, iterations: int):
 
 def fit_cameras(
     points: torch.Tensor,
+    config: Optional[SolverConfig] = None,
     *,
     valid_mask: Optional[torch.Tensor] = None,
-    shared_intrinsics: Optional[bool] = None,
-    square_pixels: bool = True,
-    centered_principal_point: Optional[bool] = None,
-    robust: str = "auto",
-    huber_delta: Optional[float] = None,
-    temporal_smoothness: float = 0.0,
-    iterations: int = 2,
-    outlier_threshold: Optional[float] = 5.0,
-    noise_bias_correction: bool = True,
     device: Optional[str | torch.device] = None,
     callback: Optional[Callable[[int, int], object]] = None,
     K: Optional[torch.Tensor] = None,
-    robust_init: bool = True,
-    sample_pixels: int = 1500,
-    refine_pixels: int = 6000,
-    seed: int = 0,
-    chunk_pixels: int = 400_000,
+    **options,
 ) -> CameraFit:
     """Recover intrinsics, poses and depth from XYZ point maps (4DNeX paper Sec. 4.3, Eqs. 9-10).
 
@@ -305,6 +294,9 @@ def fit_cameras(
     such a similarity: K and the rotations do not change, and each camera centre and depth map
     come out in that frame's own map frame, like the points.  Putting the frames in one common
     world needs cross-frame registration of the maps, which this function does not attempt.
+
+    The options come from ``config`` (:class:`~.config.SolverConfig`, defaults there), each overridable
+    by a keyword of the same name (``fit_cameras(points, shared_intrinsics=False)``).
 
     Args:
         points: [F,H,W,3] (or [H,W,3]) world points, float16/32/64, any units.  4DNeX output goes
@@ -367,6 +359,12 @@ def fit_cameras(
     """
     t_start = time.perf_counter()
     timings = {}
+    cfg = SolverConfig.of(config, **options)
+    shared_intrinsics, square_pixels = cfg.shared_intrinsics, cfg.square_pixels
+    centered_principal_point, robust, huber_delta = cfg.centered_principal_point, cfg.robust, cfg.huber_delta
+    temporal_smoothness, iterations, outlier_threshold = cfg.temporal_smoothness, cfg.iterations, cfg.outlier_threshold
+    robust_init, sample_pixels, refine_pixels = cfg.robust_init, cfg.sample_pixels, cfg.refine_pixels
+    seed, chunk_pixels = cfg.seed, cfg.chunk_pixels
     validate_options(robust, huber_delta, temporal_smoothness, iterations)
     points, valid, _single = check_inputs(points, valid_mask, device)
     dev = points.device
