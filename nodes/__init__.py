@@ -53,7 +53,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDGaussiansFromScene": "FourD Gaussians from Scene",
     "FourDFit4DGaussians": "FourD Fit 4D Gaussians",
     "FourDSaveGaussians": "FourD Save Gaussians (PLY sequence)",
-    "FourDPreviewGaussians": "FourD 4D Preview (Gaussians)",
+    "FourDPreviewGaussians": "FourD 4D Preview (Gaussians, deprecated)",
 }
 
 NODE_CLASS_MAPPINGS.update(NATIVE_NODES)
