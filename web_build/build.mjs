@@ -1,5 +1,5 @@
 // Reproduces web/fourd/vendor/fourd-three-spark.mjs and its LICENSES file from the pinned npm packages:
-//   cd web/build && npm ci && npm run build
+//   cd web_build && npm ci && npm run build
 // The output is one self-contained ES module (Spark's WebAssembly and its worker are already inlined in
 // Spark's own dist build, so nothing is fetched at run time). The ".mjs" name keeps ComfyUI from loading
 // it as a frontend extension: ComfyUI lists only "**/*.js" under a pack's WEB_DIRECTORY.
@@ -9,7 +9,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const outDir = join(here, "..", "fourd", "vendor");
+const outDir = join(here, "..", "web", "fourd", "vendor");
 const outFile = join(outDir, "fourd-three-spark.mjs");
 const pkg = (name) => JSON.parse(readFileSync(join(here, "node_modules", name, "package.json"), "utf8"));
 const three = pkg("three"), spark = pkg("@sparkjsdev/spark"), fflate = pkg("fflate");
@@ -27,7 +27,7 @@ await build({
   outfile: outFile,
   banner: {
     js: `// three.js ${three.version} (MIT), @sparkjsdev/spark ${spark.version} (MIT), fflate ${fflate.version} (MIT). ` +
-      "Licences: LICENSES beside this file. Built by web/build/build.mjs; do not edit.",
+      "Licences: LICENSES beside this file. Built by web_build/build.mjs; do not edit.",
   },
   logLevel: "warning",
 });
