@@ -220,7 +220,7 @@ def test_comfyui_extension_mounts_the_viewer_on_the_preview_nodes(browser_page):
             await node.fourdViewer.settled();
             const frames = node.fourdViewer.frameCount, hasCanvas = !!node.el.querySelector('canvas');
             node.onRemoved && node.onRemoved();
-            result[name] = [frames, hasCanvas, node.el.querySelector('canvas') === null, node.size[0] >= 420];
+            result[name] = [frames, hasCanvas, node.el.querySelector('canvas') === null, node.size[0] >= 440];
         }
         return result; }""")
     assert out == {"FourDPreview4D": [6, True, True, True], "FourDPreviewGaussians": [6, True, True, True],

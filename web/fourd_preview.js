@@ -27,7 +27,7 @@ app.registerExtension({
         container.textContent = `FourD viewer unavailable: ${e.message}`;
       }
       this.addDOMWidget("fourd_viewer", "fourd_viewer", container, { serialize: false, hideOnZoom: false });
-      this.setSize([Math.max(this.size[0], 420), Math.max(this.size[1], 380)]);
+      this.setSize([Math.max(this.size[0], 440), Math.max(this.size[1], 480)]);
       return r;
     };
 

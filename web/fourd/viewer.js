@@ -335,6 +335,20 @@ export class FourDViewer {
     this.requestRender();
   }
 
+  /** Orbit the camera about the target: `yaw` radians about the view's up, then `pitch` about its right
+   * axis (positive looks down from above), and scale its distance by `zoom` (scripts, screenshots). */
+  orbitBy(yaw, pitch = 0, zoom = 1) {
+    const L = this.L, target = this.orbit.target;
+    const offset = this.camera.position.clone().sub(target);
+    const up = this.camera.up.clone().normalize();
+    offset.applyAxisAngle(up, yaw);
+    const right = new L.Vector3().crossVectors(offset, up).normalize();
+    offset.applyAxisAngle(right, pitch).multiplyScalar(zoom);
+    this.camera.position.copy(target).add(offset);
+    this.orbit.update();
+    this.requestRender();
+  }
+
   /** The first frame's camera when the asset has cameras, else a view of the whole bounding box. */
   resetView() {
     const h = this.header;
