@@ -62,7 +62,10 @@ def assets():
     from fourd_core.splats.gaussians import pixel_aligned_gaussians
 
     scene = pixel_scene()
+    degenerate = pixel_scene()
+    degenerate.K[:, 0, 0] = degenerate.K[:, 1, 1] = 0.01  # a failed focal-length fit: a 179.9 degree camera
     return {
+        "degenerate.fourd4d": viewer_asset_bytes(degenerate, points_per_frame=W * H),
         "scene.fourd4d": viewer_asset_bytes(scene, points_per_frame=W * H),
         "sparse.fourd4d": viewer_asset_bytes(moving_scene(), points_per_frame=300),
         "both.fourd4d": gaussians_viewer_asset_bytes(pixel_aligned_gaussians(scene, stride=2, footprint=0.5),
@@ -156,6 +159,21 @@ def test_point_size_orbit_zoom_and_frusta(browser_page):
     page.locator("input[title='camera frusta']").uncheck()
     assert np.array_equal(canvas_pixels(page), no_frusta)
     assert not page.errors and not page.external
+
+
+@needs_browser
+def test_a_degenerate_camera_is_not_looked_through(browser_page):
+    """A camera wider than 120 degrees (the tiny demo's fallback cameras) would show a few smeared pixels:
+    the viewer starts from a view of the bounding box instead, and draws that camera's frustum clipped."""
+    page = browser_page
+    load(page, "degenerate.fourd4d")
+    page.evaluate("viewer.frusta.checked = false; viewer.pointsMaterial.size = 1; viewer.requestRender()")
+    assert page.evaluate("viewer.intrinsics.fx") > 100  # the bounding-box view's, not K's 0.01
+    assert 0.1 < covered(canvas_pixels(page)).mean() < 0.9  # the whole wall, smaller than the canvas
+    extent = page.evaluate("viewer.extent")
+    segments = page.evaluate("viewer._frustumSegments[0]")
+    assert max(abs(x) for x in segments) < 0.5 * extent
+    assert not page.errors
 
 
 @needs_browser

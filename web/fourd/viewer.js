@@ -51,6 +51,7 @@ export const SPLAT_SETTINGS = {
 };
 
 export const BACKGROUND = [0.07, 0.07, 0.08]; // sRGB
+const MAX_FOV = (120 * Math.PI) / 180; // wider cameras are not looked through, and their frusta are drawn clipped
 
 // --- the asset ---------------------------------------------------------------------------------------
 const POINT_FIELDS = { positions: [Float32Array, 3], colors: [Uint8Array, 3] };
@@ -286,8 +287,10 @@ export class FourDViewer {
 
   _frustum(K, c, depth) {
     const h = this.header;
+    const lim = Math.tan(MAX_FOV / 2); // a degenerate focal length would draw lines across the whole scene
+    const clip = (t) => Math.max(-lim, Math.min(lim, t));
     const toWorld = (u, v, z) => {
-      const x = (u - K[0][2]) / K[0][0] * z, y = (v - K[1][2]) / K[1][1] * z;
+      const x = clip((u - K[0][2]) / K[0][0]) * z, y = clip((v - K[1][2]) / K[1][1]) * z;
       return [0, 1, 2].map((r) => c[r][0] * x + c[r][1] * y + c[r][2] * z + c[r][3]);
     };
     const o = [c[0][3], c[1][3], c[2][3]];
@@ -349,10 +352,13 @@ export class FourDViewer {
     this.requestRender();
   }
 
-  /** The first frame's camera when the asset has cameras, else a view of the whole bounding box. */
+  /** The first frame's camera when the asset has a usable one, else a view of the whole bounding box (also
+   * for a degenerate camera wider than 120 degrees, e.g. a failed focal-length fit). */
   resetView() {
     const h = this.header;
-    this.setView(h && h.K && h.cam_to_world ? { K: h.K[0], cam_to_world: h.cam_to_world[0], width: h.width, height: h.height } : null);
+    const K = h && h.K && h.cam_to_world ? h.K[0] : null;
+    const fov = K ? 2 * Math.atan(Math.max(h.width / K[0][0], h.height / K[1][1]) / 2) : NaN;
+    this.setView(fov > 0 && fov <= MAX_FOV ? { K, cam_to_world: h.cam_to_world[0], width: h.width, height: h.height } : null);
   }
 
   _applyProjection() {
