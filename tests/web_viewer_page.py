@@ -66,12 +66,13 @@ def skip_reason() -> str | None:
 
 @contextlib.contextmanager
 def viewer_page(asset: bytes, options: dict | None = None, host=(480, 360), viewport=(520, 420),
-                files: dict[str, bytes] | None = None):
+                files: dict[str, bytes] | None = None, mjs_type: str = "text/javascript"):
     """Yield a Playwright page whose ``window.viewer`` has loaded ``asset`` and settled.
 
     Args:
         asset: FD4D bytes (fourd_core.io.viewer_asset), served as ``/scene.fourd4d``.
         files: more files to serve beside it (name -> bytes), e.g. other assets for :func:`load`.
+        mjs_type: the Content-Type the server sends for ``.mjs`` files (the renderer bundle).
         options: FourDViewer options (e.g. ``{"size": [W, H]}`` for a canvas of exactly W x H pixels).
         host: the widget container's size in CSS pixels; viewport: the page's.
     The page collects uncaught errors in ``page.errors`` and the requests it tried to send anywhere but the
@@ -90,7 +91,9 @@ def viewer_page(asset: bytes, options: dict | None = None, host=(480, 360), view
             (root / name).write_bytes(data)
         (root / "index.html").write_text(PAGE % {"host_w": host[0], "host_h": host[1],
                                                  "options": json.dumps(options or {})})
-        handler = functools.partial(_QuietHandler, directory=str(root))
+        handler_class = type("Handler", (_QuietHandler,), {
+            "extensions_map": {**_QuietHandler.extensions_map, ".mjs": mjs_type}})
+        handler = functools.partial(handler_class, directory=str(root))
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         try:
