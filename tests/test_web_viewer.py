@@ -115,13 +115,22 @@ def test_points_land_on_their_pixels_in_their_colours(page):
 
 
 @needs_browser
-def test_time_slider_changes_the_picture(page):
+def test_time_slider_and_play_change_the_picture(page):
     before = canvas_pixels(page)
     page.locator("input[type=range]").first.fill(str(F - 1))  # fires 'input'
     assert page.evaluate("viewer.frame") == F - 1
     after = canvas_pixels(page)
     assert (np.abs(after.astype(int) - before).sum(-1) > 30).mean() > 0.2
     assert page.locator(f"text={F}/{F}").count() == 1
+    # play runs through the frames (wrapping round) until pressed again
+    page.locator("button[title='play / pause']").click()
+    page.wait_for_function(f"viewer.frame !== {F - 1}", timeout=5000)
+    assert page.evaluate("viewer.playing") is True
+    page.locator("button[title='play / pause']").click()
+    assert page.evaluate("viewer.playing") is False
+    stopped = page.evaluate("viewer.frame")
+    page.wait_for_timeout(300)
+    assert page.evaluate("viewer.frame") == stopped
     assert not page.errors
 
 

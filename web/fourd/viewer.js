@@ -169,7 +169,7 @@ export class FourDViewer {
     this.orbit = new this.L.OrbitControls(this.camera, this.canvas);
     this.orbit.enableDamping = false;
     this.orbit.zoomSpeed = 1.5;
-    this.orbit.addEventListener("change", () => { this.pause(); this.requestRender(); });
+    this.orbit.addEventListener("change", () => this.requestRender()); // orbiting while it plays is fine
   }
 
   async loadUrl(url) {
