@@ -55,7 +55,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDGaussiansFromScene": "FourD Gaussians from Scene",
     "FourDFit4DGaussians": "FourD Fit 4D Gaussians",
     "FourDSaveGaussians": "FourD Save Gaussians (PLY sequence)",
-    "FourDPreviewGaussians": "FourD 4D Preview (Gaussians)",
+    "FourDPreviewGaussians": "FourD 4D Preview (Gaussians, deprecated)",
     "FourDRenderTrajectory": "FourD Render Trajectory (novel-view video for VACE)",
 }
 

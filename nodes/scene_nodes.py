@@ -11,12 +11,12 @@ from ..fourd_core.errors import InputError
 from ..fourd_core.io.export import ExportOptions, export_scene
 from ..fourd_core.io.formats import EXPORT_FORMATS
 from ..fourd_core.settings import from_node, node_input
-from ..fourd_core.io.viewer_asset import viewer_asset_bytes
+from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes, viewer_asset_bytes
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
 from . import file3d
 from . import validation as v
-from .types import CATEGORY, SCENE
+from .types import CATEGORY, GAUSSIANS, SCENE
 
 #: FourD Export's typed File3D outputs: (types, names, tooltips), all empty on builds without them.
 _FILE3D_TYPES, _FILE3D_NAMES, _FILE3D_TOOLTIPS = file3d.extra_outputs()
@@ -172,8 +172,10 @@ class FourDLoadScene:
 
 
 class FourDPreview4D:
-    DESCRIPTION = ("Interactive 4D point-cloud viewer inside the node: orbit / pan / zoom, a time slider with "
-                   "play/pause, point size, camera frusta. Points are subsampled per frame for the browser.")
+    DESCRIPTION = ("Interactive 4D viewer inside the node (three.js + Spark, offline): a scene's point cloud as "
+                   "points and/or Gaussian splats as true anisotropic, depth-sorted splats, over time. Orbit / pan / "
+                   "zoom, a time slider with play/pause, point size, camera frusta. Connect a scene, splats, or both; "
+                   "each frame is subsampled for the browser.")
     CATEGORY = f"{CATEGORY}/preview"
     RETURN_TYPES = ()
     OUTPUT_NODE = True
@@ -181,14 +183,33 @@ class FourDPreview4D:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "scene": (SCENE, {"tooltip": "A scene with cameras (world points), or without (raw point maps)."}),
-            "points_per_frame": ("INT", {"default": 40000, "min": 1000, "max": 400000, "step": 1000,
-                                         "tooltip": "Subsample each frame to this many points for the viewer."}),
-            "min_confidence": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                         "tooltip": "Hide points below this confidence."}),
-        }}
+        return {
+            "required": {},
+            "optional": {
+                "scene": (SCENE, {"tooltip": "A scene with cameras (world points), or without (raw point maps); "
+                                  "shown as points."}),
+                "points_per_frame": ("INT", {"default": 40000, "min": 1000, "max": 400000, "step": 1000,
+                                             "tooltip": "Subsample each frame of the scene to this many points."}),
+                "min_confidence": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                             "tooltip": "Hide points below this confidence."}),
+                "gaussians": (GAUSSIANS, {"tooltip": "Splats (FourD Gaussians from Scene or FourD Fit 4D Gaussians); "
+                                          "shown as Gaussian splats."}),
+                "splats_per_frame": ("INT", {"default": 100000, "min": 1000, "max": 1_000_000, "step": 1000,
+                                             "tooltip": "Subsample each frame to at most this many splats (a random "
+                                             "subset; fewer splats look thinner)."}),
+                "min_opacity": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                          "tooltip": "Hide splats below this opacity (0 shows every fitted splat)."}),
+            },
+        }
 
-    def preview(self, scene, points_per_frame, min_confidence):
-        return cb.preview_asset_ui("fourd_preview/scene", viewer_asset_bytes(
-            scene, points_per_frame=points_per_frame, min_confidence=min_confidence))
+    def preview(self, scene=None, points_per_frame=40000, min_confidence=0.0, gaussians=None,
+                splats_per_frame=100000, min_opacity=0.0):
+        if scene is None and gaussians is None:
+            raise InputError("FourD 4D Preview shows nothing: connect a scene, Gaussians, or both.")
+        if gaussians is None:
+            data = viewer_asset_bytes(scene, points_per_frame=points_per_frame, min_confidence=min_confidence)
+            return cb.preview_asset_ui("fourd_preview/scene", data)
+        data = gaussians_viewer_asset_bytes(gaussians, splats_per_frame=splats_per_frame, min_opacity=min_opacity,
+                                            scene=scene, points_per_frame=points_per_frame,
+                                            min_confidence=min_confidence)
+        return cb.preview_asset_ui("fourd_preview/gaussians", data)

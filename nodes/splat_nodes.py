@@ -7,7 +7,6 @@ import torch
 
 from ..fourd_core.errors import InputError
 from ..fourd_core.util.atomic import atomic_directory, writable_output_dir
-from ..fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
 from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import pixel_aligned_gaussians
 from ..fourd_core.splats.orbit import render_orbit
@@ -15,6 +14,7 @@ from ..fourd_core.splats.ply import write_gaussians_sequence
 from ..fourd_core.splats.rasterize import rasterizer_help, rasterizer_names, resolve_rasterizer
 from . import comfy_bridge as cb
 from . import validation as v
+from .scene_nodes import FourDPreview4D
 from .types import CAMERAS, CATEGORY, GAUSSIANS, SCENE
 
 SPLAT_CATEGORY = f"{CATEGORY}/gaussians"
@@ -23,8 +23,8 @@ SPLAT_CATEGORY = f"{CATEGORY}/gaussians"
 class FourDGaussiansFromScene:
     DESCRIPTION = ("Instant Gaussian splats, no optimisation: one splat per pixel at its world point, coloured by the "
                    "pixel (SH degree 0), sized by the pixel footprint (depth / focal) and as opaque as the pixel's "
-                   "confidence; one set per frame. Export with FourD Save Gaussians, view with FourD 4D Preview "
-                   "(Gaussians), or refine with FourD Fit 4D Gaussians.")
+                   "confidence; one set per frame. Export with FourD Save Gaussians, view with FourD 4D "
+                   "Preview, or refine with FourD Fit 4D Gaussians.")
     CATEGORY = SPLAT_CATEGORY
     RETURN_TYPES = (GAUSSIANS,)
     RETURN_NAMES = ("gaussians",)
@@ -151,23 +151,22 @@ class FourDSaveGaussians:
 
 
 class FourDPreviewGaussians:
-    DESCRIPTION = ("Interactive 4D viewer for Gaussian splats inside the node: round splats of their true size and "
-                   "colour over time (orbit / pan / zoom, time slider, camera frusta). Subsampled for the browser.")
+    """Kept so that saved workflows that use it still load and run: FourD 4D Preview took its place."""
+
+    DESCRIPTION = ("Deprecated: use FourD 4D Preview (it takes splats, a scene, or both). Shows Gaussian splats in "
+                   "the same viewer.")
     CATEGORY = f"{CATEGORY}/preview"
+    DEPRECATED = True
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "preview"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "gaussians": (GAUSSIANS, {"tooltip": "Splats to show."}),
-            "splats_per_frame": ("INT", {"default": 60000, "min": 1000, "max": 1_000_000, "step": 1000,
-                                         "tooltip": "Subsample each frame to this many splats for the viewer."}),
-            "min_opacity": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 1.0, "step": 0.01,
-                                      "tooltip": "Hide splats below this opacity."}),
-        }}
+        opt = FourDPreview4D.INPUT_TYPES()["optional"]
+        return {"required": {"gaussians": opt["gaussians"], "splats_per_frame": opt["splats_per_frame"],
+                             "min_opacity": opt["min_opacity"]}}
 
-    def preview(self, gaussians, splats_per_frame, min_opacity):
-        return cb.preview_asset_ui("fourd_preview/gaussians",
-                                   gaussians_viewer_asset_bytes(gaussians, splats_per_frame, min_opacity))
+    def preview(self, gaussians, splats_per_frame=100000, min_opacity=0.0):
+        return FourDPreview4D().preview(gaussians=gaussians, splats_per_frame=splats_per_frame,
+                                        min_opacity=min_opacity)

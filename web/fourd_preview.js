@@ -1,5 +1,7 @@
-// ComfyUI frontend extension: mounts the FourD 4D viewer as a DOM widget on "FourD 4D Preview" nodes
-// and "FourD 4D Preview (Gaussians)" nodes, and loads the asset the node writes (ui.fourd_scene -> /view?...).
+// ComfyUI frontend extension: mounts the FourD 4D viewer as a DOM widget on "FourD 4D Preview" nodes (and
+// the deprecated "FourD 4D Preview (Gaussians)"), and loads the asset the node writes (ui.fourd_scene ->
+// /view?...). The viewer imports its renderer (three.js + Spark, fourd/vendor/*.mjs) when the first widget is
+// made; ComfyUI lists only *.js files as extensions, so the bundle is not loaded with the page.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { FourDViewer } from "./fourd/viewer.js";
@@ -25,7 +27,7 @@ app.registerExtension({
         container.textContent = `FourD viewer unavailable: ${e.message}`;
       }
       this.addDOMWidget("fourd_viewer", "fourd_viewer", container, { serialize: false, hideOnZoom: false });
-      this.setSize([Math.max(this.size[0], 420), Math.max(this.size[1], 380)]);
+      this.setSize([Math.max(this.size[0], 440), Math.max(this.size[1], 480)]);
       return r;
     };
 

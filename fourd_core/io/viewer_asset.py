@@ -2,16 +2,26 @@
 
 Layout (little endian)::
 
-    b"FD4D"  u32 version (1)  u32 header_length  header (UTF-8 JSON, space-padded to 4 bytes)  body
+    b"FD4D"  u32 version (2)  u32 header_length  header (UTF-8 JSON, space-padded to 4 bytes)  body
 
-The JSON header has ``frames``, ``width``, ``height``, ``fps``, ``counts`` (points per frame),
-``positions`` / ``colors`` (byte offsets into the body per frame), ``bbox_min`` / ``bbox_max``,
-``K`` and ``cam_to_world`` (per frame, OpenCV, or null) and ``space`` (``"world"`` when cameras were
-recovered, else ``"pointmap"``). Positions are float32 ``xyz``, colours uint8 ``rgb``.
+The JSON header has ``frames`` (the time slider's length), ``width``, ``height`` (the cameras' image
+size), ``fps``, ``space`` (``"world"`` when cameras were recovered, else ``"pointmap"``), ``K`` and
+``cam_to_world`` (per frame, OpenCV axes and pixels, or null), ``bbox_min`` / ``bbox_max`` (over all
+layers) and up to two layers, each null or a dict of per-frame ``counts`` and per-frame byte offsets
+into the body (every array starts on a 4-byte boundary):
 
-Gaussian splats (:func:`gaussians_viewer_asset_bytes`) add ``"splats": true`` and per-frame byte
-offsets ``scales`` (float32 standard deviation in world units, the largest axis) and ``opacities``
-(uint8, opacity x 255); the viewer draws them as round splats of that size.
+``points`` (a point cloud, drawn as three.js points)
+    ``positions`` float32 ``[n, 3]``, ``colors`` uint8 ``[n, 3]`` (sRGB).
+
+``splats`` (3D Gaussians, drawn by Spark)
+    ``positions`` float32 ``[n, 3]`` (means), ``colors`` float32 ``[n, 3]`` (the degree-0 colour
+    ``max(0, 0.5 + SH_C0 f_dc)`` of the 3DGS reference, not clamped above), ``scales`` float32
+    ``[n, 3]`` (standard deviations, world units), ``rotations`` float32 ``[n, 4]`` (unit quaternions
+    w, x, y, z), ``opacities`` float32 ``[n]`` in (0, 1).
+
+A layer may have fewer frames than ``frames`` (the viewer then holds its last one). Arrays that are the
+same in several frames are stored once and their offsets repeated (a deformable splat set moves only
+its means, so its colours, scales, rotations and opacities are written once).
 """
 
 from __future__ import annotations
@@ -23,20 +33,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..scene import Scene4D
 from ..util.atomic import write_bytes_atomic
 
 MAGIC = b"FD4D"
-VERSION = 1
+VERSION = 2
+POINT_FIELDS = {"positions": ("<f4", 3), "colors": ("u1", 3)}
+SPLAT_FIELDS = {"positions": ("<f4", 3), "colors": ("<f4", 3), "scales": ("<f4", 3), "rotations": ("<f4", 4),
+                "opacities": ("<f4", 1)}
+
+__all__ = ["MAGIC", "VERSION", "gaussians_viewer_asset_bytes", "read_layer", "read_viewer_asset",
+           "viewer_asset_bytes", "write_viewer_asset"]
 
 
-def viewer_asset_bytes(scene: Scene4D, points_per_frame: int = 40000, min_confidence: float = 0.0, fps: float = 24.0,
-                       seed: int = 0) -> bytes:
-    """Encode ``scene`` for the web viewer.
-
-    The same pixel subset (seeded, at most ``points_per_frame``) is used in every frame so points
-    do not flicker; pixels with confidence below ``min_confidence`` or non-finite points are dropped.
-    """
+def _scene_points(scene: Scene4D, points_per_frame: int, min_confidence: float, seed: int) -> tuple[list, str]:
+    """Per-frame ``{"positions", "colors"}`` numpy arrays of a scene (see :func:`viewer_asset_bytes`)."""
     f, h, w = scene.num_frames, *scene.size
     if scene.has_cameras:
         pts, space = scene.points(), "world"
@@ -46,77 +58,129 @@ def viewer_asset_bytes(scene: Scene4D, points_per_frame: int = 40000, min_confid
         pts, space = prepare_4dnex_points(scene.xyz), "pointmap"
     pts = pts.reshape(f, h * w, 3).float()
     cols = (scene.rgb.reshape(f, h * w, 3).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    n = min(points_per_frame, h * w)
+    n = min(int(points_per_frame), h * w)
     subset = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    header = {"frames": f, "width": w, "height": h, "fps": fps, "space": space, "K": None, "cam_to_world": None}
     frames = []
     for i in range(f):
         p, c = pts[i, subset], cols[i, subset]
         keep = torch.isfinite(p).all(-1)
         if scene.confidence is not None and min_confidence > 0:
             keep &= scene.confidence[i].reshape(-1)[subset] >= min_confidence
-        frames.append((p[keep], c[keep]))
-    if scene.has_cameras:
-        header["K"] = scene.K.float().tolist()
-        header["cam_to_world"] = scene.cam_to_world.float().tolist()
-    return _encode(header, frames)
+        frames.append({"positions": p[keep].numpy(), "colors": c[keep].numpy()})
+    return frames, space
 
 
-def gaussians_viewer_asset_bytes(gaussians, splats_per_frame: int = 60000, min_opacity: float = 0.05,
-                                 seed: int = 0) -> bytes:
-    """Encode :class:`~fourd_core.splats.gaussians.Gaussians4D` for the web viewer (round splats).
-
-    Per frame, at most ``splats_per_frame`` splats are kept (a seeded random subset; the same indices in
-    every frame of a deformable set, so splats do not flicker), then those with opacity below
-    ``min_opacity`` are dropped. Scales are the largest standard deviation of each splat.
-    """
-    header = {"frames": gaussians.num_frames, "width": int(gaussians.width), "height": int(gaussians.height),
-              "fps": float(gaussians.fps), "space": "world", "splats": True, "K": None, "cam_to_world": None}
+def _gaussian_frames(gaussians, splats_per_frame: int, min_opacity: float, seed: int) -> list:
+    """Per-frame splat arrays (see :func:`gaussians_viewer_asset_bytes`); a deformable set's frames share
+    one colour/scale/rotation/opacity array object each, so the encoder writes them once."""
     gen = torch.Generator().manual_seed(seed)
-    frames = []
-    fixed = None
+    frames, shared, fixed = [], None, None
     for t in range(gaussians.num_frames):
-        g = gaussians.frame(t)
-        n = len(g)
+        g = gaussians.frame(t).detach()
         if fixed is None or not gaussians.is_deformable:
-            idx = torch.randperm(n, generator=gen)[:splats_per_frame].sort().values if n > splats_per_frame else None
-            fixed = idx
-        idx = fixed
-        if idx is not None:
-            g = g.subset(idx)
-        op = g.opacities.detach().float()
-        keep = (op >= min_opacity) & torch.isfinite(g.means).all(-1)
-        col = (g.colors.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-        frames.append((g.means.detach().float()[keep], col[keep], g.scales.detach().float().max(-1).values[keep],
-                       (op[keep] * 255 + 0.5).to(torch.uint8)))
-    if gaussians.K is not None and gaussians.cam_to_world is not None:
-        header["K"] = gaussians.K.float().tolist()
-        header["cam_to_world"] = gaussians.cam_to_world.float().tolist()
-    return _encode(header, frames)
+            n = len(g)
+            fixed = torch.randperm(n, generator=gen)[:splats_per_frame].sort().values if n > splats_per_frame else None
+        if fixed is not None:
+            g = g.subset(fixed)
+        if shared is None or not gaussians.is_deformable:
+            op = g.opacities.float()
+            q = g.quats.float()
+            q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            keep = op >= min_opacity
+            if not gaussians.is_deformable:  # independent sets: drop a frame's non-finite splats
+                keep &= torch.isfinite(g.means).all(-1)
+            shared = {"keep": keep, "colors": g.colors.float()[keep].numpy(), "scales": g.scales.float()[keep].numpy(),
+                      "rotations": q[keep].numpy(), "opacities": op[keep].numpy()}
+        keep = shared["keep"]
+        means = g.means.float()
+        if not torch.isfinite(means[keep]).all():
+            raise InputError(f"Frame {t} of these deformable Gaussians has non-finite means (NaN or inf): refit them.")
+        frames.append({"positions": means[keep].numpy(), **{k: v for k, v in shared.items() if k != "keep"}})
+    return frames
 
 
-def _encode(header: dict, frames: list[tuple]) -> bytes:
-    """Pack ``(positions, colours[, scales, opacities])`` per frame after ``header`` (see the module docstring)."""
+def gaussians_viewer_asset_bytes(gaussians, splats_per_frame: int = 100000, min_opacity: float = 0.0, seed: int = 0,
+                                 scene: Scene4D | None = None, points_per_frame: int = 40000,
+                                 min_confidence: float = 0.0) -> bytes:
+    """Encode :class:`~fourd_core.splats.gaussians.Gaussians4D` (and optionally a scene's points) for the viewer.
+
+    Args:
+        gaussians: the splats; each frame's means, colours (degree-0 SH), standard deviations, unit
+            quaternions (w, x, y, z) and opacities are stored as float32.
+        splats_per_frame: at most this many splats per frame (a seeded random subset; the same indices in
+            every frame of a deformable set, so splats do not flicker).
+        min_opacity: splats below this opacity are left out (0 keeps every fitted splat; the viewer's
+            renderer, like the 3DGS rasteriser, skips only fragments whose alpha is below 1/255).
+        seed: seeds the subset.
+        scene: also store this scene's point cloud (a second layer, see :func:`viewer_asset_bytes`).
+        points_per_frame, min_confidence: for ``scene``'s points.
+
+    Returns:
+        the asset bytes (module docstring); cameras from ``scene`` when it has them, else from ``gaussians``.
+
+    Raises:
+        InputError: a deformable set with non-finite means (independent per-frame sets drop such splats).
+    """
+    header = _base_header(gaussians.num_frames, int(gaussians.width), int(gaussians.height), float(gaussians.fps),
+                          "world", gaussians.K, gaussians.cam_to_world)
+    layers = {"splats": _gaussian_frames(gaussians, int(splats_per_frame), float(min_opacity), seed)}
+    if scene is not None:
+        layers["points"], space = _scene_points(scene, points_per_frame, min_confidence, seed)
+        header["frames"] = max(header["frames"], scene.num_frames)
+        if scene.has_cameras:
+            h, w = scene.size
+            header.update(width=w, height=h, space=space, K=scene.K.float().tolist(),
+                          cam_to_world=scene.cam_to_world.float().tolist())
+    return _encode(header, layers)
+
+
+def viewer_asset_bytes(scene: Scene4D, points_per_frame: int = 40000, min_confidence: float = 0.0, fps: float = 24.0,
+                       seed: int = 0) -> bytes:
+    """Encode ``scene``'s point cloud for the web viewer (the ``points`` layer).
+
+    The same pixel subset (seeded, at most ``points_per_frame``) is used in every frame so points do not
+    flicker; pixels with confidence below ``min_confidence`` or non-finite points are dropped. World
+    points when the scene has cameras, else the 4DNeX point maps (``space`` ``"pointmap"``).
+    """
+    frames, space = _scene_points(scene, points_per_frame, min_confidence, seed)
+    h, w = scene.size
+    header = _base_header(scene.num_frames, w, h, float(fps), space, scene.K if scene.has_cameras else None,
+                          scene.cam_to_world if scene.has_cameras else None)
+    return _encode(header, {"points": frames})
+
+
+def _base_header(frames, width, height, fps, space, K, cam_to_world) -> dict:
+    has_cams = K is not None and cam_to_world is not None
+    return {"frames": int(frames), "width": int(width), "height": int(height), "fps": float(fps), "space": space,
+            "K": K.float().tolist() if has_cams else None,
+            "cam_to_world": cam_to_world.float().tolist() if has_cams else None, "points": None, "splats": None}
+
+
+def _encode(header: dict, layers: dict[str, list[dict]]) -> bytes:
+    """Pack the layers' per-frame arrays after ``header`` (module docstring); an array object used by
+    several frames is written once."""
     body = bytearray()
-    keys = ("positions", "colors", "scales", "opacities")
-    for k in keys[:len(frames[0]) if frames else 2]:
-        header[k] = []
-    header["counts"] = []
-    lo = torch.full((3,), float("inf"))
-    hi = torch.full((3,), float("-inf"))
-    for arrays in frames:
-        p = arrays[0]
-        if len(p):
-            lo, hi = torch.minimum(lo, p.min(0).values), torch.maximum(hi, p.max(0).values)
-        header["counts"].append(int(len(p)))
-        for key, a in zip(keys, arrays):
-            header[key].append(len(body))
-            a = a.cpu().numpy()
-            body += (a.astype("<f4") if a.dtype.kind == "f" else a).tobytes()
-            body += b"\0" * (-len(body) % 4)
-    if not torch.isfinite(lo).all():
-        lo, hi = torch.zeros(3), torch.ones(3)
-    header["bbox_min"], header["bbox_max"] = lo.tolist(), hi.tolist()
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    for name, frames in layers.items():
+        fields = POINT_FIELDS if name == "points" else SPLAT_FIELDS
+        layer = {"counts": [int(len(f["positions"])) for f in frames], **{k: [] for k in fields}}
+        written: dict[int, int] = {}
+        for f in frames:
+            p = f["positions"]
+            if len(p):
+                lo, hi = np.minimum(lo, p.min(0)), np.maximum(hi, p.max(0))
+            for key, (dtype, width) in fields.items():
+                a = f[key]
+                if id(a) not in written:
+                    written[id(a)] = len(body)
+                    body += np.ascontiguousarray(a, dtype=dtype).reshape(len(p), width).tobytes()
+                    body += b"\0" * (-len(body) % 4)
+                layer[key].append(written[id(a)])
+        header[name] = layer
+    if not np.isfinite(lo).all():
+        lo, hi = np.zeros(3), np.ones(3)
+    header["bbox_min"], header["bbox_max"] = [float(x) for x in lo], [float(x) for x in hi]
     js = json.dumps(header).encode("utf-8")
     js += b" " * (-len(js) % 4)
     return MAGIC + struct.pack("<II", VERSION, len(js)) + js + bytes(body)
@@ -127,28 +191,47 @@ def write_viewer_asset(path: str | Path, scene: Scene4D, **kwargs) -> Path:
     return write_bytes_atomic(path, viewer_asset_bytes(scene, **kwargs))
 
 
-def read_viewer_asset(data: bytes) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
-    """Decode an asset: ``(header, positions per frame [N, 3] float32, colours per frame [N, 3] uint8)``.
-    Splat assets also carry per-frame scales/opacities: see :func:`read_splat_extras`."""
+def _header(data: bytes) -> tuple[dict, memoryview]:
     if data[:4] != MAGIC:
         raise ValueError("not a FD4D viewer asset")
     version, hlen = struct.unpack_from("<II", data, 4)
-    header = json.loads(data[12:12 + hlen])
-    body = memoryview(data)[12 + hlen:]
-    pos, col = [], []
-    for n, po, co in zip(header["counts"], header["positions"], header["colors"]):
-        pos.append(np.frombuffer(body, dtype="<f4", count=3 * n, offset=po).reshape(n, 3))
-        col.append(np.frombuffer(body, dtype=np.uint8, count=3 * n, offset=co).reshape(n, 3))
-    return header, pos, col
+    if version != VERSION:
+        raise ValueError(f"FD4D version {version}; this reader reads version {VERSION}")
+    return json.loads(data[12:12 + hlen]), memoryview(data)[12 + hlen:]
 
 
-def read_splat_extras(data: bytes) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per-frame ``(scales [N] float32, opacities [N] uint8)`` of a splat asset."""
-    hlen = struct.unpack_from("<I", data, 8)[0]
-    header = json.loads(data[12:12 + hlen])
-    if not header.get("splats"):
-        raise ValueError("not a splat asset")
-    body = memoryview(data)[12 + hlen:]
-    sc = [np.frombuffer(body, dtype="<f4", count=n, offset=o) for n, o in zip(header["counts"], header["scales"])]
-    op = [np.frombuffer(body, dtype=np.uint8, count=n, offset=o) for n, o in zip(header["counts"], header["opacities"])]
-    return sc, op
+def read_layer(data: bytes, layer: str) -> dict[str, list[np.ndarray]] | None:
+    """One layer of an asset: ``{field: [per-frame array]}`` (``"points"``: positions ``[n, 3]`` float32,
+    colors ``[n, 3]`` uint8; ``"splats"``: positions, colors, scales ``[n, 3]``, rotations ``[n, 4]``,
+    opacities ``[n]``, all float32), or None when the asset has no such layer.
+
+    Raises:
+        ValueError: not a version-2 FD4D asset, or an unknown layer name.
+    """
+    if layer not in ("points", "splats"):
+        raise ValueError(f"unknown layer {layer!r}: 'points' or 'splats'")
+    header, body = _header(data)
+    spec = header.get(layer)
+    if spec is None:
+        return None
+    fields = POINT_FIELDS if layer == "points" else SPLAT_FIELDS
+    out = {}
+    for key, (dtype, width) in fields.items():
+        arrays = [np.frombuffer(body, dtype=dtype, count=n * width, offset=o).reshape((n, width) if width > 1 else (n,))
+                  for n, o in zip(spec["counts"], spec[key])]
+        out[key] = arrays
+    return out
+
+
+def read_viewer_asset(data: bytes) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
+    """Decode an asset: ``(header, positions per frame [n, 3] float32, colours per frame [n, 3])`` of its
+    points layer, or of its splats layer when it has no points (colours then float32 in [0, 1+]).
+
+    Raises:
+        ValueError: not a version-2 FD4D asset.
+    """
+    header, _ = _header(data)
+    layer = read_layer(data, "points" if header.get("points") else "splats")
+    if layer is None:
+        return header, [], []
+    return header, layer["positions"], layer["colors"]

@@ -222,24 +222,45 @@ def test_pixel_aligned_needs_cameras_and_sane_settings():
 
 
 def test_sequence_export_and_viewer_asset(tmp_path):
-    from fourd_core.io.viewer_asset import (
-        gaussians_viewer_asset_bytes,
-        read_splat_extras,
-        read_viewer_asset,
-    )
+    from fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes, read_layer, read_viewer_asset
 
     scene, _ = textured_scene(frames=2, h=8, w=10)
     g4d = pixel_aligned_gaussians(scene, stride=2)
     paths = write_gaussians_sequence(g4d, tmp_path / "gs")
     assert [p.name for p in paths] == ["frame_00000.ply", "frame_00001.ply"]
     assert plyfile.PlyData.read(str(paths[1]))["vertex"].count == len(g4d.frame(1))
-    data = gaussians_viewer_asset_bytes(g4d, splats_per_frame=1000, min_opacity=0.0)
+    data = gaussians_viewer_asset_bytes(g4d, splats_per_frame=1000)
     header, pos, col = read_viewer_asset(data)
-    scales, ops = read_splat_extras(data)
-    assert header["splats"] and header["frames"] == 2
-    np.testing.assert_allclose(pos[0], g4d.frame(0).means.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(scales[0], g4d.frame(0).scales[:, 0].numpy(), rtol=1e-6)
-    np.testing.assert_array_equal(ops[0], np.round(g4d.frame(0).opacities.numpy() * 255))
+    splats = read_layer(data, "splats")
+    assert header["splats"] and header["points"] is None and header["frames"] == 2
+    g = g4d.frame(1)
+    # every splat at full precision: float32 means, colours, standard deviations, unit wxyz, opacities
+    np.testing.assert_array_equal(pos[1], g.means.numpy())
+    np.testing.assert_array_equal(splats["scales"][1], g.scales.numpy())
+    np.testing.assert_array_equal(splats["opacities"][1], g.opacities.numpy())
+    np.testing.assert_allclose(splats["colors"][1], g.colors.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(splats["rotations"][1], (g.quats / g.quats.norm(dim=-1, keepdim=True)).numpy(), rtol=1e-6)
+
+
+def test_viewer_asset_keeps_low_opacity_splats_and_stores_a_deformable_set_once():
+    """The default shows what was fitted (a fit whose opacities all fall below 0.05 still shows), and a
+    deformable set's per-splat attributes are written once, not once per frame."""
+    from fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes, read_layer
+
+    g, _ = random_gaussians(n=50, seed=3)
+    g.logit_opacities = torch.logit(torch.full((50,), 0.02))
+    dt = torch.randn(4, 50, 3) * 0.01
+    g4d = Gaussians4D(canonical=g, time_offsets=dt, K=torch.eye(3).expand(4, 3, 3), cam_to_world=torch.eye(4).expand(4, 4, 4),
+                      height=8, width=8)
+    data = gaussians_viewer_asset_bytes(g4d)
+    splats = read_layer(data, "splats")
+    assert [len(p) for p in splats["positions"]] == [50] * 4
+    np.testing.assert_allclose(splats["positions"][3], (g.means + dt[3]).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(splats["opacities"][2], 0.02, rtol=1e-5)
+    per_frame = 50 * 3 * 4
+    shared = 50 * (3 + 3 + 4 + 1) * 4
+    assert len(data) < 4 * per_frame + shared + 4096  # header included; four copies of the shared part would not fit
+    assert len(read_layer(gaussians_viewer_asset_bytes(g4d, min_opacity=0.05), "splats")["positions"][0]) == 0
 
 
 def test_deformable_frames_follow_eq_11():

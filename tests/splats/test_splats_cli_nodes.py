@@ -95,8 +95,17 @@ def test_nodes_make_fit_save_and_preview(tmp_path, monkeypatch):
     assert len(list(saved.glob("*.ply"))) == 2
     assert saved.stat().st_mode & 0o777 == 0o755                          # published like a plain mkdir
     assert not [p for p in saved.parent.iterdir() if p.name.startswith(".fourd-")]   # no staging left
-    ui = N["FourDPreviewGaussians"]().preview(fitted, 1000, 0.0)["ui"]["fourd_scene"][0]
+    ui = N["FourDPreviewGaussians"]().preview(fitted, 1000, 0.0)["ui"]["fourd_scene"][0]  # kept for old workflows
     assert ui["filename"].endswith(".fourd4d") and ui["type"] == "temp"
+    assert N["FourDPreviewGaussians"].DEPRECATED is True
+    # the one preview node: splats and the scene's points together in one asset
+    from fourd_core.io.viewer_asset import read_layer
+
+    both = N["FourDPreview4D"]().preview(scene=scene, gaussians=fitted)["ui"]["fourd_scene"][0]
+    data = (tmp_path / "temp" / both["subfolder"] / both["filename"]).read_bytes()
+    assert len(read_layer(data, "splats")["positions"]) == 2 and len(read_layer(data, "points")["positions"]) == 2
+    with pytest.raises(Exception, match="connect a scene"):
+        N["FourDPreview4D"]().preview()
     with pytest.raises(Exception, match="both"):
         N["FourDFit4DGaussians"]().fit(scene, 2, 0, False, 0, grid=grid)
 

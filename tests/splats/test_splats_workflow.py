@@ -13,7 +13,7 @@ from test_nodes import WORKFLOWS, fake, node_id, pack  # noqa: F401 - fixtures
 
 plyfile = pytest.importorskip("plyfile")
 
-SPLAT_NODES = {"FourDGaussiansFromScene", "FourDSaveGaussians", "FourDFit4DGaussians", "FourDPreviewGaussians",
+SPLAT_NODES = {"FourDGaussiansFromScene", "FourDSaveGaussians", "FourDFit4DGaussians", "FourDPreview4D",
                "FourDCameraPath"}
 
 
@@ -64,7 +64,12 @@ def test_gaussians_api_workflow_runs_through_the_nodes(pack, fake, name):  # noq
     assert prompt[node_id(prompt, "Preview3D")]["inputs"]["model_file"] == [saved[[prompt[k]["inputs"]["gaussians"][0]
                                                                                       for k in saved].index(fit_id)], 0]
     assert prompt[node_id(prompt, "CreateVideo")]["inputs"]["images"] == [fit_id, 1]
-    entry = ui[node_id(prompt, "FourDPreviewGaussians")]["fourd_scene"][0]
+    # the one 4D preview shows the fitted splats, every one of them (default min_opacity 0)
+    preview_id = node_id(prompt, "FourDPreview4D")
+    assert prompt[preview_id]["inputs"]["gaussians"] == [fit_id, 0]
+    entry = ui[preview_id]["fourd_scene"][0]
     va = import_module(pack.__name__ + ".fourd_core.io.viewer_asset")
-    header, pos, _ = va.read_viewer_asset((fake.root / "temp" / entry["subfolder"] / entry["filename"]).read_bytes())
-    assert header["splats"] and header["frames"] == T and len(pos) == T
+    data = (fake.root / "temp" / entry["subfolder"] / entry["filename"]).read_bytes()
+    header, pos, _ = va.read_viewer_asset(data)
+    assert header["splats"] and header["points"] is None and header["frames"] == T and len(pos) == T
+    assert [len(p) for p in pos] == [len(g4d.canonical)] * T
