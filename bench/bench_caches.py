@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from fourd_core.models.loading import ModelSpec, load_pipeline
+    from fourd_core.models.loading import ModelSpec
+    from fourd_core.pipelines.assemble import load_pipeline
     from fourd_core.models.memory import MemoryConfig
     from fourd_core.models.step_cache import STEP_CACHES, step_cache_enabled
     from fourd_core.pipelines.fourdnex import SamplingConfig, generate_latents

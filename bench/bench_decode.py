@@ -29,8 +29,9 @@ def main() -> None:
 
     from einops import rearrange
 
-    from fourd_core.geometry.xyz_init import denormalize_xyz_latents
-    from fourd_core.models.loading import ModelSpec, load_pipeline
+    from fourd_core.pipelines.xyz_init import denormalize_xyz_latents
+    from fourd_core.models.loading import ModelSpec
+    from fourd_core.pipelines.assemble import load_pipeline
     from fourd_core.models.memory import MemoryConfig
     from fourd_core.pipelines.decode import decode_6d, vae_latent_stats
 

@@ -33,7 +33,8 @@ def main() -> None:
     from diffusers import WanImageToVideoPipeline
 
     from fourd_core.io.images import prepare_image
-    from fourd_core.models.loading import ModelSpec, load_pipeline
+    from fourd_core.models.loading import ModelSpec
+    from fourd_core.pipelines.assemble import load_pipeline
     from fourd_core.models.memory import MemoryConfig
     from fourd_core.pipelines.fourdnex import SamplingConfig, encode_conditions, generate_latents, to_pil
 

@@ -1,4 +1,4 @@
-"""Gaussian splats on a synthetic 4D scene (static walls + a moving ball, fourd_core.splats.synthetic):
+"""Gaussian splats on a synthetic 4D scene (static walls + a moving ball, fourd_core.testing.synthetic_splats):
 held-out-view quality of pixel-aligned vs fitted splats, time per fitting iteration, torch vs gsplat.
 
 The scene is seen by a grid of ``--views`` cameras on a 12 degree arc x ``--frames`` times (view 0 = the
@@ -30,7 +30,7 @@ def run(seed, args, device, backend):
     from fourd_core.splats.gaussians import pixel_aligned_gaussians
     from fourd_core.splats.losses import psnr, ssim
     from fourd_core.splats.rasterize import render_gaussians
-    from fourd_core.splats.synthetic import make_splat_scene
+    from fourd_core.testing.synthetic_splats import make_splat_scene
 
     spacing = 0.15 * 32 / args.width
     gt = make_splat_scene(frames=args.frames, seed=seed, height=args.height, width=args.width, spacing=spacing,

@@ -104,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from fourd_core.models.tiny import build_tiny_components
+    from fourd_core.models.tiny_preset import build_tiny_components
 
     tr = build_tiny_components()["transformer"].eval().to(args.device)
     engines = make_engines(tr, args.flex)

@@ -15,7 +15,7 @@ on a shared machine) and peak resident memory of:
 
 Peak memory: the process high-water mark (VmHWM) is reset before each run (/proc/self/clear_refs,
 Linux), so each peak includes what is already resident (the scene, ~0.2 GB) and says how much the
-run adds on top.  The scene is synthetic (fourd_core.geometry.synthetic: known cameras and depth).
+run adds on top.  The scene is synthetic (fourd_core.testing.synthetic_scene: known cameras and depth).
 
 Usage:  python bench/bench_novel_view.py [--repeats 2] [--threads N] [--frames 49] [--point-size 2]
 """
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fourd_core.geometry.novel_view import render_scene_views  # noqa: E402
 from fourd_core.geometry.render import project_points  # noqa: E402
-from fourd_core.geometry.synthetic import make_synthetic_scene  # noqa: E402
+from fourd_core.testing.synthetic_scene import make_synthetic_scene  # noqa: E402
 from fourd_core.geometry.trajectory import render_novel_view, trajectory_cameras  # noqa: E402
 from fourd_core.scene import Scene4D  # noqa: E402
 

@@ -4,8 +4,8 @@
 Prints, in one run (one process, plus one child process per full-size memory measurement):
 
 1. **Robustness** on held-out synthetic scenes from the independent generator
-   (fourd_core.geometry.synthetic_4dnex; the solver was tuned on seeds 0-15, this uses seeds
-   1000+), every setting of issue 10 at 49 x 60x90, default options (no hints).  Per setting:
+   (fourd_core.testing.synthetic_4dnex; the solver was tuned on seeds 0-15, this uses seeds
+   1000+), every setting of the robustness table at 49 x 60x90, default options (no hints).  Per setting:
    successes (worst-frame rotation < 1 deg and worst-frame focal < 2 %), fits returned with low
    confidence and a warning (flagged), GeometryError (raised), and *silent failures* (a fit outside
    the bounds with high confidence: the target is 0); median / worst focal and rotation errors over
@@ -17,8 +17,8 @@ Prints, in one run (one process, plus one child process per full-size memory mea
    Then, at 0.5 % noise, the information limit: the Cramer-Rao standard error of the focal on each
    scene (bench/information_limit.py, independent of the solver), how many scenes an efficient
    estimator is expected to bring within 0.1 %, and the solver's errors in units of that bound.
-3. **Speed-up** over the official 4DNeX post-optimisation (fourd_core.geometry.baselines:
-   1500 Adam steps, 4dnex.md sec. 8) at 49 x 480x720, run in this process: a few iterations,
+3. **Speed-up** over the official 4DNeX post-optimisation (fourd_core.testing.official_registration:
+   1500 Adam steps, official 3DTopia/4DNeX @ 1101bc6: ``pm_registration.py``) at 49 x 480x720, run in this process: a few iterations,
    their steady time per iteration scaled to 1500.
 
 Usage:  python bench/bench_registration.py [--seeds 32] [--threads 1] [--full-threads 2] [--skip-full]
@@ -43,10 +43,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fourd_core.errors import GeometryError  # noqa: E402
-from fourd_core.geometry.baselines import official_registration  # noqa: E402
+from fourd_core.testing.official_registration import official_registration  # noqa: E402
 from fourd_core.geometry.registration import fit_cameras  # noqa: E402
 from fourd_core.geometry.solver.rotation import rotation_angle_deg  # noqa: E402
-from fourd_core.geometry.synthetic_4dnex import SETTINGS, make_heldout_scene  # noqa: E402
+from fourd_core.testing.synthetic_4dnex import SETTINGS, make_heldout_scene  # noqa: E402
 from information_limit import focal_crlb, prob_within  # noqa: E402
 
 FIRST_HELDOUT_SEED = 1000

@@ -94,7 +94,7 @@ class Sizes:
 
     @classmethod
     def tiny(cls, dtype: torch.dtype = torch.float32) -> "Sizes":
-        from fourd_core.models.tiny import TINY_TRANSFORMER, TINY_VAE
+        from fourd_core.models.tiny_preset import TINY_TRANSFORMER, TINY_VAE
 
         return cls(transformer=dict(TINY_TRANSFORMER), vae=dict(TINY_VAE), dtype=dtype, frames=5, height=32,
                    width=48, grid_views=2, grid_times=2, image_tokens=5)
@@ -242,7 +242,7 @@ def build_pipeline(sizes: Sizes, transformer, device: torch.device):
     tiny ones and never run (the check passes text / CLIP features)."""
     from diffusers import AutoencoderKLWan
 
-    from fourd_core.models.tiny import build_tiny_components
+    from fourd_core.models.tiny_preset import build_tiny_components
     from fourd_core.pipelines.fourdnex import FourDNeXPipeline
 
     comps = build_tiny_components()
@@ -811,7 +811,7 @@ def import_check() -> int:
     mods = ["torch", "diffusers", "transformers", "accelerate", "safetensors", "einops", "huggingface_hub",
             "PIL", "numpy", "fourd_core.pipelines.fourdnex", "fourd_core.pipelines.decode",
             "fourd_core.models.memory", "fourd_core.models.grid_fused", "fourd_core.models.step_cache",
-            "fourd_core.models.tiny", "fourd_core.distributed.runtime", "diffusers.hooks"]
+            "fourd_core.models.tiny_preset", "fourd_core.distributed.runtime", "diffusers.hooks"]
     bad = []
     for m in mods:
         try:

@@ -1,4 +1,4 @@
-"""Render docs/gaussians_orbit.png: a synthetic 4D scene (fourd_core.splats.synthetic: walls + a ball moving
+"""Render docs/gaussians_orbit.png: a synthetic 4D scene (fourd_core.testing.synthetic_splats: walls + a ball moving
 right; 4 grid views on a 12 degree arc x 3 frames) seen along that arc while time runs. Rows: ground truth,
 fitted 4D Gaussians, pixel-aligned splats of the scene's video. Views 2-5 lie between the training views.
 Rendered at the training resolution (64 x 48), shown enlarged 2x (nearest); prints the PSNR per view.
@@ -26,7 +26,7 @@ def main():
     from fourd_core.splats.gaussians import pixel_aligned_gaussians
     from fourd_core.splats.losses import psnr
     from fourd_core.splats.rasterize import render_gaussians
-    from fourd_core.splats.synthetic import make_splat_scene
+    from fourd_core.testing.synthetic_splats import make_splat_scene
 
     torch.set_num_threads(1)
     gt = make_splat_scene(frames=3, seed=7, height=48, width=64, spacing=0.08, motion=0.25)

@@ -31,7 +31,7 @@ class GeometryConfig(SolverConfig):
     #: when the maps admit no perspective camera (e.g. random weights, a mirrored or flat map),
     #: fall back to reading them in the camera frame instead of raising (see :func:`camera_frame_fallback`)
     fallback: bool = setting(True, help="when the point maps admit no camera, read them in the camera frame with "
-                             "confidence 0 (off: fail instead)", flag="--strict-geometry")
+                             "confidence 0 and a warning (off: fail with the reason)", flag="--strict-geometry")
 
     def kwargs(self) -> dict:
         """The options users choose (CLI, FourD Recover Cameras), as recorded in a scene's metadata."""
@@ -47,7 +47,7 @@ def recover_geometry(scene: Scene4D, config: GeometryConfig | None = None, devic
     """Fit intrinsics, per-frame cam-to-world and depth to the scene's point maps (4DNeX Sec. 4.3).
 
     The 4DNeX point map (each axis in [0, 1]) is first mapped to the official registration frame
-    (x, y shifted by -0.5, z kept >= 0; 4dnex.md sec. 7). Returns a new Scene4D with K,
+    (x, y shifted by -0.5, z kept >= 0; official 3DTopia/4DNeX @ 1101bc6: ``inference.py``). Returns a new Scene4D with K,
     cam_to_world, depth and confidence set; rgb, xyz and metadata are shared.
 
     Raises:

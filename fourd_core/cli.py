@@ -44,7 +44,21 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer {shorten_long_values(text, 40)!r}") from None
 
 
+#: the config fields each command exposes (their flags, types, choices, defaults and help come from the fields)
+SAMPLING_OPTIONS = ("steps", "guidance_scale", "shift", "scheduler", "seed", "num_frames", "height", "width", "cache",
+                    "cache_value")
+MEMORY_OPTIONS = ("device", "offload", "fp8_storage", "vae_tiling", "attention_backend")
+MODEL_OPTIONS = ("lora_strength", "fuse_lora", "dtype", "local_files_only")
+GEOMETRY_OPTIONS = ("shared_intrinsics", "centered_principal_point", "square_pixels", "robust", "temporal_smoothness",
+                    "fallback")
+EXPORT_OPTIONS = ("fps", "min_confidence", "voxel_size", "outlier_neighbors", "max_points")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models.loading import ModelSpec
+    from .models.memory import MemoryConfig
+    from .settings import add_arguments
+
     g = p.add_argument_group("models")
     g.add_argument("--preset", choices=["tiny", "4dnex"], default=None,
                    help="'tiny': random toy weights, no download (outputs are meaningless); "
@@ -58,40 +72,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora", help="4DNeX release folder, LoRA file or hub id (default FrozenBurning/4DNex-Lora); "
                                   "'none' for plain Wan")
     g.add_argument("--domain-embeddings", help="learnable_domain_embeddings file (default: beside the LoRA)")
-    g.add_argument("--lora-strength", type=float, default=1.0, help="multiplies the release scale 0.5 (alpha/rank)")
-    g.add_argument("--no-fuse-lora", action="store_true", help="keep the LoRA as an adapter instead of merging it")
-    g.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     g.add_argument("--cache-dir", help="hub cache / tiny preset folder")
-    g.add_argument("--offline", action="store_true", help="never use the network")
-    m = p.add_argument_group("memory")
-    m.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    m.add_argument("--offload", default=None, choices=["none", "model", "group", "sequential"],
-                   help="default: 'group' on CUDA (fits 24 GB), 'none' on CPU")
-    m.add_argument("--fp8", action="store_true", help="store DiT weights in fp8 (layerwise casting)")
-    m.add_argument("--vae-tiling", action="store_true", help="tiled VAE encode/decode")
-    m.add_argument("--attention", help="diffusers attention backend (flash, sage, _native_cudnn, ...)")
+    add_arguments(g, ModelSpec, MODEL_OPTIONS, int_type=_int)
+    add_arguments(p.add_argument_group("memory"), MemoryConfig, MEMORY_OPTIONS, defaults={"offload": None},
+                  shown={"offload": "group on CUDA (fits 24 GB), none on the CPU"}, int_type=_int)
 
 
 def _add_geometry_export_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("geometry")
-    g.add_argument("--intrinsics", choices=["auto", "shared", "per-frame"], default="auto",
-                   help="one K for the clip, one per frame (zoom), or chosen from the data (default)")
-    g.add_argument("--per-frame-intrinsics", action="store_true", help="same as --intrinsics per-frame")
-    g.add_argument("--principal-point", choices=["auto", "centered", "free"], default="auto",
-                   help="cx, cy at the image centre, fitted, or fitted only when the data determine it (default)")
-    g.add_argument("--free-principal-point", action="store_true", help="same as --principal-point free")
-    g.add_argument("--non-square-pixels", action="store_true", help="fit fx and fy separately")
-    g.add_argument("--smoothness", type=float, default=0.0, help="temporal smoothness weight on the trajectory")
-    g.add_argument("--strict-geometry", action="store_true",
-                   help="fail when the point maps admit no camera (default: camera-frame fallback, confidence 0)")
-    e = p.add_argument_group("export")
-    e.add_argument("--fps", type=float, default=24.0)
-    e.add_argument("--min-confidence", type=float, default=0.0, help="drop points below this confidence")
-    e.add_argument("--voxel-size", type=float, default=0.0, help="voxel down-sampling (scene units)")
-    e.add_argument("--outlier-neighbors", type=_int, default=0, help="statistical outlier removal neighbours (0: off)")
-    e.add_argument("--max-points", type=_int, default=None, help="at most this many points per frame file")
+    from .api import GeometryConfig
+    from .io.export import ExportOptions
     from .io.formats import EXPORT_FORMATS
+    from .settings import add_arguments
 
+    g = p.add_argument_group("geometry")
+    add_arguments(g, GeometryConfig, GEOMETRY_OPTIONS, int_type=_int)
+    g.add_argument("--per-frame-intrinsics", action="store_true", help="same as --intrinsics per-frame")
+    g.add_argument("--free-principal-point", action="store_true", help="same as --principal-point free")
+    e = p.add_argument_group("export")
+    add_arguments(e, ExportOptions, EXPORT_OPTIONS, int_type=_int)
     for name in EXPORT_FORMATS:
         e.add_argument(f"--no-{name}", action="store_true", help=f"skip {EXPORT_FORMATS.help(name)}")
 
@@ -119,23 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default UTF-8; e.g. cp1252 for Windows text files)")
     g.add_argument("--out", required=True, help="output folder")
     _add_distributed_args(g)
-    s = g.add_argument_group("sampling")
-    s.add_argument("--steps", type=_int, help="denoising steps (4DNeX: 50; tiny: 8)")
-    s.add_argument("--cfg", type=float, default=5.0, help="guidance scale on text")
-    s.add_argument("--shift", type=float, default=3.0, help="flow shift")
-    s.add_argument("--scheduler", default="unipc", choices=["unipc", "euler"])
-    s.add_argument("--seed", type=_int, default=42)
-    s.add_argument("--frames", type=_int, help="frames, 4k+1 (default 49)")
-    s.add_argument("--height", type=_int, help="height of one modality (4DNeX: 480; tiny: 96)")
-    s.add_argument("--width", type=_int, help="width of one modality (4DNeX: 720; tiny: 144)")
-    s.add_argument("--resize", default="crop", choices=["crop", "max_area"],
-                   help="'crop': cover + centre crop to exactly HxW (in distribution); 'max_area': official rule")
-    s.add_argument("--no-geometry", action="store_true", help="skip camera/depth recovery and its exports")
-    from .models.step_cache import CACHE_NAMES, cache_help
+    s = g.add_argument_group("sampling (defaults: the official 4DNeX settings; the tiny preset's own sizes and steps)")
+    from .job import GenerateConfig
+    from .pipelines.fourdnex import SamplingConfig
+    from .settings import add_arguments
 
-    s.add_argument("--cache", default="none", choices=CACHE_NAMES, help="step cache: " + cache_help())
-    s.add_argument("--cache-value", type=float, default=None, help="the --cache threshold / reuse count "
-                                                                   "(default: the cache's own, see --cache)")
+    add_arguments(s, SamplingConfig, SAMPLING_OPTIONS, defaults={n: None for n in ("steps", "num_frames", "height",
+                                                                                  "width")}, int_type=_int)
+    add_arguments(s, GenerateConfig, ["resize"])
+    s.add_argument("--no-geometry", action="store_true", help="skip camera/depth recovery and its exports")
     _add_model_args(g)
     _add_geometry_export_args(g)
 
@@ -171,28 +161,60 @@ def _read_prompt(args) -> str:
 
 def _geometry_config(args):
     from .api import GeometryConfig
+    from .settings import from_arguments
 
-    intrinsics = "per-frame" if args.per_frame_intrinsics else args.intrinsics
-    principal = "free" if args.free_principal_point else args.principal_point
-    return GeometryConfig(shared_intrinsics={"auto": None, "shared": True, "per-frame": False}[intrinsics],
-                          square_pixels=not args.non_square_pixels,
-                          centered_principal_point={"auto": None, "centered": True, "free": False}[principal], temporal_smoothness=args.smoothness,
-                          fallback=not args.strict_geometry)
+    values = from_arguments(GeometryConfig, args, GEOMETRY_OPTIONS)
+    if args.per_frame_intrinsics:
+        values["shared_intrinsics"] = False
+    if args.free_principal_point:
+        values["centered_principal_point"] = False
+    return GeometryConfig(**values)
 
 
 def _export_options(args, geometry: bool):
     from .io.export import ExportOptions
     from .io.formats import EXPORT_FORMATS
+    from .settings import from_arguments
 
     formats = {}
     for name in EXPORT_FORMATS:
-        fmt = EXPORT_FORMATS.get(name)()
-        if fmt.needs_cameras and not geometry:
+        if (EXPORT_FORMATS.get(name)().needs_cameras and not geometry) or getattr(args, f"no_{name}", False):
             formats[name] = False
-        elif getattr(args, f"no_{name}", False):
-            formats[name] = False
-    return ExportOptions(fps=args.fps, formats=formats, min_confidence=args.min_confidence, voxel_size=args.voxel_size,
-                         outlier_neighbors=args.outlier_neighbors, max_points=args.max_points)
+    return ExportOptions(formats=formats, **from_arguments(ExportOptions, args, EXPORT_OPTIONS))
+
+
+def _model_spec(args):
+    """The ModelSpec of ``generate``'s model options (``--preset``, ``--lora none``, single files)."""
+    from .models.loading import FOURDNEX_HUB_ID, ModelSpec
+    from .settings import from_arguments
+
+    if args.lora is not None and str(args.lora).lower() == "none" and args.domain_embeddings:
+        raise FourDError("--domain-embeddings is given but --lora none turns 4DNeX off; drop one of the two "
+                         "(the domain embeddings only exist together with the 4DNeX LoRA).")
+    lora = args.lora if args.lora is not None else FOURDNEX_HUB_ID
+    single_files = all([args.transformer_file, args.vae_file, args.text_encoder_file, args.image_encoder_file])
+    base = "tiny" if args.preset == "tiny" else (args.base or (None if single_files else ModelSpec.base))
+    return ModelSpec(base=base, transformer_file=args.transformer_file, vae_file=args.vae_file,
+                     text_encoder_file=args.text_encoder_file, image_encoder_file=args.image_encoder_file,
+                     tokenizer=args.tokenizer, fourdnex=None if str(lora).lower() == "none" else lora,
+                     domain_embeddings_file=args.domain_embeddings, cache_dir=args.cache_dir,
+                     **from_arguments(ModelSpec, args, MODEL_OPTIONS))
+
+
+def generate_config(args):
+    """The :class:`~fourd_core.job.GenerateConfig` of parsed ``generate`` arguments (checked by SceneJob)."""
+    from .job import GenerateConfig
+    from .models.memory import MemoryConfig
+    from .pipelines.fourdnex import SamplingConfig
+    from .settings import from_arguments
+
+    values = from_arguments(MemoryConfig, args, MEMORY_OPTIONS)
+    memory = MemoryConfig(**{k: v for k, v in values.items() if k != "offload"})
+    memory = __import__("dataclasses").replace(memory, offload=args.offload)   # None: decided by the device at load
+    sampling = SamplingConfig.for_preset(args.preset, **from_arguments(SamplingConfig, args, SAMPLING_OPTIONS))
+    return GenerateConfig(model=_model_spec(args), sampling=sampling, memory=memory,
+                          export=_export_options(args, not args.no_geometry),
+                          geometry=None if args.no_geometry else _geometry_config(args), resize=args.resize)
 
 
 class _Progress:
@@ -217,18 +239,17 @@ class _Progress:
 
 def cmd_generate(args) -> int:
     """``generate``: checks the prompt and ``--out`` first; a failed run leaves ``--out`` as it was.
-    ``--images``, ``--parallel`` or a ``torchrun`` launch go to :mod:`fourd_core.distributed.batch`."""
+    ``--images``, ``--parallel`` or a ``torchrun`` launch go to :mod:`fourd_core.cli_batch`."""
     import os
 
     from .util.atomic import writable_output_dir
 
     if args.images or args.parallel or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from .distributed.batch import cmd_generate_distributed
+        from .cli_batch import cmd_generate_distributed
 
         # one image: its prompt; a batch: the default prompt of images without their own (may be None)
         prompt = _read_prompt(args) if (args.prompt or args.prompt_file or not args.images) else None
-        return cmd_generate_distributed(args, prompt, _export_options(args, not args.no_geometry),
-                                        _geometry_config(args))
+        return cmd_generate_distributed(args, prompt, generate_config(args))
     if not args.image:
         raise FourDError("Give --image FILE (one scene) or --images DIR (a batch of scenes).")
     prompt = _read_prompt(args)
@@ -247,8 +268,7 @@ def _generate(args, prompt: str) -> int:
 
     t_start = time.perf_counter()
     # everything checkable is checked before models load: --out (caller), settings (SceneJob), the image
-    job = SceneJob(args, _export_options(args, not args.no_geometry),
-                   None if args.no_geometry else _geometry_config(args))
+    job = SceneJob(generate_config(args))
     prepared = job.prepare(args.image)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe, info = job.load(device, log=log)
@@ -278,22 +298,19 @@ def cmd_geometry(args) -> int:
 
 
 def _add_gaussians_parser(sub) -> None:
+    from .settings import add_arguments
+    from .splats.config import INTERACTIVE_RESOLUTION, FitConfig, PixelSplatConfig
+
     p = sub.add_parser("gaussians", help="Gaussian splats of a saved scene (pixel-aligned, or fitted 4D with --fit)")
     p.add_argument("--scene", required=True, help="scene.safetensors with cameras (written by generate/geometry)")
     p.add_argument("--out", required=True, help="output folder: gaussians/frame_#####.ply (+ gaussians_orbit.mp4)")
     p.add_argument("--fit", action="store_true", help="optimise deformable 4D Gaussians (else pixel-aligned, instant)")
-    p.add_argument("--iterations", type=_int, default=2000, help="--fit: optimisation steps")
-    p.add_argument("--resolution", type=_int, default=256, help="--fit: longest training image side (0 = full)")
-    p.add_argument("--isotropic", action="store_true", help="--fit: spherical splats")
-    p.add_argument("--stride", type=_int, default=1,
-                   help="pixel stride of the pixel-aligned splats (with --fit: of the start set; 1 means 2 there)")
-    p.add_argument("--footprint", type=float, default=0.4, help="pixel-aligned splat size in pixels")
-    p.add_argument("--min-confidence", type=float, default=0.0, help="drop pixels below this confidence")
+    add_arguments(p.add_argument_group("pixel-aligned splats (with --fit: the start set; stride 1 means 2 there)"),
+                  PixelSplatConfig, ("stride", "footprint", "min_confidence"), int_type=_int)
+    add_arguments(p.add_argument_group("--fit"), FitConfig, ("iterations", "resolution", "isotropic", "backend"),
+                  defaults={"resolution": INTERACTIVE_RESOLUTION}, int_type=_int)
     p.add_argument("--orbit", action="store_true", help="also render gaussians_orbit.mp4 (8 views, 30 degrees)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    from .splats.rasterize import rasterizer_help, rasterizer_names
-
-    p.add_argument("--backend", default="auto", choices=rasterizer_names(), help="rasteriser: " + rasterizer_help())
 
 
 def cmd_gaussians(args) -> int:

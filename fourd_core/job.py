@@ -1,7 +1,8 @@
 """One ``generate`` configuration, reusable over many images: load the models once, make scenes.
 
-Built from the parsed ``generate`` arguments (the same meaning as ``python -m fourd_core generate
---image``); the CLI hands over the export options and the geometry config it builds itself.
+:class:`GenerateConfig` holds the typed configs of every stage (models, memory, sampling, camera
+recovery, exports); the CLI builds it from its arguments (``fourd_core.cli``), the batch mode and the
+library take it as it is.
 """
 
 from __future__ import annotations
@@ -10,62 +11,82 @@ import dataclasses
 import time
 
 from .errors import FourDError
+from .settings import setting, validate
+
+RESIZE_MODES = ("crop", "max_area")
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """What ``generate`` makes from an image.
+
+    Attributes:
+        model: :class:`~fourd_core.models.loading.ModelSpec` (``base="tiny"``: the tiny preset).
+        sampling: :class:`~fourd_core.pipelines.fourdnex.SamplingConfig`.
+        memory: :class:`~fourd_core.models.memory.MemoryConfig`; ``offload=None`` = group on CUDA, none on
+            the CPU (decided at load).
+        export: :class:`~fourd_core.io.export.ExportOptions`.
+        geometry: :class:`~fourd_core.api.GeometryConfig`, or None to skip camera/depth recovery.
+        resize: how an image is brought to the sampling size.
+    """
+
+    model: object
+    sampling: object
+    memory: object
+    export: object
+    geometry: object | None = None
+    resize: str = setting("crop", help="'crop': cover + centre crop to exactly HxW (in distribution); 'max_area': "
+                          "the official aspect-preserving rule", choices=RESIZE_MODES)
+
+    @property
+    def tiny(self) -> bool:
+        return self.model.base == "tiny"
+
+    def output_settings(self) -> dict:
+        """Every setting that changes a scene's files (a batch scene's fingerprint), as plain JSON values."""
+        def plain(obj):
+            return None if obj is None else dataclasses.asdict(obj)
+
+        model = {k: v for k, v in dataclasses.asdict(self.model).items()
+                 if k not in ("cache_dir", "local_dir", "lora_local_dir", "local_files_only")}
+        return {"model": model, "sampling": plain(self.sampling), "export": plain(self.export),
+                "geometry": plain(self.geometry), "resize": self.resize}
 
 
 class SceneJob:
-    """Everything checkable is checked in the constructor, before models load (sampling settings,
-    flags, export options); :meth:`load` loads the models once, :meth:`prepare` reads one image
+    """Everything checkable is checked in the constructor, before models load (sampling settings, export
+    options, geometry options); :meth:`load` loads the models once, :meth:`prepare` reads one image
     and :meth:`make` turns it into an exported scene.
 
     Args:
-        args: the parsed ``generate`` arguments. export_options: ``io.export.ExportOptions``.
-        geometry: ``api.GeometryConfig``, or None to skip camera/depth recovery.
+        config: :class:`GenerateConfig`.
     Raises:
         FourDError: invalid settings (the message names the fix).
     """
 
-    def __init__(self, args, export_options, geometry):
-        from .models.loading import FOURDNEX_HUB_ID, ModelSpec
-        from .models.tiny import TINY_SAMPLING
-        from .pipelines.fourdnex import SamplingConfig
-
-        self.args, self.export_options, self.geometry = args, export_options, geometry
-        export_options.check()  # may warn (once per process) that open3d clean-up will be skipped
-        if args.lora is not None and str(args.lora).lower() == "none" and args.domain_embeddings:
+    def __init__(self, config: GenerateConfig):
+        validate(config)
+        config.sampling.validate()
+        config.export.check()  # may warn (once per process) that open3d clean-up will be skipped
+        if config.geometry is not None:
+            validate(config.geometry)
+        if config.model.fourdnex is None and config.model.domain_embeddings_file:
             raise FourDError("--domain-embeddings is given but --lora none turns 4DNeX off; drop one of the two "
                              "(the domain embeddings only exist together with the 4DNeX LoRA).")
-        self.tiny = args.preset == "tiny"
-        d = TINY_SAMPLING if self.tiny else {"height": 480, "width": 720, "num_frames": 49, "steps": 50}
-        self.sampling = SamplingConfig(num_frames=args.frames or d["num_frames"], height=args.height or d["height"],
-                                       width=args.width or d["width"], steps=args.steps or d["steps"],
-                                       guidance_scale=args.cfg, shift=args.shift, scheduler=args.scheduler,
-                                       seed=args.seed, cache=getattr(args, "cache", "none"),
-                                       cache_value=getattr(args, "cache_value", None))
-        self.sampling.validate()
-        if self.sampling.cache != "none" and getattr(args, "parallel", None):
-            raise FourDError("--cache cannot be combined with --parallel: each rank would decide on its own shard or "
-                             "pass whether to skip, and the ranks' collectives must match. Drop one of the two.")
-        lora = args.lora if args.lora is not None else FOURDNEX_HUB_ID
-        single_files = all([args.transformer_file, args.vae_file, args.text_encoder_file, args.image_encoder_file])
-        base = "tiny" if self.tiny else (args.base or (None if single_files else ModelSpec.base))
-        self.spec = ModelSpec(base=base, transformer_file=args.transformer_file, vae_file=args.vae_file,
-                              text_encoder_file=args.text_encoder_file, image_encoder_file=args.image_encoder_file,
-                              tokenizer=args.tokenizer, fourdnex=None if str(lora).lower() == "none" else lora,
-                              domain_embeddings_file=args.domain_embeddings, lora_strength=args.lora_strength,
-                              fuse_lora=not args.no_fuse_lora, dtype=args.dtype, cache_dir=args.cache_dir,
-                              local_files_only=args.offline)
+        self.config = config
+        self.sampling, self.spec, self.export_options, self.geometry = (config.sampling, config.model, config.export,
+                                                                        config.geometry)
+        self.tiny = config.tiny
         self.device = "cpu"
 
     def load(self, device: str, log=print):
-        """Load the models on ``device`` (``--offload`` default: group on CUDA, none on the CPU).
-        Returns ``(pipe, info)`` (see ``models.loading.load_pipeline``)."""
-        from .models.loading import load_pipeline
-        from .models.memory import MemoryConfig
+        """Load the models on ``device`` (offload default: group on CUDA, none on the CPU).
+        Returns ``(pipe, info)`` (see ``pipelines.assemble.load_pipeline``)."""
+        from .pipelines.assemble import load_pipeline
 
-        args = self.args
-        offload = args.offload or ("group" if str(device).startswith("cuda") else "none")
-        memory = MemoryConfig(device=str(device), offload=offload, fp8_storage=args.fp8, vae_tiling=args.vae_tiling,
-                              attention_backend=args.attention, release_encoders=True)
+        mem = self.config.memory
+        offload = mem.offload or ("group" if str(device).startswith("cuda") else "none")
+        memory = dataclasses.replace(mem, device=str(device), offload=offload, release_encoders=True)
         if self.tiny:
             log("TINY PRESET: random weights - the outputs are meaningless; this only exercises the pipeline.")
         log(f"loading models ({'tiny preset' if self.tiny else self.spec.base}) on {device}, offload={offload}")
@@ -83,8 +104,8 @@ class SceneJob:
         from .io.images import load_image, prepare_image
 
         sampling = self.sampling if seed is None else dataclasses.replace(self.sampling, seed=int(seed))
-        image = prepare_image(load_image(image_path), sampling.height, sampling.width, mode=self.args.resize)
-        if self.args.resize == "max_area":
+        image = prepare_image(load_image(image_path), sampling.height, sampling.width, mode=self.config.resize)
+        if self.config.resize == "max_area":
             sampling = dataclasses.replace(sampling, height=image.shape[0], width=image.shape[1])
         return image, sampling
 

@@ -84,7 +84,7 @@ class Spec:
             return "one of " + ", ".join(map(str, self.allowed()))
         kind = "an integer" if self.integer else "a number"
         if self.multiple_of:
-            kind = (f"{self.multiple_of}k + {self.offset}" if self.offset else f"a multiple of {self.multiple_of}")
+            kind = (f"{self.multiple_of}k+{self.offset}" if self.offset else f"a multiple of {self.multiple_of}")
         if self.low is not None and self.high is not None:
             return f"{kind} in [{self.low:g}, {self.high:g}]"
         if self.low is not None:
@@ -180,15 +180,16 @@ def _base_type(cls, name: str):
     return args[0] if args and typing.get_origin(t) is not None else t
 
 
-def add_arguments(parser, cls, names, *, defaults: dict | None = None) -> None:
+def add_arguments(parser, cls, names, *, defaults: dict | None = None, shown: dict | None = None,
+                  int_type=int) -> None:
     """Add one option per field ``names`` of ``cls`` to ``parser`` (an ArgumentParser or group).
 
     Booleans become a switch that flips the default (:attr:`Spec.flag`); labelled fields take their labels
     (converted back by :func:`from_arguments`); numbers get their type; choices their choices; every help
     line ends with the default. ``defaults`` overrides the parser default of a field (``None`` = "set by
-    the preset", said in the help).
+    the preset", said in the help unless ``shown`` words it); ``int_type`` parses integer options.
     """
-    defaults = defaults or {}
+    defaults, shown_defaults = defaults or {}, shown or {}
     for name in names:
         s = spec(cls, name)
         dflt = defaults.get(name, default(cls, name))
@@ -196,7 +197,7 @@ def add_arguments(parser, cls, names, *, defaults: dict | None = None) -> None:
         if base is bool and s.labels is None:
             if dflt:
                 parser.add_argument(s.flag or "--no-" + name.replace("_", "-"), dest=name, action="store_false",
-                                    help=s.help)
+                                    help=f"turn off: {s.help}")
             else:
                 parser.add_argument(s.flag or "--" + name.replace("_", "-"), dest=name, action="store_true", help=s.help)
             continue
@@ -208,9 +209,13 @@ def add_arguments(parser, cls, names, *, defaults: dict | None = None) -> None:
             allowed = s.allowed()
             if allowed is not None:
                 kwargs["choices"] = tuple(a for a in allowed if a is not None)
-            kwargs.update(type=base if base in (int, float, str) else str, default=dflt)
+            kwargs.update(type=int_type if base is int else (base if base in (float, str) else str), default=dflt)
             shown = "set by the preset" if dflt is None and not s.allow_none else dflt
-        kwargs["help"] = f"{s.help} (default: {shown})"
+        shown = shown_defaults.get(name, shown)
+        kwargs["help"] = s.help if shown is None else f"{s.help} (default: {shown})"
+        if len(kwargs.get("choices", ())) > 8:
+            kwargs["metavar"] = "NAME"
+            kwargs["help"] += "; one of " + ", ".join(map(str, kwargs["choices"]))
         parser.add_argument(flag_of(cls, name), **kwargs)
 
 

@@ -1,5 +1,11 @@
-"""The only module of the pack that touches ComfyUI (``comfy.*``, ``folder_paths``), always lazily,
-so the pack imports and its nodes run without ComfyUI (tests, other hosts)."""
+"""The pack's bridge to ComfyUI's services: model folders (``folder_paths``), the output and temp folders,
+progress bars, interrupts and the memory manager, all imported lazily so the pack imports and its nodes
+run without ComfyUI (tests, other hosts).
+
+The rule (enforced by ``tests/test_layers.py``): ``fourd_core`` never imports ComfyUI; in ``nodes/``,
+``comfy``, ``comfy_api`` and ``folder_paths`` are imported only inside functions, never at module level.
+Nodes that patch a core MODEL (``nodes/native/``) and the core-type adapters (``nodes/file3d.py``) import
+the ComfyUI classes they need there, at call time; everything else goes through this module."""
 
 from __future__ import annotations
 

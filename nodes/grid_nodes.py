@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.novel_view import PATHS, render_scene_views, scene_camera_path
 from ..fourd_core.io.images import to_rgb
-from ..fourd_core.models.cache import PIPELINES
+from ..fourd_core.pipelines.cache import PIPELINES
 from ..fourd_core.models.sync import load_sync_weights
 from ..fourd_core.pipelines.fourdnex import to_pil
 from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview
@@ -20,6 +20,7 @@ from ..fourd_core.pipelines.grid_canvas import plan_windows
 from . import comfy_bridge as cb
 from . import validation as v
 from .widgets import fused_backend_widget, grid_mode_widget
+from ..fourd_core.settings import node_input
 from .native.folders import SYNC_FOLDER
 from .types import CAMERAS, CATEGORY, MODEL, SCENE, FourDCameras, FourDModel
 
@@ -135,18 +136,16 @@ class FourDGridSampler:
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Describe the scene (same prompt "
                                       "for every row and column)."}),
                 "mode": grid_mode_widget(),
-                "window_views": ("INT", {"default": 8, "min": 2, "max": 64, "tooltip": "Views per window (paper: 8)."}),
-                "window_frames": ("INT", {"default": 49, "min": 5, "max": 81, "step": 4,
-                                          "tooltip": "Frames per window, 4k+1 (49 = a whole 4DNeX video)."}),
-                "overlap_views": ("INT", {"default": 2, "min": 1, "max": 63,
-                                          "tooltip": "Views shared by consecutive windows (already generated = known); at most window_views - 1."}),
-                "overlap_frames": ("INT", {"default": 5, "min": 1, "max": 80,
-                                           "tooltip": "Frames shared by consecutive windows (4k+1 fills whole latents); at most window_frames - 1."}),
-                "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Denoising steps per window."}),
-                "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Text guidance."}),
-                "shift": ("FLOAT", {"default": 3.0, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip": "Flow shift."}),
-                "seed": ("INT", {"default": 42, "min": 0, "max": 2**63 - 1, "tooltip": "Noise seed (window k uses "
-                                 "seed + k)."}),
+                "window_views": node_input(GridConfig, "window_views"),
+                "window_frames": node_input(GridConfig, "window_frames"),
+                "overlap_views": node_input(GridConfig, "overlap_views", tooltip="Views shared by consecutive windows "
+                                            "(already generated = known); at most window_views - 1."),
+                "overlap_frames": node_input(GridConfig, "overlap_frames", tooltip="Frames shared by consecutive windows "
+                                             "(4k+1 fills whole latents); at most window_frames - 1."),
+                "steps": node_input(GridConfig, "steps", tooltip="Denoising steps per window."),
+                "cfg": node_input(GridConfig, "guidance_scale"),
+                "shift": node_input(GridConfig, "shift"),
+                "seed": node_input(GridConfig, "seed", tooltip="Noise seed (window k uses seed + k)."),
                 "view": ("INT", {"default": -1, "min": -256, "max": 255, "tooltip": "Which view the view_video output "
                                  "shows (0 = the input video, -1 = the last view)."}),
             },
@@ -154,16 +153,16 @@ class FourDGridSampler:
                 "holes": ("MASK", {"tooltip": "Holes of the freeze-time images (1 = unknown pixel), from FourD Render Views."}),
                 "sync_weights": (syncs, {"tooltip": "Trained sync layers (.safetensors in models/fourd_sync/, or with "
                                          "'sync' in the name in models/loras/) for mode hard/soft; none = training-free."}),
-                "scheduler": (["unipc", "euler"], {"tooltip": "Flow-matching UniPC or Euler."}),
-                "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt for CFG."}),
+                "scheduler": node_input(GridConfig, "scheduler"),
+                "negative_prompt": node_input(GridConfig, "negative_prompt", multiline=True),
                 "fused_backend": fused_backend_widget(),
             },
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, window_frames=None, overlap_frames=None):
-        return v.check_all(v.frames_4k1("window_frames", window_frames),
-                           v.int_range("overlap_frames", overlap_frames, 1, 80))
+        return v.check_all(v.config_value(GridConfig, "window_frames", window_frames),
+                           v.config_value(GridConfig, "overlap_frames", overlap_frames))
 
     def sample(self, model, fixed_view, freeze_time, prompt, mode, window_views, window_frames, overlap_views,
                overlap_frames, steps, cfg, shift, seed, view, holes=None, sync_weights=cb.NONE, scheduler="unipc",

@@ -1,6 +1,6 @@
 """Loader nodes: base Wan2.1-I2V model, the 4DNeX release, memory settings.
 
-They produce cheap specs; the sampler loads the pipeline once (``fourd_core.models.cache``) and
+They produce cheap specs; the sampler loads the pipeline once (``fourd_core.pipelines.cache``) and
 keeps it while the specs stay the same.
 """
 

@@ -6,11 +6,13 @@ import dataclasses
 
 
 from ..fourd_core.errors import InputError
-from ..fourd_core.geometry.xyz_init import sloped_plane, xyz_from_depth
+from ..fourd_core.pipelines.xyz_init import sloped_plane, xyz_from_depth
 from ..fourd_core.io.images import prepare_image, to_rgb
-from ..fourd_core.models.cache import PIPELINES
+from ..fourd_core.pipelines.cache import PIPELINES
 from ..fourd_core.models.step_cache import USABLE_CACHES, cache_help
+from ..fourd_core.job import GenerateConfig
 from ..fourd_core.pipelines.fourdnex import SamplingConfig, decode_6d, generate_latents, latent_preview
+from ..fourd_core.settings import node_input
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
 from . import validation as v
@@ -43,10 +45,9 @@ class FourDPrepareImage:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The input photo (first image of the batch is used)."}),
-                "width": ("INT", {"default": 720, "min": 64, "max": 2048, "step": 16, "tooltip": "Width of one modality (trained: 720)."}),
-                "height": ("INT", {"default": 480, "min": 64, "max": 2048, "step": 16, "tooltip": "Height (trained: 480)."}),
-                "resize": (["crop", "max_area"], {"tooltip": "crop: cover and centre-crop to exactly WxH (in distribution). "
-                           "max_area: the official rule, keeps the aspect ratio (out of distribution unless 3:2)."}),
+                "width": node_input(SamplingConfig, "width"),
+                "height": node_input(SamplingConfig, "height"),
+                "resize": node_input(GenerateConfig, "resize"),
                 "xyz_init": (["sloped plane", "from depth"], {"tooltip": "The 4DNeX plane (official), or your depth map."}),
             },
             "optional": {
@@ -60,7 +61,8 @@ class FourDPrepareImage:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width=None, height=None):
-        return v.check_all(v.size_16("width", width), v.size_16("height", height))
+        return v.check_all(v.config_value(SamplingConfig, "width", width),
+                           v.config_value(SamplingConfig, "height", height))
 
     def prepare(self, image, width, height, resize, xyz_init, depth=None, depth_is="disparity (bright = near)",
                 fov_degrees=60.0):
@@ -97,16 +99,16 @@ class FourDSampler:
                 "image": ("IMAGE", {"tooltip": "Prepared image (FourD Prepare Image); its size sets the resolution."}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Describe the scene and its motion. "
                            "' POINTMAP_STYLE.' is appended automatically, as in training."}),
-                "seed": ("INT", {"default": 42, "min": 0, "max": 2**63 - 1, "tooltip": "Noise seed (CPU generator)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 200, "tooltip": "Denoising steps (official 50)."}),
-                "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Guidance on text (official 5)."}),
-                "shift": ("FLOAT", {"default": 3.0, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip": "Flow shift (official 3)."}),
-                "scheduler": (["unipc", "euler"], {"tooltip": "Flow-matching UniPC (official) or Euler."}),
-                "frames": ("INT", {"default": 49, "min": 5, "max": 81, "step": 4, "tooltip": "Frames (4k+1; trained 49)."}),
+                "seed": node_input(SamplingConfig, "seed"),
+                "steps": node_input(SamplingConfig, "steps"),
+                "cfg": node_input(SamplingConfig, "guidance_scale"),
+                "shift": node_input(SamplingConfig, "shift"),
+                "scheduler": node_input(SamplingConfig, "scheduler"),
+                "frames": node_input(SamplingConfig, "num_frames"),
             },
             "optional": {
                 "xyz_init": (XYZ, {"tooltip": "First-frame XYZ condition (default: the sloped plane)."}),
-                "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Empty officially."}),
+                "negative_prompt": node_input(SamplingConfig, "negative_prompt", multiline=True),
                 "cache": (list(USABLE_CACHES), {"default": "none", "tooltip": "Step cache (diffusers hooks): "
                           + cache_help()}),
                 "cache_value": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1000.0, "step": 0.01, "tooltip":
@@ -116,7 +118,7 @@ class FourDSampler:
 
     @classmethod
     def VALIDATE_INPUTS(cls, frames=None):
-        return v.frames_4k1("frames", frames)
+        return v.config_value(SamplingConfig, "num_frames", frames, "frames")
 
     def sample(self, model, image, prompt, seed, steps, cfg, shift, scheduler, frames, xyz_init=None, negative_prompt="",
                cache="none", cache_value=-1.0):

@@ -11,7 +11,9 @@ from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import pixel_aligned_gaussians
 from ..fourd_core.splats.orbit import render_orbit
 from ..fourd_core.splats.ply import write_gaussians_sequence
-from ..fourd_core.splats.rasterize import rasterizer_help, rasterizer_names, resolve_rasterizer
+from ..fourd_core.splats.rasterize import rasterizer_help, resolve_rasterizer
+from ..fourd_core.splats.config import INTERACTIVE_RESOLUTION, PixelSplatConfig
+from ..fourd_core.settings import node_input
 from . import comfy_bridge as cb
 from . import validation as v
 from .scene_nodes import FourDPreview4D
@@ -35,13 +37,9 @@ class FourDGaussiansFromScene:
     def INPUT_TYPES(cls):
         return {"required": {
             "scene": (SCENE, {"tooltip": "A scene with cameras and depth (FourD Recover Cameras or FourD Load Scene)."}),
-            "stride": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Keep every n-th pixel in both directions "
-                               "(2 = a quarter of the splats, each twice as large)."}),
-            "footprint": ("FLOAT", {"default": 0.4, "min": 0.05, "max": 4.0, "step": 0.05, "tooltip": "Splat standard "
-                                    "deviation in pixels of its own frame (larger closes gaps in other views, smaller "
-                                    "keeps the frame sharp)."}),
-            "min_confidence": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                         "tooltip": "Drop pixels below this confidence."}),
+            "stride": node_input(PixelSplatConfig, "stride"),
+            "footprint": node_input(PixelSplatConfig, "footprint"),
+            "min_confidence": node_input(PixelSplatConfig, "min_confidence"),
         }}
 
     def make(self, scene, stride, footprint, min_confidence):
@@ -66,21 +64,17 @@ class FourDFit4DGaussians:
         return {
             "required": {
                 "scene": (SCENE, {"tooltip": "The scene with cameras: its RGB frames are the training images."}),
-                "iterations": ("INT", {"default": 2000, "min": 1, "max": 100000, "tooltip": "Optimisation steps "
-                                       "(one image each). CPU: ~0.05-0.5 s each at 128 px."}),
-                "resolution": ("INT", {"default": 256, "min": 0, "max": 4096, "step": 8, "tooltip": "Longest image side "
-                                       "used for training (0 = the scene's full size)."}),
-                "isotropic": ("BOOLEAN", {"default": False, "tooltip": "Spherical splats (4Real-Video's choice: fewer "
-                                          "artefacts far from the training views)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seeds the view order."}),
+                "iterations": node_input(FitConfig, "iterations"),
+                "resolution": node_input(FitConfig, "resolution", default=INTERACTIVE_RESOLUTION),
+                "isotropic": node_input(FitConfig, "isotropic"),
+                "seed": node_input(FitConfig, "seed"),
             },
             "optional": {
                 "grid": ("IMAGE", {"tooltip": "A 4D grid (views x frames, row-major) from FourD 4D Grid Sampler, made "
                                    "from this scene's video."}),
                 "cameras": (CAMERAS, {"tooltip": "The grid's camera path (FourD Camera Path)."}),
-                "init_stride": ("INT", {"default": 2, "min": 1, "max": 16, "tooltip": "Pixel stride of the pixel-aligned "
-                                        "start (per keyframe)."}),
-                "backend": (list(rasterizer_names()), {"tooltip": rasterizer_help()}),
+                "init_stride": node_input(FitConfig, "init_stride"),
+                "backend": node_input(FitConfig, "backend", tooltip=rasterizer_help()),
             },
         }
 
@@ -88,7 +82,7 @@ class FourDFit4DGaussians:
     def VALIDATE_INPUTS(cls, iterations=None, resolution=None):
         res = True if resolution in (None, 0) else v.int_range("resolution", resolution, 8, 4096,
                                                                         form="0 (full size) or an integer")
-        return v.check_all(v.int_range("iterations", iterations, 1, 100000), res)
+        return v.check_all(v.config_value(FitConfig, "iterations", iterations), res)
 
     def fit(self, scene, iterations, resolution, isotropic, seed, grid=None, cameras=None, init_stride=2,
             backend="auto"):

@@ -44,3 +44,25 @@ def filename_prefix(value) -> bool | str:
     if value is None:
         return True
     return cb.prefix_problem(str(value) or "fourd") or True      # empty: the nodes' default name, as at run time
+
+
+def config_value(cls, name: str, value, label: str | None = None) -> bool | str:
+    """``value`` (skipped when None = linked) must obey the rule of config field ``name`` of ``cls``
+    (:func:`fourd_core.settings.check`) and lie in the node widget's range (ComfyUI skips its own range
+    check for inputs named in ``VALIDATE_INPUTS``)."""
+    from ..fourd_core.errors import InputError
+    from ..fourd_core.settings import check, spec
+
+    if value is None:
+        return True
+    label = label or name
+    try:
+        check(cls, name, value, flag=label)
+    except InputError as exc:
+        return str(exc)
+    s = spec(cls, name)
+    low = s.node_low if s.node_low is not None else s.low
+    high = s.node_high if s.node_high is not None else s.high
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"{label} must be {s.describe().split(' in ')[0].split(' >=')[0]} in {low:g}..{high:g}, got {value!r}."
+    return True

@@ -109,7 +109,7 @@ def vae_key_to_original(key: str) -> str:
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """The tiny preset written to disk: ``base/`` (diffusers folder), ``lora/`` (release files)."""
-    from fourd_core.models.tiny import save_tiny_preset
+    from fourd_core.models.tiny_preset import save_tiny_preset
 
     return save_tiny_preset(tmp_path_factory.mktemp("tiny"))
 
@@ -184,7 +184,8 @@ def single_files(tiny_base, base_state, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_root):
     """The tiny preset loaded on the CPU through the real loader (LoRA fused). Do not mutate."""
-    from fourd_core.models.loading import ModelSpec, load_pipeline
+    from fourd_core.models.loading import ModelSpec
+    from fourd_core.pipelines.assemble import load_pipeline
     from fourd_core.models.memory import MemoryConfig
 
     pipe, _ = load_pipeline(ModelSpec(base=str(tiny_root / "base"), fourdnex=str(tiny_root / "lora"), dtype="float32"),

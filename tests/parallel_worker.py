@@ -26,7 +26,7 @@ def main() -> None:
 
     from fourd_core.distributed.runtime import ParallelSpec, enable_scene_parallel, init_distributed, sequence_length
     from fourd_core.models.patches import apply_fourdnex_patches
-    from fourd_core.models.tiny import TINY_TRANSFORMER
+    from fourd_core.models.tiny_preset import TINY_TRANSFORMER
 
     torch.set_num_threads(1)
     ctx = init_distributed(device, ParallelSpec.parse(parallel))

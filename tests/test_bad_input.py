@@ -64,7 +64,8 @@ def truncated_base(tiny_root, tmp_path) -> Path:
 
 
 def test_truncated_transformer_in_a_diffusers_folder(truncated_base, tiny_root, tmp_path, capsys):
-    from fourd_core.models.loading import ModelSpec, load_pipeline
+    from fourd_core.models.loading import ModelSpec
+    from fourd_core.pipelines.assemble import load_pipeline
 
     with pytest.raises(WeightsError, match=r"(?s)truncated.*download it again"):
         load_pipeline(ModelSpec(base=str(truncated_base), fourdnex=str(tiny_root / "lora")))
@@ -103,7 +104,8 @@ def test_lora_for_another_model_family(tmp_path):
 
 
 def test_lora_without_domain_embeddings_is_refused(tiny_root, tiny_release, tmp_path):
-    from fourd_core.models.loading import ModelSpec, load_pipeline
+    from fourd_core.models.loading import ModelSpec
+    from fourd_core.pipelines.assemble import load_pipeline
 
     lonely = tmp_path / "lora"
     lonely.mkdir()
@@ -657,7 +659,7 @@ def test_two_exports_into_one_folder_never_interleave(tmp_path, monkeypatch):
     assert torch.equal(back.depth, winner.depth.float()) and torch.equal(back.xyz, winner.xyz)
     import json
 
-    from fourd_core.io.pointcloud import read_ply
+    from fourd_core.testing.readers import read_ply
 
     assert json.loads((out / "cameras.json").read_text())["seed"] == winner.metadata["seed"]
     for i in range(2):
@@ -685,8 +687,8 @@ print(json.dumps({{"built": len(built), "inode": os.stat(path).st_ino, "path": s
 """
 
 
-@pytest.mark.parametrize("module,save,ensure", [("models.tiny", "save_tiny_preset", "ensure_tiny_preset"),
-                                               ("native.tiny", "save_native_tiny", "ensure_native_tiny"),
+@pytest.mark.parametrize("module,save,ensure", [("models.tiny_preset", "save_tiny_preset", "ensure_tiny_preset"),
+                                               ("native.tiny_wan", "save_native_tiny", "ensure_native_tiny"),
                                                ("models.vace", "save_tiny_vace", "ensure_tiny_vace"),
                                                ("native.tiny_vace", "save_native_tiny_vace", "ensure_native_tiny_vace")])
 def test_processes_on_an_empty_cache_build_it_once(tmp_path, module, save, ensure):

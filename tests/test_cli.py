@@ -57,7 +57,7 @@ def test_generate_tiny_preset_writes_every_output_without_open3d(tmp_path):
     scene = Scene4D.load(out / "scene.safetensors")
     assert scene.has_cameras and scene.metadata["prompt"].startswith("The video showcases")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
-    from fourd_core.io.pointcloud import read_ply
+    from fourd_core.testing.readers import read_ply
 
     pts, cols = read_ply(out / "pointclouds" / "frame_00000.ply")
     assert len(pts) == 96 * 144 and torch.isfinite(pts).all()  # every pixel (voxel step skipped, not failed)

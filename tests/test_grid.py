@@ -39,7 +39,8 @@ def stock_tr(tiny_root):
 @pytest.fixture(scope="module")
 def lora_pipe(tiny_root):
     """The tiny preset with the 4DNeX LoRA as an *unfused* adapter (how the grid shares the model)."""
-    from fourd_core.models.loading import ModelSpec, load_pipeline
+    from fourd_core.models.loading import ModelSpec
+    from fourd_core.pipelines.assemble import load_pipeline
     from fourd_core.models.memory import MemoryConfig
 
     pipe, _ = load_pipeline(ModelSpec(base=str(tiny_root / "base"), fourdnex=str(tiny_root / "lora"), dtype="float32",

@@ -10,7 +10,8 @@ import torch
 
 from fourd_core.errors import WeightsError
 from fourd_core.models import loading
-from fourd_core.models.loading import ModelSpec, load_pipeline
+from fourd_core.models.loading import ModelSpec
+from fourd_core.pipelines.assemble import load_pipeline
 from fourd_core.models.memory import MemoryConfig
 
 CPU = MemoryConfig(device="cpu")

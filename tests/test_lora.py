@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from fourd_core.errors import WeightsError
 from fourd_core.models.lora import load_fourdnex_release, read_domain_embeddings, read_fourdnex_lora
-from fourd_core.models.loading import ModelSpec, load_pipeline
+from fourd_core.models.loading import ModelSpec
+from fourd_core.pipelines.assemble import load_pipeline
 from fourd_core.models.memory import MemoryConfig
 
 CPU = MemoryConfig(device="cpu")
@@ -129,7 +130,7 @@ def test_missing_release_folder(tiny_base, tmp_path):
 def test_unfused_strength_changes_in_place_without_a_reload(tiny_root, tiny_release):
     """The pipeline cache applies a new strength to an unfused adapter with set_adapters: no reload,
     and every targeted layer then computes (W + 0.5 * s * B A) x (formula from the release files)."""
-    from fourd_core.models.cache import PipelineCache
+    from fourd_core.pipelines.cache import PipelineCache
 
     cache = PipelineCache()
     spec = ModelSpec(base=str(tiny_root / "base"), fourdnex=str(tiny_release), fuse_lora=False, dtype="float32")

@@ -18,7 +18,7 @@ import torch
 from fourd_core.errors import InputError, WeightsError
 from fourd_core.native import layout
 from fourd_core.native.lora_keys import check_lora_shapes, lora_targets, lora_to_comfy
-from fourd_core.native.tiny import NATIVE_TINY, TINY_MODEL_NAME, TINY_RELEASE_NAME, TinyWanVAE, original_wan_shapes
+from fourd_core.native.tiny_wan import NATIVE_TINY, TINY_MODEL_NAME, TINY_RELEASE_NAME, TinyWanVAE, original_wan_shapes
 from test_nodes import fake, pack  # noqa: F401  (fixtures)
 
 D = NATIVE_TINY["dim"]
@@ -89,7 +89,7 @@ def test_xyz_denormalisation_in_raw_latent_space():
 def test_tiny_native_weights_fit_comfyui_detection_rules(tmp_path):
     from safetensors.torch import load_file
 
-    from fourd_core.native.tiny import save_native_tiny
+    from fourd_core.native.tiny_wan import save_native_tiny
 
     save_native_tiny(tmp_path)
     sd = load_file(str(tmp_path / "diffusion_models" / TINY_MODEL_NAME))
@@ -285,24 +285,36 @@ def test_conditioning_node_sets_both_conds_and_the_fused_latent(pack, perr):  # 
         torch.testing.assert_close(opts["concat_mask"], layout.native_concat_mask(3, 4, 12))
     assert torch.equal(pos[0][0], text[0][0]) and "pooled_output" in pos[0][1] and "concat_mask" not in text[0][1]
     # the condition latent is the VAE posterior mean of [RGB | sloped plane], gray after
-    from fourd_core.geometry.xyz_init import sloped_plane
+    from fourd_core.pipelines.xyz_init import sloped_plane
 
-    want = vae.encode(layout.condition_frames(image[0], sloped_plane(32, 48), 9))
-    torch.testing.assert_close(pos[0][1]["concat_latent_image"], want)
+    # built here from the 4DNeX recipe: frame 0 = [RGB | plane as colours (xyz / 2 + 1/2)] side by side,
+    # frames 1..8 mid-gray (0 in the VAE's [-1, 1] input space)
+    first = torch.cat([image[0], sloped_plane(32, 48) / 2 + 0.5], dim=1)
+    frames = torch.cat([first[None], torch.full((8, 32, 96, 3), 0.5)])
+    torch.testing.assert_close(pos[0][1]["concat_latent_image"], vae.encode(frames), rtol=1e-5, atol=1e-5)
+    # and the concat mask is 0 (known) on the RGB half of latent frame 0, 1 - 0.5 on its XYZ half, 1 elsewhere
+    mask = pos[0][1]["concat_mask"][0, 0]
+    assert torch.all(mask[0, :, :6] == 0) and torch.all(mask[0, :, 6:] == 0.5) and torch.all(mask[1:] == 1)
     with pytest.raises(perr.InputError, match="multiple of 16"):
         pack.NODE_CLASS_MAPPINGS["FourD4DNeXConditioningNative"]().encode(text, text, vae, cvo, torch.rand(1, 30, 48, 3), 9, 1)
 
 
-def test_decode_node_equals_the_diffusers_decode(pack, perr):  # noqa: F811
-    from fourd_core.pipelines.fourdnex import decode_6d
-
+def test_decode_node_follows_the_4dnex_decode(pack, perr):  # noqa: F811
+    """Each half decoded on its own by the VAE; the XYZ half de-normalised first (``z * 1.70 - 0.13`` in the
+    VAE-normalised space), both mapped from [-1, 1] to [0, 1] (written here from the 4DNeX recipe)."""
     vae = TinyWanVAE(0)
     z = torch.randn(1, 16, 2, 4, 8, generator=torch.Generator().manual_seed(0))
-    mean, std = layout.latent_stats(z)
+    mean = torch.tensor(layout.WAN21_LATENTS_MEAN).view(1, -1, 1, 1, 1)
+    std = torch.tensor(layout.WAN21_LATENTS_STD).view(1, -1, 1, 1, 1)
     rgb, xyz, scene = pack.NODE_CLASS_MAPPINGS["FourDDecode6DNative"]().decode(vae, {"samples": z * std + mean}, False)
-    rgb_d, xyz_d = decode_6d(types.SimpleNamespace(vae=vae.model, maybe_free_model_hooks=lambda: None), z)
-    torch.testing.assert_close(rgb, rgb_d, rtol=0, atol=1e-5)
-    torch.testing.assert_close(xyz, xyz_d, rtol=0, atol=1e-5)
+
+    def decode(zn):
+        with torch.no_grad():
+            x = vae.model.decode(zn * std + mean, return_dict=False)[0].clamp(-1, 1)
+        return (x[0].permute(1, 2, 3, 0) + 1) / 2
+
+    torch.testing.assert_close(rgb, decode(z[..., :4]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(xyz, decode(z[..., 4:] * 1.70 - 0.13), rtol=0, atol=1e-5)
     assert scene.rgb.shape == (5, 32, 32, 3) and scene.metadata["path"] == "native"
     with pytest.raises(perr.InputError, match="fused"):
         pack.NODE_CLASS_MAPPINGS["FourDDecode6DNative"]().decode(vae, {"samples": torch.zeros(1, 16, 2, 4, 7)}, False)
@@ -363,7 +375,7 @@ def test_export_adds_file3d_outputs_only_where_comfyui_has_them(pack, fake, monk
     export = typed.NODE_CLASS_MAPPINGS["FourDExport"]
     assert export.RETURN_TYPES == ("STRING", "STRING", "FILE_3D_GLB", "FILE_3D_POINT_CLOUD_ANY")
     assert len(export.OUTPUT_TOOLTIPS) == len(export.RETURN_NAMES) == 4
-    out = export().export(_scene(), "fourd/typed", 24.0, True, True, 0.0, 0.0, 0, 0)["result"]
+    out = export().export(scene=_scene(), filename_prefix="fourd/typed", fps=24.0, ply=True, glb=True, min_confidence=0.0, voxel_size=0.0, outlier_neighbors=0, max_points=0)["result"]
     glb, ply = out[2], out[3]
     folder = fake.root / "output" / out[1] / "pointclouds"
     assert glb.format == "glb" and glb.source.getvalue() == (folder / "frame_00000.glb").read_bytes()
@@ -383,9 +395,6 @@ def _fake_block(args):
 
 @pytest.mark.parametrize("mode", ["hard", "soft_avg", "sequential", "rows"])
 def test_grid_block_patches_follow_the_two_stream_equations(native, mode):
-    from fourd_core.kernels.streams import columns_to_rows, rows_to_columns
-    from fourd_core.models.sync import soft_average_weight
-
     grid = import_module(native.__name__ + ".grid")
     views, times, s, d, layers = 3, 2, 4, 8, 3
     g = torch.Generator().manual_seed(0)
@@ -400,11 +409,17 @@ def test_grid_block_patches_follow_the_two_stream_equations(native, mode):
         x = p({"img": x, "txt": txt, "vec": vec, "pe": pe_row, "transformer_options": opts},
               {"original_block": _fake_block})["img"]
 
+    def to_cols(x):              # [V, T*S, D] -> [T, V*S, D], by explicit loops
+        return torch.stack([torch.cat([x[v, t * s:(t + 1) * s] for v in range(views)]) for t in range(times)])
+
+    def to_rows(y):              # [T, V*S, D] -> [V, T*S, D]
+        return torch.stack([torch.cat([y[t, v * s:(v + 1) * s] for t in range(times)]) for v in range(views)])
+
     def col(tokens, grp):        # the same block on the column layout, row 0's context and modulation
         r = slice(grp * views, grp * views + 1)
-        out = _fake_block({"img": rows_to_columns(tokens, views, times), "txt": txt[r].expand(times, -1, -1),
+        out = _fake_block({"img": to_cols(tokens), "txt": txt[r].expand(times, -1, -1),
                            "vec": vec[r].expand(times, -1, -1, -1), "pe": pe_col})["img"]
-        return columns_to_rows(out, views, times)
+        return to_rows(out)
 
     expect = []
     for grp in range(2):
@@ -419,8 +434,7 @@ def test_grid_block_patches_follow_the_two_stream_equations(native, mode):
             elif mode == "hard":
                 xv = (yv + col(xv, grp)) / 2
             else:
-                w = 0.1 + 0.4 * (i + 1) / layers
-                assert w == pytest.approx(soft_average_weight(i, layers))
+                w = 0.1 + 0.4 * (i + 1) / layers          # supp. Eq. 13, l = i + 1
                 yt = col(xt, grp)
                 xv, xt = (1 - w) * yv + w * yt, (1 - w) * yt + w * yv
         expect.append(xv)

@@ -363,14 +363,14 @@ def test_tiny_demo_api_workflow_runs_through_the_nodes(pack, fake, monkeypatch, 
     asset = fake.root / "temp" / entry["subfolder"] / entry["filename"]
     from importlib import import_module
 
-    header, pos, col = import_module(pack.__name__ + ".fourd_core.io.viewer_asset").read_viewer_asset(asset.read_bytes())
+    header, pos, col = import_module(pack.__name__ + ".fourd_core.testing.readers").read_viewer_asset(asset.read_bytes())
     assert header["frames"] == 49 and header["space"] == "world" and len(pos[0]) > 0
     steps = [v for v, t, p in fake.progress if p is not None]
     assert steps and all(p[0] == "JPEG" for v, t, p in fake.progress if p is not None)
     assert fake.unloads >= 1  # ComfyUI's models were unloaded before the big load
 
     # cached between runs: same inputs -> no reload
-    cache = import_module(pack.__name__ + ".fourd_core.models.cache").PIPELINES
+    cache = import_module(pack.__name__ + ".fourd_core.pipelines.cache").PIPELINES
     loads = cache.loads
     samp_id = node_id(prompt, "FourDSampler")
     model = results[node_id(prompt, "FourDLoad4DNeX")][0]

@@ -101,7 +101,7 @@ def test_patches_must_precede_parallelism_and_ring_needs_lse_backend():
     from diffusers import WanTransformer3DModel
 
     from fourd_core.models.patches import apply_fourdnex_patches
-    from fourd_core.models.tiny import TINY_TRANSFORMER
+    from fourd_core.models.tiny_preset import TINY_TRANSFORMER
 
     model = WanTransformer3DModel(**TINY_TRANSFORMER)
     assert sequence_length(model, 49, 480, 720) == 13 * 30 * 90  # the 4DNeX sequence: 35,100 tokens

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fourd_core.geometry.xyz_init import sloped_plane
+from fourd_core.pipelines.xyz_init import sloped_plane
 from fourd_core.io.images import prepare_image
 from fourd_core.pipelines.conditioning import condition_mask
 from fourd_core.pipelines.fourdnex import SamplingConfig, decode_6d, generate_latents

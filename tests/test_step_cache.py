@@ -5,13 +5,12 @@ exactly, and the caches that cannot work are refused with their reason."""
 
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fourd_core.errors import FourDError, InputError
+from fourd_core.errors import InputError
 from fourd_core.models.step_cache import (CACHE_NAMES, STEP_CACHES, USABLE_CACHES, cache_help, resolve_cache,
                                          step_cache_enabled)
 from fourd_core.pipelines.fourdnex import SamplingConfig, generate_latents
@@ -51,7 +50,7 @@ class Probe:
         def on_rope(module, args, output):
             cos = output[0].reshape(args[0].shape[2], args[0].shape[3] // 2, args[0].shape[4] // 2, -1)
             w = cos.shape[2]
-            self.evals[-1]["rope"] = bool(module.enabled) and torch.equal(cos[:, :, : w // 2], cos[:, :, w // 2:])
+            self.evals[-1]["rope"] = bool(tr._fourdnex_enabled) and torch.equal(cos[:, :, : w // 2], cos[:, :, w // 2:])
 
         self.handles.append(tr.register_forward_pre_hook(on_forward, with_kwargs=True))
         self.handles.append(tr.patch_embedding.register_forward_hook(on_patch))
@@ -154,14 +153,15 @@ def test_cli_reads_the_table_and_refuses_before_loading(capsys, tmp_path):
     assert code == 2 and "one attention state per layer" in capsys.readouterr().err
     assert not (tmp_path / "never").exists() and not (tmp_path / "o").exists()  # nothing loaded or written
     from fourd_core.job import SceneJob
-    from fourd_core.io.export import ExportOptions
 
     args = parser.parse_args(["generate", "--preset", "tiny", "--image", str(img), "--prompt", "x", "--out", "o",
                               "--cache", "first_block", "--cache-value", "0.1"])
-    job = SceneJob(args, ExportOptions(), None)
+    job = SceneJob(cli.generate_config(args))
     assert (job.sampling.cache, job.sampling.cache_value) == ("first_block", 0.1)
-    with pytest.raises(FourDError, match="--parallel"):
-        SceneJob(argparse.Namespace(**{**vars(args), "parallel": "cfg=2"}), ExportOptions(), None)
+    code = cli.main(["generate", "--preset", "tiny", "--image", str(img), "--prompt", "x", "--out", str(tmp_path / "p"),
+                     "--cache", "first_block", "--parallel", "cfg=2", "--cache-dir", str(tmp_path / "never")])
+    assert code == 2 and "--parallel" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists() and not (tmp_path / "p").exists()
 
 
 def test_grid_samplers_refuse_an_enabled_cache(tiny_pipe):

@@ -187,7 +187,7 @@ def test_a_degenerate_camera_is_not_looked_through(browser_page):
 
 @needs_browser
 def test_parse_asset_in_browser_matches_python(browser_page, assets):
-    from fourd_core.io.viewer_asset import read_layer, read_viewer_asset
+    from fourd_core.testing.readers import read_layer, read_viewer_asset
 
     data = assets["both.fourd4d"]
     header, pos, col = read_viewer_asset(data)

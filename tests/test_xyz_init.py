@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fourd_core.errors import InputError
-from fourd_core.geometry.xyz_init import (XYZ_LATENT_MEAN, XYZ_LATENT_STD, denormalize_xyz_latents,
+from fourd_core.pipelines.xyz_init import (XYZ_LATENT_MEAN, XYZ_LATENT_STD, denormalize_xyz_latents,
                                           normalize_xyz_latents, xyz_from_depth)
 
 

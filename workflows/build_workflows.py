@@ -254,7 +254,7 @@ NATIVE_CORE = {
                  [("LATENT", "LATENT")]),
 }
 CORE.update(NATIVE_CORE)
-TINY_NATIVE_MODEL = "fourd_tiny_wan21_i2v_native.safetensors"   # written by the pack (fourd_core.native.tiny)
+TINY_NATIVE_MODEL = "fourd_tiny_wan21_i2v_native.safetensors"   # written by the pack (fourd_core.native.tiny_wan)
 TINY_NATIVE_RELEASE = "fourd_tiny_4dnex_native"
 
 
@@ -337,7 +337,7 @@ def native_image_to_4d(tiny: bool) -> dict:
     return {"nodes": nodes, "info": info}
 
 
-# --- Gaussian splats (issue 11) --------------------------------------------------------------
+# --- Gaussian splats -------------------------------------------------------------------------------
 def image_to_4d_gaussians(tiny: bool) -> dict:
     """The grid graph, then: pixel-aligned splats of the scene, and 4D Gaussians fitted to the scene frames +
     the grid's views -> PLY sequences, core Preview 3D, the splat 4D preview and an orbit video."""

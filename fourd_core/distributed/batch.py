@@ -27,15 +27,13 @@ import hashlib
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
 from ..errors import InputError
 from ..util.text import read_text_file
-from ..util.atomic import atomic_directory, remove_stale_temporaries, write_text_atomic, writable_output_dir
-from ..job import SceneJob
-from .runtime import DistContext, ParallelSpec, enable_scene_parallel, init_distributed, sequence_length
+from ..util.atomic import atomic_directory, remove_stale_temporaries, write_text_atomic
+from .runtime import DistContext, enable_scene_parallel, sequence_length
 
 #: image file suffixes the batch mode picks up (case-insensitive)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -200,7 +198,7 @@ def run_batch(job, items: list[BatchItem], out: Path, ctx: DistContext, settings
     if todo:  # every rank loads (mesh sub-groups are collective), even one without items
         pipe, info = job.load(str(ctx.device), log=ctx.log)
         if ctx.spec.size > 1:
-            tokens = None if job.args.resize == "max_area" else sequence_length(
+            tokens = None if job.config.resize == "max_area" else sequence_length(
                 pipe.transformer, job.sampling.num_frames, job.sampling.height, job.sampling.width)
             enable_scene_parallel(pipe.transformer, ctx, tokens)
         t_loaded = time.perf_counter()
@@ -251,74 +249,16 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_scene_parallel(job, args, prompt: str, ctx: DistContext) -> dict:
-    """One scene over ``ctx.spec.size`` ranks: every rank samples its share, rank 0 decodes and writes ``--out``."""
-    prepared = job.prepare(args.image)  # fail before the models load
+def run_scene_parallel(job, image: str, out: str, prompt: str, ctx: DistContext) -> dict:
+    """One scene over ``ctx.spec.size`` ranks: every rank samples its share, rank 0 decodes and writes ``out``."""
+    prepared = job.prepare(image)  # fail before the models load
     t0 = time.perf_counter()
     pipe, info = job.load(str(ctx.device), log=ctx.log)
-    image, sampling = prepared
+    _, sampling = prepared
     tokens = sequence_length(pipe.transformer, sampling.num_frames, sampling.height, sampling.width)
     enable_scene_parallel(pipe.transformer, ctx, tokens)
     t_loaded = time.perf_counter()
-    summary = job.make(pipe, info, prepared, prompt, args.out if ctx.is_main else None, write=ctx.is_main, log=ctx.log)
-    return {"out": str(Path(args.out).resolve()), "parallel": str(ctx.spec), "ranks": ctx.world_size,
+    summary = job.make(pipe, info, prepared, prompt, out if ctx.is_main else None, write=ctx.is_main, log=ctx.log)
+    return {"out": str(Path(out).resolve()), "parallel": str(ctx.spec), "ranks": ctx.world_size,
             "tiny_preset": job.tiny, **summary, "load_s": round(t_loaded - t0, 2),
             "total_s": round(time.perf_counter() - t0, 2)}
-
-
-#: CLI options that do not change a scene (not part of its fingerprint)
-_NOT_SETTINGS = {"command", "image", "images", "prompts", "prompt", "prompt_file", "out", "device", "offload",
-                 "attention", "parallel", "redo", "cache_dir", "offline", "encoding", "verbose"}
-
-
-def cmd_generate_distributed(args, prompt: str | None, export_options, geometry) -> int:
-    """``generate --images`` and/or ``--parallel`` (see the module docstring).
-
-    Args:
-        args: parsed ``generate`` arguments. prompt: the prompt of ``--image``, or the default prompt
-            of a batch (None: none). export_options / geometry: as the CLI builds them (see
-            :class:`~fourd_core.job.SceneJob`; geometry is ignored with ``--no-geometry``).
-    Returns:
-        the exit code: 0, or 2 when an image failed.
-    Raises:
-        InputError: bad arguments, prompts or process layout (before any model loads).
-    """
-    job = SceneJob(args, export_options, None if args.no_geometry else geometry)
-    spec = ParallelSpec.parse(args.parallel)
-    if spec.cfg > 1 and not job.sampling.guidance_scale > 1:
-        raise InputError(f"--parallel cfg=2 splits the two CFG passes, but --cfg {job.sampling.guidance_scale} "
-                         "runs only one; drop cfg=2 or use a guidance scale > 1.")
-    if args.images and args.image:
-        raise InputError("Give either --image (one scene) or --images (a folder), not both.")
-    if args.prompts and not args.images:
-        raise InputError("--prompts goes with --images; for one image use --prompt or --prompt-file.")
-    items = None
-    if args.images:
-        items = plan_items(args.images, args.prompts, prompt, args.encoding)  # checked before the process group starts
-    elif not args.image:
-        raise InputError("Give --image FILE (one scene) or --images DIR (a batch).")
-    ctx = init_distributed(args.device, spec)
-    try:
-        if items is None and ctx.groups > 1:
-            raise InputError(f"{ctx.world_size} processes for one image with --parallel {spec} ({spec.size} per "
-                             f"scene): use --nproc-per-node {spec.size}, or --images for a batch.")
-        with writable_output_dir(args.out, "--out") as out:
-            if items is None:
-                summary = run_scene_parallel(job, args, prompt, ctx)
-                if ctx.is_main:
-                    print(json.dumps(summary, indent=1))
-                return 0
-            settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
-            summary = run_batch(job, items, out, ctx, settings, redo=args.redo)
-        if ctx.is_main:
-            print(json.dumps({k: v for k, v in summary.items() if k != "per_rank"} | {"out": str(out.resolve())},
-                             indent=1))
-            if summary["failed"]:
-                print(f"error: {len(summary['failed'])} of {len(items)} images failed: "
-                      + ", ".join(f["name"] for f in summary["failed"]), file=sys.stderr)
-        # torchrun stops every rank as soon as one exits non-zero: all wait until rank 0 has written
-        # the summary, and only rank 0 reports the failure in its exit code
-        ctx.barrier()
-        return 2 if summary["failed"] and ctx.is_main else 0
-    finally:
-        ctx.close()

@@ -1,4 +1,4 @@
-"""Camera-path helpers for novel-view rendering (issue 4, point 4).
+"""Camera-path helpers for novel-view rendering (orbit, arc, dolly around a scene camera).
 
 Every function returns ``[N,4,4]`` OpenCV cam-to-world poses (x right, y down, z forward) whose
 first pose equals the input pose ``cam_to_world0``, in its dtype (float32 unless float64 is given).

@@ -1,5 +1,5 @@
 """Freeze-time input for the grid sampler: one frame of a :class:`~fourd_core.scene.Scene4D`
-rendered along a camera path (issue 5, point 4).
+rendered along a camera path (the first column of the 4Real-Video grid, Sec. 3.3).
 
 The path starts at the camera of the chosen frame (so view 0 is that frame seen from its own
 camera) and turns about the scene centre on the frame's optical axis (median depth of the frame).

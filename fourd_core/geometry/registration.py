@@ -5,8 +5,8 @@
 * :func:`fit_cameras` (the solver, package :mod:`fourd_core.geometry.solver`) recovers K, poses
   and depth from point maps (Eq. 9).
 
-The official post-optimisation (1500 Adam steps, 4dnex.md section 8) is a benchmark baseline in
-:mod:`fourd_core.geometry.baselines`, not part of this production path.
+The official post-optimisation (1500 Adam steps, official 3DTopia/4DNeX @ 1101bc6: ``pm_registration.py``) is a benchmark baseline in
+:mod:`fourd_core.testing.official_registration`, not part of this production path.
 
 Pixel convention (OpenCV): pixel (row i, column j) has its centre at (u, v) = (j, i); cameras use
 OpenCV axes (x right, y down, z forward); ``K`` is in pixels; ``cam_to_world`` maps camera to
@@ -29,9 +29,9 @@ _F64 = torch.float64
 def prepare_4dnex_points(xyz01: torch.Tensor) -> torch.Tensor:
     """Bring decoded 4DNeX XYZ (in [0, 1]) into the registration convention.
 
-    4DNeX decodes its XYZ video to ``p = (X_norm + 1) / 2`` in [0, 1] (4dnex.md section 7).  The
+    4DNeX decodes its XYZ video to ``p = (X_norm + 1) / 2`` in [0, 1] (official 3DTopia/4DNeX @ 1101bc6: ``inference.py``).  The
     official registration subtracts 0.5 from x and y only, so that x, y are centred on 0 and z stays
-    in [0, 1], in front of a camera near the origin (4dnex.md sections 7-8).  This does the same.
+    in [0, 1], in front of a camera near the origin (official 3DTopia/4DNeX @ 1101bc6: ``inference.py``, ``pm_registration.py``).  This does the same.
 
     Args:
         xyz01: [F,H,W,3] or [H,W,3] floating tensor, normally in [0, 1] (values outside are kept).

@@ -1,4 +1,5 @@
-"""Novel-view rendering of coloured points with a z-buffer (issue 4, point 4).
+"""Novel-view rendering of coloured points with a z-buffer (the freeze-time column of 4Real-Video
+Sec. 3.3 and the trajectory render of 4DNeX Sec. 4).
 
 Points (e.g. one frame of a :class:`~fourd_core.geometry.registration.CameraFit`'s ``points`` with
 the RGB frame as colours) are projected into any pinhole camera and splatted as squares of
@@ -101,7 +102,7 @@ def render_points(
     Raises:
         InputError: mismatched shapes, non-positive sizes, more than 2^32 points, bad background.
 
-    Source: issue 4 point 4; used by the grid sampler for its freeze-time input.
+    Used by the grid sampler for its freeze-time input (4Real-Video Sec. 3.3) and the trajectory render.
     """
     if not isinstance(points, torch.Tensor) or points.shape[-1] != 3 or not points.is_floating_point():
         raise InputError("points must be a floating-point tensor [N,3] or [H,W,3].")

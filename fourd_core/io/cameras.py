@@ -103,13 +103,6 @@ def write_depth_png(path: str | Path, depth: torch.Tensor, scale: float) -> Path
     return write_bytes_atomic(path, buf.getvalue())
 
 
-def read_depth_png(path: str | Path, scale: float) -> torch.Tensor:
-    """Inverse of :func:`write_depth_png`: ``[H, W]`` float32 depth (0 where invalid)."""
-    import imageio.v2 as imageio
-
-    return torch.from_numpy(imageio.imread(str(path)).astype(np.float32) / scale)
-
-
 def write_npy(path: str | Path, array: torch.Tensor) -> Path:
     """Save a tensor as ``.npy`` (plain array, loadable with ``np.load(allow_pickle=False)``)."""
     with atomic_path(path) as tmp:

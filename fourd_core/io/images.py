@@ -95,7 +95,7 @@ def to_rgb(image: torch.Tensor) -> torch.Tensor:
 
 
 def max_area_size(height: int, width: int, max_area: int = 480 * 720, mod: int = 16) -> tuple[int, int]:
-    """The official 4DNeX / Wan resize rule (4dnex.md sec. 1.3): keep the aspect ratio, area
+    """The official 4DNeX / Wan resize rule (official 3DTopia/4DNeX @ 1101bc6: ``inference.py``): keep the aspect ratio, area
     ``max_area``, both sides floored to multiples of ``mod``.
 
     ``h = floor(round(sqrt(max_area * ar)) / mod) * mod``, ``w = floor(round(sqrt(max_area / ar)) / mod) * mod``

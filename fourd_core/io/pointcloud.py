@@ -101,34 +101,6 @@ def write_ply(path: str | Path, points, colors) -> Path:
     return write_bytes_atomic(path, ply_bytes(points, colors))
 
 
-def read_ply(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read a PLY point cloud: ``(points [N, 3] float32, colors [N, 3] float32 in [0, 1])``.
-
-    Accepts ASCII and binary files with ``x y z`` and optional ``red green blue`` (uchar, or float
-    in [0, 1]); missing colours read as white.
-
-    Raises:
-        InputError: missing file, not a PLY, or no ``vertex`` element with x, y, z.
-    """
-    from plyfile import PlyData
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"PLY file not found: {path}.")
-    try:
-        v = PlyData.read(str(path))["vertex"].data
-        pts = np.stack([v["x"], v["y"], v["z"]], axis=-1).astype(np.float32)
-    except Exception as exc:
-        raise InputError(f"{path} is not a readable PLY point cloud with x, y, z vertices ({brief(exc)}).") from exc
-    names = v.dtype.names or ()
-    if all(k in names for k in ("red", "green", "blue")):
-        col = np.stack([v["red"], v["green"], v["blue"]], axis=-1)
-        col = col.astype(np.float32) / (255.0 if col.dtype.kind in "ui" else 1.0)
-    else:
-        col = np.ones_like(pts)
-    return torch.from_numpy(pts), torch.from_numpy(col)
-
-
 def glb_bytes(points, colors) -> bytes:
     """A GLB document with one POINTS primitive (POSITION float32 + COLOR_0 as RGBA8), via trimesh.
 

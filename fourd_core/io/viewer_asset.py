@@ -43,7 +43,7 @@ POINT_FIELDS = {"positions": ("<f4", 3), "colors": ("u1", 3)}
 SPLAT_FIELDS = {"positions": ("<f4", 3), "colors": ("<f4", 3), "scales": ("<f4", 3), "rotations": ("<f4", 4),
                 "opacities": ("<f4", 1)}
 
-__all__ = ["MAGIC", "VERSION", "gaussians_viewer_asset_bytes", "read_layer", "read_viewer_asset",
+__all__ = ["MAGIC", "VERSION", "gaussians_viewer_asset_bytes",
            "viewer_asset_bytes", "write_viewer_asset"]
 
 
@@ -189,49 +189,3 @@ def _encode(header: dict, layers: dict[str, list[dict]]) -> bytes:
 def write_viewer_asset(path: str | Path, scene: Scene4D, **kwargs) -> Path:
     """Write :func:`viewer_asset_bytes` atomically to ``path``."""
     return write_bytes_atomic(path, viewer_asset_bytes(scene, **kwargs))
-
-
-def _header(data: bytes) -> tuple[dict, memoryview]:
-    if data[:4] != MAGIC:
-        raise ValueError("not a FD4D viewer asset")
-    version, hlen = struct.unpack_from("<II", data, 4)
-    if version != VERSION:
-        raise ValueError(f"FD4D version {version}; this reader reads version {VERSION}")
-    return json.loads(data[12:12 + hlen]), memoryview(data)[12 + hlen:]
-
-
-def read_layer(data: bytes, layer: str) -> dict[str, list[np.ndarray]] | None:
-    """One layer of an asset: ``{field: [per-frame array]}`` (``"points"``: positions ``[n, 3]`` float32,
-    colors ``[n, 3]`` uint8; ``"splats"``: positions, colors, scales ``[n, 3]``, rotations ``[n, 4]``,
-    opacities ``[n]``, all float32), or None when the asset has no such layer.
-
-    Raises:
-        ValueError: not a version-2 FD4D asset, or an unknown layer name.
-    """
-    if layer not in ("points", "splats"):
-        raise ValueError(f"unknown layer {layer!r}: 'points' or 'splats'")
-    header, body = _header(data)
-    spec = header.get(layer)
-    if spec is None:
-        return None
-    fields = POINT_FIELDS if layer == "points" else SPLAT_FIELDS
-    out = {}
-    for key, (dtype, width) in fields.items():
-        arrays = [np.frombuffer(body, dtype=dtype, count=n * width, offset=o).reshape((n, width) if width > 1 else (n,))
-                  for n, o in zip(spec["counts"], spec[key])]
-        out[key] = arrays
-    return out
-
-
-def read_viewer_asset(data: bytes) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
-    """Decode an asset: ``(header, positions per frame [n, 3] float32, colours per frame [n, 3])`` of its
-    points layer, or of its splats layer when it has no points (colours then float32 in [0, 1+]).
-
-    Raises:
-        ValueError: not a version-2 FD4D asset.
-    """
-    header, _ = _header(data)
-    layer = read_layer(data, "points" if header.get("points") else "splats")
-    if layer is None:
-        return header, [], []
-    return header, layer["positions"], layer["colors"]

@@ -4,7 +4,7 @@ Base model sources (``ModelSpec.base``):
     * a diffusers folder (``Wan2.1-I2V-14B-480P-Diffusers``, with ``model_index.json``);
     * a Hugging Face hub id, downloaded with ``huggingface_hub`` into ``cache_dir`` / ``local_dir``
       (only the parts that are not overridden by single files);
-    * ``"tiny"``: the random-weight preset (:mod:`fourd_core.models.tiny`), no download;
+    * ``"tiny"``: the random-weight preset (:mod:`fourd_core.models.tiny_preset`), no download;
     * ``None`` when all four single files are given (component configs then come from the packaged
       Wan2.1-I2V-14B-480P configs; the tokenizer from ``tokenizer`` or the hub).
 Single-file overrides (ComfyUI ``models/`` files or the original Wan release):
@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError, brief
-from .lora import load_fourdnex_release
-from .memory import MemoryConfig, apply_memory_config, enable_fp8_storage
-from .patches import DOMAIN_EMBEDDING_KEY, apply_fourdnex_patches
+from ..settings import setting
+from .patches import DOMAIN_EMBEDDING_KEY
 from .weights import check_safetensors_complete, check_weight_dtypes, load_safetensors
 
 BASE_HUB_ID = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
@@ -62,13 +61,15 @@ class ModelSpec:
     tokenizer: str | None = None
     fourdnex: str | None = FOURDNEX_HUB_ID
     domain_embeddings_file: str | None = None
-    lora_strength: float = 1.0
-    fuse_lora: bool = True
-    dtype: str = "bfloat16"
+    lora_strength: float = setting(1.0, help="multiplies the release scale 0.5 (alpha 32 / rank 64); 1.0 = as trained",
+                                   low=0.0, high=10.0, node_high=2.0, step=0.05)
+    fuse_lora: bool = setting(True, help="merge the LoRA into the weights (official) instead of keeping an adapter",
+                              flag="--no-fuse-lora")
+    dtype: str = setting("bfloat16", help="DiT and UMT5 dtype (CLIP and the VAE stay float32)", choices=tuple(DTYPES))
     cache_dir: str | None = None
     local_dir: str | None = None
     lora_local_dir: str | None = None
-    local_files_only: bool = False
+    local_files_only: bool = setting(False, help="never use the network", flag="--offline")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -286,7 +287,7 @@ def resolve_base(spec: ModelSpec) -> tuple[Path | None, Path | None]:
     if spec.base is None:
         return None, None
     if spec.base == "tiny":
-        from .tiny import ensure_tiny_preset
+        from .tiny_preset import ensure_tiny_preset
 
         root = ensure_tiny_preset(spec.cache_dir)
         return root / "base", root / "lora"
@@ -305,128 +306,3 @@ def resolve_base(spec: ModelSpec) -> tuple[Path | None, Path | None]:
             ignore += [f"{sub}/*.safetensors", f"{sub}/*.bin", f"{sub}/*.pth"]
     return hub_download(spec.base, cache_dir=spec.cache_dir, local_dir=spec.local_dir,
                         local_files_only=spec.local_files_only, ignore_patterns=ignore or None), None
-
-
-def load_pipeline(spec: ModelSpec, memory: MemoryConfig | None = None, progress=None):
-    """Load the base model, apply the 4DNeX release and place everything per ``memory``.
-
-    Args:
-        spec: where the weights come from. memory: placement (default: all on the best device).
-        progress: optional ``progress(message)`` called between the (slow) loading stages.
-    Returns:
-        ``(pipe, info)`` - a :class:`~fourd_core.pipelines.fourdnex.FourDNeXPipeline` and a dict
-        describing what was loaded (paths, dtypes, LoRA scale).
-    Raises:
-        WeightsError: any missing, corrupt or mismatched file (the message names the fix).
-    """
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
-
-    from ..pipelines.fourdnex import FourDNeXPipeline
-
-    memory = memory or MemoryConfig()
-    say = progress or (lambda msg: None)
-    dtype = spec.torch_dtype
-    folder, tiny_release = resolve_base(spec)
-    if folder is None and not all([spec.transformer_file, spec.vae_file, spec.text_encoder_file, spec.image_encoder_file]):
-        raise WeightsError("Without a base model folder or hub id, all four single files are needed: transformer, "
-                           "VAE, UMT5 text encoder and CLIP vision encoder.")
-    info: dict = {"base": str(folder) if folder else None, "dtype": spec.dtype, "tiny": spec.base == "tiny"}
-    if not spec.fourdnex and spec.domain_embeddings_file:
-        raise WeightsError("Domain embeddings were given without the 4DNeX LoRA; they only exist together with it. "
-                           "Give the LoRA too, or drop the embeddings for plain Wan2.1.")
-    check_weight_files(folder, spec)
-
-    def sub_ok(name):
-        return folder is not None and (folder / name).exists()
-
-    say("loading transformer")
-    keep_fp8 = bool(memory.fp8_storage and not (spec.fuse_lora and spec.fourdnex))
-    domain_emb = None
-    if spec.transformer_file:
-        transformer, domain_emb = load_transformer_file(spec.transformer_file, _config(folder, "transformer", "transformer.json"),
-                                                        dtype, keep_fp8=keep_fp8)
-        info["transformer"] = str(spec.transformer_file)
-    elif sub_ok("transformer"):
-        with _loading("transformer", folder / "transformer"):
-            transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
-        shards = folder / "transformer"
-        for index in shards.glob("*.index.json"):
-            shard = json.loads(index.read_text()).get("weight_map", {}).get(DOMAIN_EMBEDDING_KEY)
-            if shard:
-                domain_emb = load_safetensors(shards / shard, keys=[DOMAIN_EMBEDDING_KEY])[DOMAIN_EMBEDDING_KEY].float()
-    else:
-        raise WeightsError(f"No transformer in {folder}; give transformer_file.")
-
-    say("loading VAE")
-    if spec.vae_file:
-        vae = load_vae_file(spec.vae_file, _config(folder, "vae", "vae.json"))
-    else:
-        with _loading("VAE", folder / "vae"):
-            vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
-
-    say("loading text encoder")
-    if spec.text_encoder_file:
-        text_encoder = load_text_encoder_file(spec.text_encoder_file, _config(folder, "text_encoder", "text_encoder.json"), dtype)
-    else:
-        with _loading("text encoder", folder / "text_encoder"):
-            text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype)
-    if spec.tokenizer:
-        tok_src = spec.tokenizer
-    elif sub_ok("tokenizer"):
-        tok_src = folder / "tokenizer"
-    else:
-        tok_src = hub_download(BASE_HUB_ID, cache_dir=spec.cache_dir, local_dir=spec.local_dir,
-                               local_files_only=spec.local_files_only, allow_patterns=["tokenizer/*"]) / "tokenizer"
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_src))
-
-    say("loading image encoder")
-    if spec.image_encoder_file:
-        image_encoder = load_image_encoder_file(spec.image_encoder_file, _config(folder, "image_encoder", "image_encoder.json"))
-    else:
-        with _loading("image encoder", folder / "image_encoder"):
-            image_encoder = CLIPVisionModel.from_pretrained(folder / "image_encoder", torch_dtype=torch.float32)
-    if sub_ok("image_processor"):
-        image_processor = CLIPImageProcessor.from_pretrained(folder / "image_processor")
-    else:
-        image_processor = CLIPImageProcessor(**{k: v for k, v in _config(None, "", "image_processor.json").items()
-                                                if k != "image_processor_type"})
-    if sub_ok("scheduler"):
-        scheduler = UniPCMultistepScheduler.from_pretrained(folder, subfolder="scheduler")
-    else:
-        scheduler = UniPCMultistepScheduler.from_config(_config(None, "", "scheduler.json"))
-
-    pipe = FourDNeXPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), scheduler=scheduler,
-                            image_processor=image_processor, image_encoder=image_encoder.eval(),
-                            transformer=transformer.eval())
-    pipe.set_progress_bar_config(disable=True)
-
-    release = spec.fourdnex
-    if spec.base == "tiny" and release == FOURDNEX_HUB_ID:
-        release = str(tiny_release)
-    if release:
-        say("loading 4DNeX LoRA")
-        rel_path = Path(release).expanduser()
-        if not rel_path.exists() and is_hub_id(release):
-            rel_path = hub_download(release, cache_dir=spec.cache_dir, local_dir=spec.lora_local_dir,
-                                    local_files_only=spec.local_files_only)
-        fuse = spec.fuse_lora
-        if memory.fp8_storage and not fuse:
-            # unfused LoRA on fp8 weights: cast the base weights first so the adapter stays in `dtype`
-            enable_fp8_storage(transformer, dtype)
-        info["lora"] = load_fourdnex_release(pipe, rel_path, strength=spec.lora_strength, fuse=fuse,
-                                             domain_embeddings=spec.domain_embeddings_file,
-                                             embeddings_tensor=domain_emb)
-        if not fuse:  # PEFT creates adapters in the base layer's dtype; keep them in the compute dtype
-            for name, p in transformer.named_parameters():
-                if ".lora_" in name and p.dtype != dtype:
-                    p.data = p.data.to(dtype)
-            if memory.fp8_storage:
-                enable_fp8_storage(transformer, dtype)
-    else:
-        apply_fourdnex_patches(transformer, domain_emb)
-        info["lora"] = None
-    say("placing models")
-    apply_memory_config(pipe, memory, dtype)
-    info["memory"] = dataclasses.asdict(memory)
-    return pipe, info

@@ -1,6 +1,6 @@
 """The 4DNeX release files: the rank-64 LoRA and the learnable domain embeddings.
 
-Official release (``FrozenBurning/4DNex-Lora``; 4dnex.md sections 5 and 6):
+Official release (``FrozenBurning/4DNex-Lora``; official 3DTopia/4DNeX @ 1101bc6: ``core/inference/wan.py``, ``inference.py``):
 
 * ``pytorch_lora_weights.safetensors``: keys
   ``transformer.blocks.{i}.attn{1,2}.{to_q,to_k,to_v,to_out.0}.lora_{A,B}.weight``, A ``[r, in]``,
@@ -194,7 +194,7 @@ def load_fourdnex_release(pipe, path: str | Path, *, strength: float = 1.0, fuse
     Raises:
         WeightsError: see :func:`read_fourdnex_lora` and :func:`read_domain_embeddings`; also when
             no domain embeddings exist at all: the release was trained with them, and zeros would
-            silently give a different model (4dnex.md sec. 6).
+            silently give a different model (official 3DTopia/4DNeX @ 1101bc6: ``inference.py``).
     """
     lora_file, emb_file = find_release_files(path)
     emb_file = Path(domain_embeddings) if domain_embeddings is not None else emb_file

@@ -1,7 +1,7 @@
 """Memory settings for the big diffusers models: offloading, fp8 weight storage, VAE tiling and
 the attention backend - all through diffusers' own mechanisms.
 
-Rough sizes for Wan2.1-I2V-14B (4dnex.md sec. 10): DiT 32.8 GB in bf16 (16.4 GB in fp8),
+Rough sizes for Wan2.1-I2V-14B (official 3DTopia/4DNeX @ 1101bc6: ``inference.py``): DiT 32.8 GB in bf16 (16.4 GB in fp8),
 UMT5-XXL 11.4 GB bf16, CLIP-H 2.5 GB fp32, VAE 0.5 GB. The official code puts all of it on one GPU
 (about 50-56 GB peak). On one 24 GB GPU use ``offload="group"`` (blocks stream in, a few GB
 resident) or ``offload="model"`` together with ``fp8_storage=True`` (DiT resident in fp8).

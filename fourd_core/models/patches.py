@@ -1,6 +1,6 @@
 """The 4DNeX additions to diffusers' ``WanTransformer3DModel``, as small patches (not a fork).
 
-4DNeX (Sec. 4.2; official class ``WanTransformer3DModelDembSameRope``, 4dnex.md sections 1.6 and 5)
+4DNeX (Sec. 4.2; official class ``WanTransformer3DModelDembSameRope``, 3DTopia/4DNeX @ 1101bc6: ``core/inference/wan.py``)
 changes the stock Wan DiT in exactly two places for a width-fused ``[RGB | XYZ]`` latent:
 
 1. **Learnable domain embeddings** ``[2, inner_dim]``: row 0 is added to every token of the left

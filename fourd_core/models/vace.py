@@ -13,7 +13,7 @@ truncated download).
 
 The tiny model is the real architecture (``WanVACETransformer3DModel``: a text-to-video Wan DiT with
 VACE blocks, diffusers 0.42.1 ``models/transformers/transformer_wan_vace.py``) at toy width with the
-tiny preset's VAE, UMT5 and tokenizer (:mod:`fourd_core.models.tiny`), saved by
+tiny preset's VAE, UMT5 and tokenizer (:mod:`fourd_core.models.tiny_preset`), saved by
 ``WanVACEPipeline.save_pretrained`` and loaded back through :func:`load_vace_pipeline` like a
 downloaded one.
 """
@@ -28,7 +28,7 @@ import torch
 from ..errors import WeightsError
 from ..util.locks import build_once
 from .loading import DTYPES, hub_download, is_hub_id
-from .tiny import default_cache_dir
+from .tiny_preset import default_cache_dir
 from .weights import check_safetensors_complete
 
 VACE_HUB_IDS = ("Wan-AI/Wan2.1-VACE-1.3B-diffusers", "Wan-AI/Wan2.1-VACE-14B-diffusers")
@@ -157,7 +157,7 @@ def save_tiny_vace(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny random VACE model into ``folder`` (a diffusers ``WanVACEPipeline`` folder)."""
     from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
-    from .tiny import build_tiny_components
+    from .tiny_preset import build_tiny_components
 
     comps = build_tiny_components(seed)
     torch.manual_seed(seed + 10)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..geometry.xyz_init import denormalize_xyz_latents
+from ..pipelines.xyz_init import denormalize_xyz_latents
 from ..pipelines.conditioning import condition_mask, condition_video, split_width
 
 _VAE_CONFIG = Path(__file__).resolve().parents[1] / "models" / "configs" / "wan21_i2v_14b_480p" / "vae.json"
@@ -111,7 +111,7 @@ def denormalize_xyz_raw(raw_xyz: torch.Tensor) -> torch.Tensor:
     4DNeX trains the XYZ half with ``z_n = (z - mu) / sigma`` (mu = -0.13, sigma = 1.70) *inside*
     the VAE-normalised space. A ComfyUI sampler returns raw latents ``r = z_n * std_c + mean_c``,
     so the decoder input is ``((r - mean_c) / std_c * 1.70 - 0.13) * std_c + mean_c``
-    (:func:`fourd_core.geometry.xyz_init.denormalize_xyz_latents` in the normalised space).
+    (:func:`fourd_core.pipelines.xyz_init.denormalize_xyz_latents` in the normalised space).
 
     Args:
         raw_xyz: ``[B, 16, T, h, w]`` raw latents of the XYZ half.

@@ -13,7 +13,7 @@ is 128 (``num_heads = dim / 128``) and the text width 4096.  The tiny model: dim
 Key names follow the original VACE code's modules (``VaceWanModel`` of ali-vilab/VACE and
 Wan-Video/Wan2.1 ``wan/modules/vace_model.py``: ``vace_patch_embedding``, ``vace_blocks.N`` = a
 Wan attention block plus ``after_proj``, and ``before_proj`` in block 0); the base keys are the T2V
-subset of :func:`fourd_core.native.tiny.original_wan_shapes`.  diffusers' single-file converter
+subset of :func:`fourd_core.native.tiny_wan.original_wan_shapes`.  diffusers' single-file converter
 (``convert_wan_transformer_to_diffusers``) reads the same file into a ``WanVACETransformer3DModel``
 of :data:`TINY_VACE_DIFFUSERS_CONFIG`, a second, independent reading of the layout.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from ..util.locks import build_once
-from ..models.tiny import default_cache_dir
-from .tiny import NATIVE_TINY, original_wan_shapes
+from ..models.tiny_preset import default_cache_dir
+from .tiny_wan import NATIVE_TINY, original_wan_shapes
 
 NATIVE_TINY_VACE_VERSION = 1
 TINY_VACE_MODEL_NAME = "fourd_tiny_wan21_vace_native.safetensors"
@@ -66,7 +66,7 @@ def original_vace_shapes(dim: int, ffn_dim: int, num_layers: int, vace_layers: i
 
 def tiny_vace_state_dict(seed: int = 5) -> dict[str, torch.Tensor]:
     """Random weights for :data:`TINY_VACE` in the original layout (float32), initialised like
-    :func:`fourd_core.native.tiny.tiny_native_state_dict`: matrices ``N(0, 1 / fan_in)``, norm
+    :func:`fourd_core.native.tiny_wan.tiny_native_state_dict`: matrices ``N(0, 1 / fan_in)``, norm
     weights ``1 + N(0, 0.1)``, biases and modulation tables ``N(0, 0.1)``."""
     g = torch.Generator().manual_seed(seed)
     c = TINY_VACE

@@ -1,6 +1,6 @@
 """Width-fused condition building for 4DNeX (pure tensor functions, no models).
 
-Reference: 4DNeX Sec. 4.2 (Fig. 5) and the official ``prepare_latents`` (4dnex.md sections 1.5 and 3).
+Reference: 4DNeX Sec. 4.2 (Fig. 5) and the official ``prepare_latents`` (official 3DTopia/4DNeX @ 1101bc6: ``core/inference/wan.py``).
 All functions are pure so the spec tests can check them against formulas.
 """
 

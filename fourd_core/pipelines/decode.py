@@ -1,6 +1,6 @@
 """Decoding width-fused 4DNeX latents into the RGB video and the XYZ point-map video.
 
-The chain (4dnex.md sec. 4): XYZ half ``z_v = 1.70 * z - 0.13`` (modality de-normalisation), then
+The chain (official 3DTopia/4DNeX @ 1101bc6: ``wan_dataset.py``, ``inference.py``): XYZ half ``z_v = 1.70 * z - 0.13`` (modality de-normalisation), then
 the VAE's ``z = z_v * std_c + mean_c``, the Wan VAE decoder, clamp to [-1, 1], ``x / 2 + 0.5``. The
 RGB half skips the first step. The halves are decoded *as two samples of one batch*, never as one
 wide image, so nothing leaks across the seam (the official joint decode does leak; ``joint=True``
@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from einops import rearrange
 
 from ..errors import InputError
-from ..geometry.xyz_init import denormalize_xyz_latents
+from .xyz_init import denormalize_xyz_latents
 from .conditioning import split_width
 
 #: ``callback(done, total)`` between decoder calls; raise (e.g. CancelledError) to stop.
@@ -109,7 +109,7 @@ def decode_6d(pipe, latents: torch.Tensor, *, vae_dtype: torch.dtype = torch.flo
     Returns:
         ``rgb`` ``[F, H, W, 3]`` and ``xyz`` ``[F, H, W, 3]``, float32 in [0, 1] on CPU. The XYZ
         channels are the 4DNeX point map (x, y, z) mapped from [-1, 1] to [0, 1]: first-camera OpenCV
-        axes, per-frame bounding-box centred, one global scale (4dnex.md sections 7 and 9).
+        axes, per-frame bounding-box centred, one global scale (official 3DTopia/4DNeX @ 1101bc6: ``inference.py``, ``build_wan_dataset.py``, ``wan_dataset.py``).
     Raises:
         InputError: latents not ``[1, C, T, h, 2w]``.
     """

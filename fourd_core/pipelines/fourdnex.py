@@ -2,10 +2,10 @@
 
 The pipeline class is diffusers' ``WanImageToVideoPipeline`` with ``prepare_latents`` overridden to
 build the width-fused condition (4DNeX Sec. 4.2; official ``WanSameRopeWBWImageToVideoPipeline``,
-4dnex.md sections 1.2-1.5). The denoising loop, CFG, the scheduler, offloading hooks and caches are
+official 3DTopia/4DNeX @ 1101bc6: ``core/inference/wan.py``). The denoising loop, CFG, the scheduler, offloading hooks and caches are
 the stock diffusers ones, so everything diffusers supports keeps working.
 
-What runs exactly as the released weights need (4dnex.md sec. 12):
+What runs exactly as the released weights need (official 3DTopia/4DNeX @ 1101bc6: ``inference.py``):
     * the prompt gets the suffix ``" POINTMAP_STYLE."``; the negative prompt is empty; CFG on text
       only (the unconditional pass keeps the CLIP embedding and the condition latent);
     * CLIP image features from the RGB image only;
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from typing import Callable
 
 import numpy as np
@@ -35,7 +34,9 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from PIL import Image
 
 from ..errors import CancelledError, InputError
-from ..geometry.xyz_init import sloped_plane
+from ..settings import setting, validate
+from .xyz_init import sloped_plane
+from ..models.step_cache import CACHE_NAMES, cache_help
 from ..models.patches import apply_fourdnex_patches, is_fourdnex_patched, set_fourdnex_enabled
 from .conditioning import condition_mask, condition_video
 from .decode import decode_6d, vae_latent_stats  # noqa: F401 - re-exported (public API)
@@ -46,9 +47,25 @@ PROMPT_SUFFIX = " POINTMAP_STYLE."
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
+SCHEDULERS = ("unipc", "euler")
+
+#: The settings every flow-matching sampler shares (4DNeX sampling, the grid sampler): one rule each.
+STEPS = dict(help="denoising steps", low=1, high=10_000, integer=True, node_high=200)
+GUIDANCE = dict(help="classifier-free guidance on text (<= 1 disables the unconditional pass)", low=0.0, high=100.0,
+                node_high=20.0, step=0.1, flag="--cfg")
+SHIFT = dict(help="flow shift of the sigma schedule", low=1e-6, high=100.0, node_low=0.1, node_high=20.0, step=0.1)
+SCHEDULER = dict(help="flow-matching UniPC (official) or Euler", choices=SCHEDULERS)
+SEED = dict(help="noise seed (a CPU generator, so the noise does not depend on the GPU)", low=0, high=2**63 - 1,
+            integer=True)
+NEGATIVE = dict(help="negative prompt for CFG (empty officially)")
+
+
 @dataclasses.dataclass
 class SamplingConfig:
-    """Sampling parameters. Defaults are the official 4DNeX inference settings (4dnex.md sec. 1.1, 1.7).
+    """Sampling parameters. Defaults are the official 4DNeX inference settings (the official inference script:
+    49 frames, 480x720 per modality, 50 UniPC steps, shift 3, guidance 5, seed 42); the tiny preset's are
+    :data:`fourd_core.models.tiny_preset.TINY_SAMPLING` (:meth:`for_preset`). Every field's rule and help:
+    :func:`fourd_core.settings.setting`.
 
     Attributes:
         num_frames: pixel frames, ``4k + 1`` (49 -> 13 latent frames).
@@ -61,49 +78,44 @@ class SamplingConfig:
             cache_value: its threshold / reuse count (None: the cache's default).
     """
 
-    num_frames: int = 49
-    height: int = 480
-    width: int = 720
-    steps: int = 50
-    guidance_scale: float = 5.0
-    shift: float = 3.0
-    scheduler: str = "unipc"
-    seed: int = 42
-    negative_prompt: str = ""
+    num_frames: int = setting(49, help="frames, 4k+1 (49: the trained length)", low=5, high=1001, multiple_of=4,
+                              offset=1, node_high=81, flag="--frames", hint="e.g. 13, 25, 49")
+    height: int = setting(480, help="height of one modality (trained: 480)", low=32, high=4096, multiple_of=16,
+                          node_low=64, node_high=2048, hint="4DNeX: 480x720")
+    width: int = setting(720, help="width of one modality (trained: 720)", low=32, high=4096, multiple_of=16,
+                         node_low=64, node_high=2048, hint="4DNeX: 480x720")
+    steps: int = setting(50, **STEPS)
+    guidance_scale: float = setting(5.0, **GUIDANCE)
+    shift: float = setting(3.0, **SHIFT)
+    scheduler: str = setting("unipc", **SCHEDULER)
+    seed: int = setting(42, **SEED)
+    negative_prompt: str = setting("", **NEGATIVE)
     prompt_suffix: str = PROMPT_SUFFIX
-    cache: str = "none"
-    cache_value: float | None = None
+    cache: str = setting("none", help="step cache (diffusers hooks): " + cache_help(), choices=CACHE_NAMES)
+    cache_value: float | None = setting(None, help="the step cache's threshold / reuse count (default: the cache's "
+                                        "own)", low=0.0, allow_none=True)
+
+    @classmethod
+    def for_preset(cls, preset: str | None, **given) -> "SamplingConfig":
+        """The config of a model preset (``"tiny"``: :data:`fourd_core.models.tiny_preset.TINY_SAMPLING`; else the
+        official defaults) with the ``given`` fields (None values ignored) on top."""
+        from ..models.tiny_preset import TINY_SAMPLING
+
+        base = TINY_SAMPLING if preset == "tiny" else {}
+        return cls(**{**base, **{k: v for k, v in given.items() if v is not None}})
 
     def validate(self) -> None:
-        """Raise :class:`InputError` naming the fix for any invalid field."""
+        """Raise :class:`InputError` naming the fix for any invalid field (:func:`fourd_core.settings.validate`,
+        and the step cache's value)."""
         from ..models.step_cache import resolve_cache
 
+        validate(self)
         resolve_cache(self.cache, self.cache_value)
-        if self.num_frames < 1 or (self.num_frames - 1) % 4:
-            raise InputError(f"num_frames must be 4k+1 (e.g. 13, 25, 49), got {self.num_frames}.")
-        for name in ("height", "width"):
-            v = getattr(self, name)
-            if v < 32 or v % 16:
-                raise InputError(f"{name} must be a multiple of 16 and >= 32 (4DNeX: 480x720), got {v}.")
-        validate_sampler_settings(self)
 
     @property
     def latent_frames(self) -> int:
         """Latent frames of the causal VAE (4x temporal compression): ``(num_frames - 1) / 4 + 1``."""
         return (self.num_frames - 1) // 4 + 1
-
-
-def validate_sampler_settings(cfg) -> None:
-    """Check the fields every flow-matching sampler config shares (``steps``, ``guidance_scale``,
-    ``shift``, ``scheduler``); raises :class:`InputError` naming the fix."""
-    if cfg.steps < 1:
-        raise InputError(f"steps must be >= 1, got {cfg.steps}.")
-    if not math.isfinite(cfg.guidance_scale) or cfg.guidance_scale < 0:
-        raise InputError(f"guidance_scale must be a finite number >= 0, got {cfg.guidance_scale}.")
-    if not cfg.shift > 0:
-        raise InputError(f"shift must be > 0 (official: 3.0), got {cfg.shift}.")
-    if cfg.scheduler not in ("unipc", "euler"):
-        raise InputError(f"scheduler must be 'unipc' or 'euler', got {cfg.scheduler!r}.")
 
 
 class ImageWithEmbedsChecks:
@@ -228,7 +240,7 @@ def make_scheduler(pipe: WanImageToVideoPipeline, name: str, shift: float):
     if name == "euler":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=base.get("num_train_timesteps", 1000),
                                                shift=float(shift))
-    raise InputError(f"Unknown scheduler {name!r}; use 'unipc' or 'euler'.")
+    raise InputError(f"Unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}.")
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -248,7 +260,7 @@ def encode_conditions(pipe: FourDNeXPipeline, image: torch.Tensor, prompt: str, 
     Returns:
         dict with ``prompt_embeds`` ``[1, 512, D_text]``, ``negative_prompt_embeds`` (or None when
         guidance is off) and ``image_embeds`` ``[1, N_img, D_img]`` (CLIP penultimate layer of the RGB
-        image only, 4dnex.md sec. 1.4).
+        image only, official 3DTopia/4DNeX @ 1101bc6: ``inference.py``).
     """
     device = device or pipe._execution_device
     prompt_embeds, negative_embeds = pipe.encode_prompt(

@@ -60,12 +60,13 @@ import torch
 
 from ..errors import InputError
 from ..kernels.fused import fused_backend_names
-from ..kernels.streams import grid_mode
+from ..kernels.streams import GRID_MODES, grid_mode
 from ..kernels.sync import GridSync
 from ..models.grid_fused import FusedEngine
 from ..models.grid_streams import TwoStreamEngine
 from ..models.patches import is_fourdnex_patched, set_fourdnex_enabled
-from .fourdnex import make_scheduler, to_pil, vae_latent_stats, validate_sampler_settings
+from ..settings import setting, validate
+from .fourdnex import GUIDANCE, NEGATIVE, SCHEDULER, SEED, SHIFT, STEPS, make_scheduler, to_pil, vae_latent_stats
 from .grid_canvas import GridCanvas, GridResult, fully_known_latents, latent_mask, plan_windows
 
 #: ``callback(step, total, latents)``; may raise (e.g. CancelledError) to stop sampling.
@@ -90,37 +91,31 @@ class GridConfig:
             :class:`~fourd_core.models.grid_fused.FusedEngine`).
     """
 
-    mode: str = "soft_avg"
-    window_views: int = 8
-    window_frames: int = 49
-    overlap_views: int = 2
-    overlap_frames: int = 5
-    steps: int = 30
-    guidance_scale: float = 5.0
-    shift: float = 3.0
-    scheduler: str = "unipc"
-    seed: int = 42
-    negative_prompt: str = ""
-    replace_known: bool = True
-    soft_readout: str = "row"
-    fused_backend: str = "auto"
+    mode: str = setting("soft_avg", help="grid mode", choices=GRID_MODES.names)
+    window_views: int = setting(8, help="views per window (the paper: 8)", low=2, high=256, integer=True, node_high=64)
+    window_frames: int = setting(49, help="pixel frames per window, 4k+1 (49 = a whole 4DNeX video)", low=5, high=1001,
+                                 multiple_of=4, offset=1, node_high=81, hint="e.g. 9, 25, 49")
+    overlap_views: int = setting(2, help="views shared by consecutive view windows", low=1, integer=True, node_high=63)
+    overlap_frames: int = setting(5, help="frames shared by consecutive time windows (4k+1 = k+1 clean latent frames)",
+                                  low=1, integer=True, node_high=80)
+    steps: int = setting(30, **STEPS)
+    guidance_scale: float = setting(5.0, **GUIDANCE)
+    shift: float = setting(3.0, **SHIFT)
+    scheduler: str = setting("unipc", **SCHEDULER)
+    seed: int = setting(42, **SEED)
+    negative_prompt: str = setting("", **NEGATIVE)
+    replace_known: bool = setting(True, help="replace fully known latent frames by their noised clean latents every step")
+    soft_readout: str = setting("row", help="soft modes: predict from the row stream or the mean of both streams",
+                                choices=("row", "mean"))
+    fused_backend: str = setting("auto", help="fused mode's attention backend", choices=fused_backend_names)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the fix for any invalid field."""
-        grid_mode(self.mode)                              # an unknown mode names the known ones
-        if self.window_views < 2:
-            raise InputError(f"window_views must be >= 2, got {self.window_views}.")
-        if self.window_frames < 5 or (self.window_frames - 1) % 4:
-            raise InputError(f"window_frames must be 4k+1 and >= 5 (e.g. 9, 25, 49), got {self.window_frames}.")
-        if not 1 <= self.overlap_views < self.window_views:
+        validate(self)
+        if not self.overlap_views < self.window_views:
             raise InputError(f"overlap_views must be in [1, window_views - 1], got {self.overlap_views}.")
-        if not 1 <= self.overlap_frames < self.window_frames:
+        if not self.overlap_frames < self.window_frames:
             raise InputError(f"overlap_frames must be in [1, window_frames - 1], got {self.overlap_frames}.")
-        validate_sampler_settings(self)
-        if self.soft_readout not in ("row", "mean"):
-            raise InputError(f"soft_readout must be 'row' or 'mean', got {self.soft_readout!r}.")
-        if self.fused_backend not in fused_backend_names():
-            raise InputError(f"fused_backend must be one of {fused_backend_names()}, got {self.fused_backend!r}.")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Gaussian splats from 4D scenes and grids (issue 11).
+"""Gaussian splats from 4D scenes and grids (3DGS, Kerbl et al. 2023; 4Real-Video supp. Sec. 6).
 
 * :mod:`.gaussians` - the 3DGS parameterisation, :class:`Gaussians4D` (the ``GAUSSIANS`` value) and
   instant pixel-aligned splats from a scene;

@@ -6,7 +6,16 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import InputError
-from ..settings import MIN_CONFIDENCE, setting
+from ..settings import MIN_CONFIDENCE, setting, validate
+
+#: the training resolution of the CLI's ``gaussians --fit`` and of FourD Fit 4D Gaussians (interactive fits)
+INTERACTIVE_RESOLUTION = 256
+
+
+def _rasterizer_names():
+    from .rasterize import rasterizer_names
+
+    return rasterizer_names()
 
 __all__ = ["FitConfig", "PixelSplatConfig"]
 
@@ -46,9 +55,12 @@ class FitConfig:
         seed: seeds the view order and splits. preview_every: steps between preview renders.
     """
 
-    iterations: int = 2000
-    resolution: int = 0
-    init_stride: int = 2
+    iterations: int = setting(2000, help="optimisation steps (one image each; CPU: ~0.05-0.5 s each at 128 px)", low=1,
+                              high=10_000_000, integer=True, node_high=100_000)
+    resolution: int = setting(0, help="longest image side used for training (0 = the scene's full size)", low=0,
+                              high=16384, integer=True, node_high=4096, step=8)
+    init_stride: int = setting(2, help="pixel stride of the pixel-aligned start (per keyframe)", low=1, high=64,
+                               integer=True, node_high=16)
     keyframes: int = 3
     footprint: float = 0.5
     ssim_weight: float = 0.2
@@ -69,22 +81,19 @@ class FitConfig:
     prune_opacity: float = 0.005
     max_gaussians: int = 2_000_000
     opacity_reset_every: int = 0
-    isotropic: bool = False
-    backend: str = "auto"
-    seed: int = 0
+    isotropic: bool = setting(False, help="spherical splats (4Real-Video's choice: fewer artefacts far from the "
+                              "training views)")
+    backend: str = setting("auto", help="rasteriser (auto: gsplat on CUDA when installed, else torch)",
+                           choices=_rasterizer_names)
+    seed: int = setting(0, help="seeds the view order and the splits", low=0, high=2**31 - 1, integer=True)
     preview_every: int = 50
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming a bad setting."""
-        if self.iterations < 1:
-            raise InputError(f"iterations must be >= 1; got {self.iterations}.")
+        validate(self)
         if self.resolution < 0 or (0 < self.resolution < 8):
             raise InputError(f"resolution must be 0 (scene size) or >= 8 pixels; got {self.resolution}.")
         if self.init_stride < 1 or self.keyframes < 1 or self.densify_every < 1:
             raise InputError("init_stride, keyframes and densify_every must be >= 1.")
-        from .rasterize import rasterizer_names
-
-        if self.backend not in rasterizer_names():
-            raise InputError(f"backend must be one of {', '.join(rasterizer_names())}; got {str(self.backend)[:40]!r}.")
         if not 0 <= self.ssim_weight <= 1:
             raise InputError(f"ssim_weight must be in [0, 1]; got {self.ssim_weight}.")

@@ -9,7 +9,7 @@ from .decode import FourDDecode6DNative
 from .folders import register_sync_folder, register_tiny_model_folders
 from .grid import FourDGridConditioningNative, FourDGridModelNative
 from .grid_windows import FourDGridCanvasNative, FourDGridWindowMergeNative, FourDGridWindowNative
-from .tiny import FourDTinyCLIPVisionNative, FourDTinyEncodersNative, FourDTinyVAENative
+from .demo_standins import FourDTinyCLIPVisionNative, FourDTinyEncodersNative, FourDTinyVAENative
 
 NODE_CLASS_MAPPINGS = {
     "FourDApply4DNeXNative": FourDApply4DNeXNative,

@@ -6,11 +6,10 @@ from ...fourd_core.errors import InputError, WeightsError
 from ...fourd_core.models.lora import find_release_files, read_domain_embeddings
 from ...fourd_core.native.lora_keys import check_lora_shapes, lora_strength, lora_targets, read_fourdnex_lora_comfy
 from .. import comfy_bridge as cb
-from ..types import CATEGORY
 from . import patches
+from .common import NATIVE_CATEGORY, wan_i2v_model
 from .folders import register_tiny_model_folders
 
-NATIVE_CATEGORY = f"{CATEGORY}/native"
 BESIDE = "(beside the LoRA)"
 
 
@@ -19,21 +18,6 @@ def release_choices() -> list[str]:
     register_tiny_model_folders()   # idempotent; keeps the demo release listed if folder_paths was reset
     files = [f for f in cb.file_list("loras") if f.endswith(".safetensors") and "domain" not in f.lower()]
     return cb.subfolders_with("loras", pattern="*lora*.safetensors") + files
-
-
-def wan_i2v_model(model):
-    """The ``WanModel`` inside a core MODEL, checked to be a Wan2.1 I2V DiT (36 input channels, CLIP
-    image projection). Raises :class:`InputError` naming the model 4DNeX needs."""
-    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if dm is None or not all(hasattr(dm, a) for a in ("forward_orig", "rope_encode", "patch_embedding", "blocks")):
-        raise InputError("FourD Apply 4DNeX (native) needs a Wan2.1 MODEL from core Load Diffusion Model "
-                         "(wan2.1_i2v_480p_14B_*.safetensors or a GGUF of it); this MODEL is not a Wan DiT.")
-    in_dim = dm.patch_embedding.weight.shape[1]
-    if in_dim != 36 or getattr(dm, "img_emb", None) is None:
-        raise InputError(f"This Wan MODEL is not an image-to-video model (input channels {in_dim}, image projection "
-                         f"{'missing' if getattr(dm, 'img_emb', None) is None else 'present'}). 4DNeX needs "
-                         "Wan2.1-I2V-14B (wan2.1_i2v_480p_14B_*.safetensors).")
-    return dm
 
 
 class FourDApply4DNeXNative:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from ...fourd_core.errors import InputError
-from ...fourd_core.geometry.xyz_init import sloped_plane
+from ...fourd_core.pipelines.xyz_init import sloped_plane
 from ...fourd_core.io.images import single_image, to_rgb
 from ...fourd_core.native.layout import SPATIAL_STRIDE, TEMPORAL_STRIDE, check_fused_size, condition_frames, native_concat_mask
 from ...fourd_core.pipelines.fourdnex import PROMPT_SUFFIX
 from .. import validation as v
 from ..types import XYZ
-from .apply import NATIVE_CATEGORY
+from .common import NATIVE_CATEGORY
 
 
 def set_cond_values(conditioning: list, values: dict) -> list:

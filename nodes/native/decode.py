@@ -9,7 +9,7 @@ from ...fourd_core.native.layout import denormalize_xyz_raw, split_fused_latent
 from ...fourd_core.scene import Scene4D
 from .. import comfy_bridge as cb
 from ..types import SCENE
-from .apply import NATIVE_CATEGORY
+from .common import NATIVE_CATEGORY
 
 
 def decode_half(vae, raw: torch.Tensor, tiled: bool, tile: int, overlap: int, tile_t: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import logging
 import os
 
 from ...fourd_core.errors import FourDError
-from ...fourd_core.native.tiny import ensure_native_tiny
+from ...fourd_core.native.tiny_wan import ensure_native_tiny
 from ...fourd_core.native.tiny_vace import ensure_native_tiny_vace
 from .. import comfy_bridge as cb
 

@@ -30,7 +30,7 @@ from ...fourd_core.native.grid_patches import GRID_STATE, GridBlockPatch, GridFo
 from ...fourd_core.native.layout import known_noise_mask
 from ...fourd_core.pipelines.grid_canvas import GridCanvas, fully_known_latents, latent_mask
 from .. import comfy_bridge as cb
-from .apply import NATIVE_CATEGORY
+from .common import NATIVE_CATEGORY
 from .conditioning import set_cond_values
 from .folders import SYNC_FOLDER
 from .patches import is_fourdnex_patched
@@ -72,7 +72,7 @@ class FourDGridModelNative:
     def patch(self, model, views, mode, sync_weights=cb.NONE, fused_backend="auto", column_clip=None):
         from comfy.patcher_extension import WrappersMP
 
-        from .apply import wan_i2v_model
+        from .common import wan_i2v_model
 
         dm = wan_i2v_model(model)
         if is_fourdnex_patched(model):

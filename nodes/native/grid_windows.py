@@ -19,7 +19,7 @@ from __future__ import annotations
 from ...fourd_core.errors import InputError
 from ...fourd_core.pipelines.grid import GridConfig
 from ...fourd_core.pipelines.grid_canvas import GridCanvas, grid_to_batch, plan_windows
-from .apply import NATIVE_CATEGORY
+from .common import NATIVE_CATEGORY
 from .grid import grid_inputs, window_conditioning
 
 GRID_TYPE = "FOURD_GRID"

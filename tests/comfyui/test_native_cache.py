@@ -18,7 +18,7 @@ V, LAT_T, LAT_H, LAT_W = 3, 2, 4, 6
 
 @pytest.fixture(scope="module")
 def files(comfy, tmp_path_factory):
-    from fourd_core.native.tiny import save_native_tiny
+    from fourd_core.native.tiny_wan import save_native_tiny
 
     return save_native_tiny(tmp_path_factory.mktemp("cache_tiny"))
 
@@ -83,12 +83,12 @@ class Counter:
 
 
 def _fourdnex_inputs(pack, files):
-    from fourd_core.native.tiny import TinyWanVAE
+    from fourd_core.native.tiny_wan import TinyWanVAE
 
     g = torch.Generator().manual_seed(11)
     image = torch.rand(1, H, W, 3, generator=g)
     text, neg = torch.randn(1, 512, 4096, generator=g) * 0.5, torch.randn(1, 512, 4096, generator=g) * 0.5
-    cvo = pack.nodes.native.tiny.clip_vision_output(torch.randn(1, 257, 1280, generator=g))
+    cvo = pack.nodes.native.tiny_wan.clip_vision_output(torch.randn(1, 257, 1280, generator=g))
     pos, negc, latent = pack.NODE_CLASS_MAPPINGS["FourD4DNeXConditioningNative"]().encode(
         [[text, {}]], [[neg, {}]], TinyWanVAE(0), cvo, image, FRAMES, 1)
     return pos, negc, latent["samples"]
@@ -102,7 +102,7 @@ def _sample(comfy, model, pos, neg, latent, seed=5):
 
 
 def _fourdnex_model(comfy, pack, files, counter_factory=None):
-    from fourd_core.native.tiny import TINY_MODEL_NAME, TINY_RELEASE_NAME
+    from fourd_core.native.tiny_wan import TINY_MODEL_NAME, TINY_RELEASE_NAME
 
     stock = comfy.sd.load_diffusion_model(str(files / "diffusion_models" / TINY_MODEL_NAME))
     counter = counter_factory(stock) if counter_factory else None
@@ -155,7 +155,7 @@ def _grid_inputs(pack):
     known[0] = 1.0
     text, neg = torch.randn(1, 512, 4096, generator=g) * 0.5, torch.randn(1, 512, 4096, generator=g) * 0.5
     values = {"concat_latent_image": cond_raw, "concat_mask": 1 - known,
-              "clip_vision_output": pack.nodes.native.tiny.clip_vision_output(torch.randn(V, 257, 1280, generator=g))}
+              "clip_vision_output": pack.nodes.native.tiny_wan.clip_vision_output(torch.randn(V, 257, 1280, generator=g))}
     return [[text, dict(values)]], [[neg, dict(values)]], torch.zeros(V, 16, LAT_T, LAT_H, LAT_W)
 
 
@@ -165,7 +165,7 @@ def test_cache_on_native_grid_model(comfy, pack, files, kind, mode):
     """The grid's two streams (block replaces running every block twice) and its fused attention sit
     inside the DiT forward the cache skips as a whole: skipped evaluations run no block (the row and
     column streams never diverge), a zero threshold equals the uncached grid."""
-    from fourd_core.native.tiny import TINY_MODEL_NAME
+    from fourd_core.native.tiny_wan import TINY_MODEL_NAME
 
     stock = comfy.sd.load_diffusion_model(str(files / "diffusion_models" / TINY_MODEL_NAME))
     calls = {"n": 0}

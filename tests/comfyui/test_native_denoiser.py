@@ -15,14 +15,14 @@ H, W, FRAMES = 32, 32, 5          # one modality: latent 4 x 4, fused 4 x 8, 2 l
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
-    from fourd_core.native.tiny import save_native_tiny
+    from fourd_core.native.tiny_wan import save_native_tiny
 
     return save_native_tiny(tmp_path_factory.mktemp("native_tiny"))
 
 
 @pytest.fixture(scope="module")
 def native_stock(comfy, tiny_files):
-    from fourd_core.native.tiny import TINY_MODEL_NAME
+    from fourd_core.native.tiny_wan import TINY_MODEL_NAME
 
     return comfy.sd.load_diffusion_model(str(tiny_files / "diffusion_models" / TINY_MODEL_NAME))
 
@@ -60,14 +60,14 @@ def native_velocity(comfy, model, positive, negative, x, cfg):
 def test_native_4dnex_matches_diffusers_4dnex(comfy, pack, native_stock, tiny_files, inputs):
     from fourd_core.models.loading import load_transformer_file
     from fourd_core.models.lora import load_fourdnex_release
-    from fourd_core.native.tiny import TINY_DIFFUSERS_CONFIG, TINY_MODEL_NAME, TINY_RELEASE_NAME, TinyWanVAE
+    from fourd_core.native.tiny_wan import TINY_DIFFUSERS_CONFIG, TINY_MODEL_NAME, TINY_RELEASE_NAME, TinyWanVAE
     from fourd_core.pipelines.fourdnex import FourDNeXPipeline
 
     nodes = pack.NODE_CLASS_MAPPINGS
     release = tiny_files / "loras" / TINY_RELEASE_NAME
     patched = nodes["FourDApply4DNeXNative"]().apply(native_stock, str(release), "(beside the LoRA)", 1.0)[0]
     vae = TinyWanVAE(0)
-    cvo = pack.nodes.native.tiny.clip_vision_output(inputs["clip"])
+    cvo = pack.nodes.native.tiny_wan.clip_vision_output(inputs["clip"])
     pos, neg, latent = nodes["FourD4DNeXConditioningNative"]().encode(
         [[inputs["text"], {}]], [[inputs["neg_text"], {}]], vae, cvo, inputs["image"][None], FRAMES, 1)
     assert latent["samples"].shape == inputs["x"].shape
@@ -102,11 +102,11 @@ def test_native_4dnex_matches_diffusers_4dnex(comfy, pack, native_stock, tiny_fi
 
 
 def test_unpatched_clone_is_bit_identical_to_stock(comfy, pack, native_stock, tiny_files, inputs):
-    from fourd_core.native.tiny import TINY_RELEASE_NAME, TinyWanVAE
+    from fourd_core.native.tiny_wan import TINY_RELEASE_NAME, TinyWanVAE
 
     nodes = pack.NODE_CLASS_MAPPINGS
     vae = TinyWanVAE(0)
-    cvo = pack.nodes.native.tiny.clip_vision_output(inputs["clip"])
+    cvo = pack.nodes.native.tiny_wan.clip_vision_output(inputs["clip"])
     pos, neg, _ = nodes["FourD4DNeXConditioningNative"]().encode(
         [[inputs["text"], {}]], [[inputs["neg_text"], {}]], vae, cvo, inputs["image"][None], FRAMES, 1)
     before = native_velocity(comfy, native_stock, pos, neg, inputs["x"], cfg=5.0)
@@ -123,7 +123,7 @@ def test_unpatched_clone_is_bit_identical_to_stock(comfy, pack, native_stock, ti
 def test_lora_changes_weights_by_half_strength_b_times_a(comfy, pack, native_stock, tiny_files):
     from safetensors.torch import load_file
 
-    from fourd_core.native.tiny import TINY_RELEASE_NAME
+    from fourd_core.native.tiny_wan import TINY_RELEASE_NAME
 
     release = tiny_files / "loras" / TINY_RELEASE_NAME
     raw = load_file(str(release / "pytorch_lora_weights.safetensors"))  # official diffusers key layout

@@ -70,7 +70,7 @@ def gguf_files(gguf_pack, tmp_path_factory):
     import gguf
     from safetensors.torch import save_file
 
-    from fourd_core.native.tiny import save_native_tiny, tiny_native_state_dict
+    from fourd_core.native.tiny_wan import save_native_tiny, tiny_native_state_dict
 
     folder = save_native_tiny(tmp_path_factory.mktemp("native_gguf"))
     tensors = _quantise(tiny_native_state_dict(0))
@@ -105,17 +105,17 @@ def models(comfy, gguf_pack, gguf_files):
 
 
 def _conditioning(pack, inputs):
-    from fourd_core.native.tiny import TinyWanVAE
+    from fourd_core.native.tiny_wan import TinyWanVAE
 
     nodes = pack.NODE_CLASS_MAPPINGS
-    cvo = pack.nodes.native.tiny.clip_vision_output(inputs["clip"])
+    cvo = pack.nodes.native.tiny_wan.clip_vision_output(inputs["clip"])
     pos, neg, _ = nodes["FourD4DNeXConditioningNative"]().encode(
         [[inputs["text"], {}]], [[inputs["neg_text"], {}]], TinyWanVAE(0), cvo, inputs["image"][None], FRAMES, 1)
     return pos, neg
 
 
 def _apply(pack, model, folder, strength=1.0):
-    from fourd_core.native.tiny import TINY_RELEASE_NAME
+    from fourd_core.native.tiny_wan import TINY_RELEASE_NAME
 
     release = folder / "loras" / TINY_RELEASE_NAME
     return pack.NODE_CLASS_MAPPINGS["FourDApply4DNeXNative"]().apply(model, str(release), "(beside the LoRA)",
@@ -146,7 +146,7 @@ def test_lora_on_gguf_weights_is_half_strength_b_times_a(comfy, pack, gguf_pack,
     (``GGMLLayer.get_weight``); the delta must be exactly 0.5 * strength * B A."""
     from safetensors.torch import load_file
 
-    from fourd_core.native.tiny import TINY_RELEASE_NAME
+    from fourd_core.native.tiny_wan import TINY_RELEASE_NAME
 
     gguf_model, _, folder = models
     strength = 0.6

@@ -19,7 +19,7 @@ V, LAT_T, LAT_H, LAT_W = 3, 2, 4, 6
 
 @pytest.fixture(scope="module")
 def base(comfy, tmp_path_factory):
-    from fourd_core.native.tiny import TINY_MODEL_NAME, save_native_tiny
+    from fourd_core.native.tiny_wan import TINY_MODEL_NAME, save_native_tiny
 
     files = save_native_tiny(tmp_path_factory.mktemp("grid_tiny"))
     return files / "diffusion_models" / TINY_MODEL_NAME
@@ -33,7 +33,7 @@ def grid_inputs(pack, seed=7):
     text, neg = torch.randn(1, 512, 4096, generator=g) * 0.5, torch.randn(1, 512, 4096, generator=g) * 0.5
     clip = torch.randn(V, 257, 1280, generator=g)
     values = {"concat_latent_image": cond_raw, "concat_mask": 1 - known,
-              "clip_vision_output": pack.nodes.native.tiny.clip_vision_output(clip)}
+              "clip_vision_output": pack.nodes.native.tiny_wan.clip_vision_output(clip)}
     return {"x": x, "cond_raw": cond_raw, "known": known, "text": text, "neg": neg, "clip": clip, "values": values}
 
 
@@ -46,7 +46,7 @@ def diffusers_input(inp):
 
 def diffusers_transformer(base):
     from fourd_core.models.loading import load_transformer_file
-    from fourd_core.native.tiny import TINY_DIFFUSERS_CONFIG
+    from fourd_core.native.tiny_wan import TINY_DIFFUSERS_CONFIG
 
     transformer, _ = load_transformer_file(base, TINY_DIFFUSERS_CONFIG, torch.float32)
     return transformer.eval()
@@ -93,7 +93,7 @@ def test_native_grid_column_clip_matches_diffusers_column_clip(comfy, pack, base
     col = torch.randn(LAT_T, 257, 1280, generator=torch.Generator().manual_seed(9))
     stock = comfy.sd.load_diffusion_model(str(base))
     node = pack.NODE_CLASS_MAPPINGS["FourDGridModelNative"]()
-    cvo = pack.nodes.native.tiny.clip_vision_output(col)
+    cvo = pack.nodes.native.tiny_wan.clip_vision_output(col)
     v_native = grid_velocity(comfy, node.patch(stock, V, mode, column_clip=cvo)[0], inp)
     engine = TwoStreamEngine(diffusers_transformer(base), mode)
     engine.column_clip = col
@@ -109,7 +109,7 @@ def sync_files(comfy, pack, tmp_path_factory):
     import folder_paths
 
     from fourd_core.models.sync import GridSync, save_sync_weights
-    from fourd_core.native.tiny import NATIVE_TINY
+    from fourd_core.native.tiny_wan import NATIVE_TINY
 
     folder = tmp_path_factory.mktemp("fourd_sync")
     g = torch.Generator().manual_seed(11)

@@ -5,7 +5,7 @@ import torch
 
 from fourd_core.errors import InputError
 from fourd_core.geometry.camera_paths import arc, dolly, look_at_center, orbit
-from fourd_core.geometry.synthetic import look_at, rotation_angle_deg
+from fourd_core.testing.synthetic_scene import look_at, rotation_angle_deg
 
 EYE = torch.tensor([0.3, -0.2, -4.0])
 CENTER = torch.tensor([0.1, 0.2, 1.0])

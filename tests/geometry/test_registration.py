@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fourd_core.errors import CancelledError, GeometryError, InputError
-from fourd_core.geometry.baselines import official_registration, rotation_6d_to_matrix
+from fourd_core.testing.official_registration import official_registration, rotation_6d_to_matrix
 from fourd_core.geometry.registration import (
     CameraFit,
     GeometryWarning,
@@ -17,7 +17,7 @@ from fourd_core.geometry.registration import (
     points_from_depth,
     prepare_4dnex_points,
 )
-from fourd_core.geometry.synthetic import make_synthetic_scene, rotation_angle_deg
+from fourd_core.testing.synthetic_scene import make_synthetic_scene, rotation_angle_deg
 
 
 def focal_err(fit, sc):

@@ -5,7 +5,7 @@ import torch
 
 from fourd_core.errors import InputError
 from fourd_core.geometry.render import project_points, render_points
-from fourd_core.geometry.synthetic import make_synthetic_scene
+from fourd_core.testing.synthetic_scene import make_synthetic_scene
 
 K = torch.tensor([[100.0, 0, 31.5], [0, 100.0, 23.5], [0, 0, 1]])
 I4 = torch.eye(4)

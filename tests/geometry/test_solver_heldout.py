@@ -1,6 +1,6 @@
 """The camera solver on held-out scenes of the independent generator (issue 10), and its levels.
 
-The solver was tuned on seeds 0-15 of :mod:`fourd_core.geometry.synthetic_4dnex`; these tests use
+The solver was tuned on seeds 0-15 of :mod:`fourd_core.testing.synthetic_4dnex`; these tests use
 seeds >= 1000 only.  Expectations come from the generator's ground truth, from formulas written
 out here (finite differences, the matrix exponential, Monte Carlo), never from the solver's own
 output.  The 32-seed tables are in ``bench/bench_registration.py``; here a few scenes keep CI fast.
@@ -27,7 +27,7 @@ from fourd_core.geometry.solver.rotation import (
     rq3,
     skew,
 )
-from fourd_core.geometry.synthetic_4dnex import SETTINGS, make_heldout_scene
+from fourd_core.testing.synthetic_4dnex import SETTINGS, make_heldout_scene
 
 SEED = 1000  # first held-out seed
 

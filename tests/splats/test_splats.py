@@ -184,7 +184,7 @@ def test_gradients_match_finite_differences():
 
 
 def textured_scene(frames=2, h=48, w=64, seed=3):
-    from fourd_core.geometry.synthetic import make_synthetic_scene
+    from fourd_core.testing.synthetic_scene import make_synthetic_scene
 
     s = make_synthetic_scene(frames=frames, height=h, width=w, seed=seed)
     jj, ii = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32), indexing="xy")
@@ -222,7 +222,8 @@ def test_pixel_aligned_needs_cameras_and_sane_settings():
 
 
 def test_sequence_export_and_viewer_asset(tmp_path):
-    from fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes, read_layer, read_viewer_asset
+    from fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
+    from fourd_core.testing.readers import read_layer, read_viewer_asset
 
     scene, _ = textured_scene(frames=2, h=8, w=10)
     g4d = pixel_aligned_gaussians(scene, stride=2)
@@ -245,7 +246,8 @@ def test_sequence_export_and_viewer_asset(tmp_path):
 def test_viewer_asset_keeps_low_opacity_splats_and_stores_a_deformable_set_once():
     """The default shows what was fitted (a fit whose opacities all fall below 0.05 still shows), and a
     deformable set's per-splat attributes are written once, not once per frame."""
-    from fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes, read_layer
+    from fourd_core.io.viewer_asset import gaussians_viewer_asset_bytes
+    from fourd_core.testing.readers import read_layer
 
     g, _ = random_gaussians(n=50, seed=3)
     g.logit_opacities = torch.logit(torch.full((50,), 0.02))

@@ -17,11 +17,14 @@ plyfile = pytest.importorskip("plyfile")
 from splat_fixtures import one_thread  # noqa: F401,E402 - autouse fixture
 
 
-def small_scene(frames=2, h=12, w=16):
-    from fourd_core.geometry.synthetic import make_synthetic_scene
+def small_scene(frames=2, h=12, w=16, smooth=False):
+    from fourd_core.testing.synthetic_scene import make_synthetic_scene
 
     s = make_synthetic_scene(frames=frames, height=h, width=w, seed=5)
     rgb = torch.rand(frames, h, w, 3, generator=torch.Generator().manual_seed(0))
+    if smooth:   # colour ramps a quarter of the pixels can represent
+        i, j = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        rgb = torch.stack([i, j, (i + j) / 2], -1).expand(frames, h, w, 3).contiguous()
     return Scene4D(rgb=rgb, xyz=s.clean_points, K=s.K, cam_to_world=s.cam_to_world, depth=s.depth)
 
 
@@ -41,12 +44,25 @@ def test_cli_gaussians_writes_a_ply_per_frame(tmp_path, capsys):
 def test_cli_gaussians_fit_and_bad_input(tmp_path, capsys):
     from fourd_core.cli import main
 
-    small_scene().save(tmp_path / "s.safetensors")
+    small_scene(smooth=True).save(tmp_path / "s.safetensors")
     assert main(["gaussians", "--scene", str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "o"), "--fit",
                  "--iterations", "5", "--resolution", "0", "--orbit"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["kind"] == "fitted" and summary["fit"]["iterations"] == 5
-    assert len(list((tmp_path / "o" / "gaussians").glob("*.ply"))) == 2
+    files = sorted((tmp_path / "o" / "gaussians").glob("*.ply"))
+    assert len(files) == 2
+    # the written splats, rendered from each frame's own camera, show that frame (a constant guess of these
+    # ramps scores ~11 dB)
+    from fourd_core.splats.losses import psnr
+    from fourd_core.splats.ply import read_gaussians_ply
+    from fourd_core.splats.rasterize import render_gaussians
+
+    scene = small_scene(smooth=True)
+    for t, f in enumerate(files):
+        g = read_gaussians_ply(f)
+        assert len(g) == summary["splats_per_frame"]
+        img = render_gaussians(g, scene.K[t], scene.cam_to_world[t], 12, 16, backend="torch")["image"].clamp(0, 1)
+        assert psnr(img, scene.rgb[t]) > 20, psnr(img, scene.rgb[t])
     assert (tmp_path / "o" / "gaussians_orbit.mp4").stat().st_size > 0
     bare = small_scene()
     Scene4D(rgb=bare.rgb, xyz=bare.xyz).save(tmp_path / "bare.safetensors")
@@ -99,7 +115,7 @@ def test_nodes_make_fit_save_and_preview(tmp_path, monkeypatch):
     assert ui["filename"].endswith(".fourd4d") and ui["type"] == "temp"
     assert N["FourDPreviewGaussians"].DEPRECATED is True
     # the one preview node: splats and the scene's points together in one asset
-    from fourd_core.io.viewer_asset import read_layer
+    from fourd_core.testing.readers import read_layer
 
     both = N["FourDPreview4D"]().preview(scene=scene, gaussians=fitted)["ui"]["fourd_scene"][0]
     data = (tmp_path / "temp" / both["subfolder"] / both["filename"]).read_bytes()

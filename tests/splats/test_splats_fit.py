@@ -14,7 +14,7 @@ from fourd_core.splats.fit import FitConfig, build_observations, fit_gaussians
 from fourd_core.splats.gaussians import pixel_aligned_gaussians
 from fourd_core.splats.losses import psnr, ssim
 from fourd_core.splats.rasterize import render_gaussians
-from fourd_core.splats.synthetic import make_splat_scene
+from fourd_core.testing.synthetic_splats import make_splat_scene
 
 VIEWS = [0.0, 6.0, 12.0]
 HELD_OUT = [3.0, 9.0]

@@ -23,7 +23,7 @@ def test_gaussians_api_workflow_runs_through_the_nodes(pack, fake, name):  # noq
 
     prompt = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     scene_mod = import_module(pack.__name__ + ".fourd_core.scene")
-    syn = import_module(pack.__name__ + ".fourd_core.geometry.synthetic")
+    syn = import_module(pack.__name__ + ".fourd_core.testing.synthetic_scene")
     T, H, W = 3, 12, 16
     s = syn.make_synthetic_scene(frames=T, height=H, width=W, seed=2)
     scene = scene_mod.Scene4D(rgb=torch.rand(T, H, W, 3), xyz=s.clean_points, K=s.K, cam_to_world=s.cam_to_world,
@@ -68,7 +68,7 @@ def test_gaussians_api_workflow_runs_through_the_nodes(pack, fake, name):  # noq
     preview_id = node_id(prompt, "FourDPreview4D")
     assert prompt[preview_id]["inputs"]["gaussians"] == [fit_id, 0]
     entry = ui[preview_id]["fourd_scene"][0]
-    va = import_module(pack.__name__ + ".fourd_core.io.viewer_asset")
+    va = import_module(pack.__name__ + ".fourd_core.testing.readers")
     data = (fake.root / "temp" / entry["subfolder"] / entry["filename"]).read_bytes()
     header, pos, _ = va.read_viewer_asset(data)
     assert header["splats"] and header["points"] is None and header["frames"] == T and len(pos) == T

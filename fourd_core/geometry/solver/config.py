@@ -19,7 +19,8 @@ class SolverConfig:
     shared_intrinsics: bool | None = setting(
         None, help="one K for the clip, one per frame (zoom), or chosen from the data by a statistical test",
         labels={"auto": None, "shared": True, "per-frame": False}, flag="--intrinsics", allow_none=True)
-    square_pixels: bool = setting(True, help="fx = fy (off: fit fx and fy separately)", flag="--non-square-pixels")
+    square_pixels: bool = setting(True, help="square pixels, fx = fy (off: fit fx and fy separately)",
+                                  flag="--non-square-pixels")
     centered_principal_point: bool | None = setting(
         None, help="cx, cy at the image centre, fitted, or fitted only when the maps determine it",
         labels={"auto": None, "centered": True, "free": False}, flag="--principal-point", allow_none=True)

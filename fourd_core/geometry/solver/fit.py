@@ -284,8 +284,8 @@ def fit_cameras(
     Minimises, over K (one per clip or per frame), every frame's pose and a free depth per pixel,
     the robustly weighted squared distance between each point ``P[f,i,j]`` and its pixel's ray
     (the depth eliminated in closed form: the ray point nearest to the point), then snaps every
-    point on its ray.  Replaces the official 1500-step Adam loop (4dnex.md section 8; kept as a
-    baseline in :mod:`fourd_core.geometry.baselines`).  See the module docstring for the stages.
+    point on its ray.  Replaces the official 1500-step Adam loop (official 3DTopia/4DNeX @ 1101bc6: ``pm_registration.py``; kept as a
+    baseline in :mod:`fourd_core.testing.official_registration`).  See the module docstring for the stages.
 
     Per-frame re-centring: 4DNeX normalises every frame's map on its own (bounding-box centre,
     and a scale the VAE may jitter), so each frame may carry its own similarity (scale and

@@ -2,7 +2,7 @@
 
 Not used by the production path (:func:`fourd_core.geometry.registration.fit_cameras`); kept so
 that ``bench/bench_registration.py`` and the tests can compare against the original scheme in the
-same process (4dnex.md section 8).
+same process (official 3DTopia/4DNeX @ 1101bc6: ``pm_registration.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import GeometryError
-from .solver.data import as_points
-from .solver.fit import CameraFit, _callback
+from ..geometry.solver.data import as_points
+from ..geometry.solver.fit import CameraFit, _callback
 
 __all__ = ["official_registration", "rotation_6d_to_matrix"]
 
@@ -25,7 +25,7 @@ def rotation_6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
 
     Gram-Schmidt on the two 3-vectors with ``max(norm, 1e-12)`` in the divisions, the rows of the
     result being b1, b2 and b3 = b1 x b2, as in the common implementation the 4DNeX code uses
-    (4dnex.md section 8).  With x = [1,0,0,1,0,0] (the official "identity") b2 is zero: degenerate.
+    (official 3DTopia/4DNeX @ 1101bc6: ``pm_registration.py``).  With x = [1,0,0,1,0,0] (the official "identity") b2 is zero: degenerate.
     """
     a1, a2 = x[..., :3], x[..., 3:]
     b1 = a1 / a1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -41,7 +41,7 @@ def official_registration(
     lr: float = 5e-3,
     callback: Optional[Callable[[int, int], object]] = None,
 ) -> CameraFit:
-    """The official 4DNeX post-optimisation, reimplemented as the baseline (4dnex.md section 8).
+    """The official 4DNeX post-optimisation, reimplemented as the baseline (official 3DTopia/4DNeX @ 1101bc6: ``pm_registration.py``).
 
     Faithful to the description: parameters are a per-pixel depth ``d`` [F,N] initialised to
     ``||p||``, one shared (fx, fy, cx, cy) initialised to (1.2 W, 1.2 H, W/2, H/2), per-frame 6D

@@ -9,8 +9,7 @@ Conventions (the ones of :mod:`fourd_core.geometry.registration`): OpenCV camera
 y down, z forward); pixel (row i, column j) has its centre at (u, v) = (j, i); depth is the z
 coordinate in the camera frame.
 
-Optionally the points are brought into the 4DNeX convention (``/work/shared/reference/4dnex.md``
-sections 7 and 9): first-camera axes, per-frame bounding-box centre removed, one global scale to
+Optionally the points are brought into the 4DNeX convention (official 3DTopia/4DNeX @ 1101bc6: ``inference.py``, ``build_wan_dataset.py``, ``wan_dataset.py``): first-camera axes, per-frame bounding-box centre removed, one global scale to
 [-1, 1], then mapped to [0, 1] and shifted by -0.5 on x and y (what registration consumes).  The
 ground-truth cameras are transformed with the points, so they stay exact.
 """
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .solver.rotation import exp_so3, rotation_angle_deg
+from ..geometry.solver.rotation import exp_so3, rotation_angle_deg
 
 __all__ = ["SyntheticScene", "make_synthetic_scene", "look_at", "rotation_angle_deg"]
 
@@ -126,7 +125,7 @@ def make_synthetic_scene(
         outliers: fraction of pixels replaced by points drawn uniformly in the frame's bounding
             box enlarged by 20 %.
         fourdnex: express points and cameras in the 4DNeX registration convention (first-camera
-            axes, per-frame centred, one global scale, z >= 0; 4dnex.md sections 7, 9).
+            axes, per-frame centred, one global scale, z >= 0; official 3DTopia/4DNeX @ 1101bc6: ``inference.py``, ``build_wan_dataset.py``, ``wan_dataset.py``).
         principal_offset: (dx, dy) of the principal point from the image centre, as a fraction of
             (W, H).
         aspect: fy / fx.
@@ -183,7 +182,7 @@ def make_synthetic_scene(
 
     if fourdnex:
         # first-camera axes, per-frame bbox centre removed, one global scale to [-1, 1]
-        # (4dnex.md sec. 9), then [0, 1] and -0.5 on x, y (sec. 7): an affine map per frame.
+        # (official 3DTopia/4DNeX @ 1101bc6: ``build_wan_dataset.py``, ``wan_dataset.py``), then [0, 1] and -0.5 on x, y (the official registration): an affine map per frame.
         inv0 = torch.linalg.inv(c2w[0])
         pts = torch.einsum("ab,fhwb->fhwa", inv0[:3, :3], pts) + inv0[:3, 3]
         c2w = inv0 @ c2w

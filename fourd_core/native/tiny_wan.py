@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..util.locks import build_once
-from ..models.tiny import default_cache_dir
+from ..models.tiny_preset import default_cache_dir
 
 NATIVE_TINY_VERSION = 1
 NATIVE_TINY = dict(dim=256, ffn_dim=512, num_layers=2, text_dim=4096, image_dim=1280, freq_dim=256, in_dim=36,
@@ -195,7 +195,7 @@ class TinyWanVAE:
     def __init__(self, seed: int = 0):
         from diffusers import AutoencoderKLWan
 
-        from ..models.tiny import TINY_VAE
+        from ..models.tiny_preset import TINY_VAE
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from ...fourd_core.errors import InputError
 from ...fourd_core.io.images import single_image, to_rgb
-from ...fourd_core.native.tiny import TinyWanVAE, tiny_clip_features, tiny_text_embeddings
+from ...fourd_core.native.tiny_wan import TinyWanVAE, tiny_clip_features, tiny_text_embeddings
 from ...fourd_core.pipelines.fourdnex import PROMPT_SUFFIX
-from .apply import NATIVE_CATEGORY
+from .common import NATIVE_CATEGORY
 
 
 def clip_vision_output(features):

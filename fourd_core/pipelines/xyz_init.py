@@ -1,6 +1,6 @@
 """XYZ initialisation and the XYZ latent normalisation of 4DNeX.
 
-4DNeX (Sec. 4.2, Eq. 6; official code: ``../shared/reference/4dnex.md`` sections 2 and 4) conditions
+4DNeX (Sec. 4.2, Eq. 6; official code: official 3DTopia/4DNeX @ 1101bc6: ``inference.py``, ``wan_dataset.py``) conditions
 the XYZ half of the first frame on a fixed "sloped plane" and trains the XYZ latents with one extra
 scalar normalisation on top of the VAE's per-channel one.
 
@@ -14,7 +14,7 @@ import torch
 
 from ..errors import InputError
 
-#: Scalar XYZ latent statistics of 4DNeX (paper Sec. 4.2; official code constants, 4dnex.md sec. 4).
+#: Scalar XYZ latent statistics of 4DNeX (paper Sec. 4.2; official code constants, 3DTopia/4DNeX @ 1101bc6: ``wan_dataset.py``, ``inference.py``).
 XYZ_LATENT_MEAN = -0.13
 XYZ_LATENT_STD = 1.70
 
@@ -28,7 +28,7 @@ def sloped_plane(height: int, width: int, *, dtype: torch.dtype = torch.float32,
 
     i.e. a plane tilted about the x axis, far at the top and near at the bottom. The released LoRA
     was trained with ``Z = -Y`` (the official code; a third-party transcription of the paper's
-    Eq. 6 has ``Z = +Y``, which the weights do not match). See 4dnex.md section 2.
+    Eq. 6 has ``Z = +Y``, which the weights do not match). See the official 3DTopia/4DNeX @ 1101bc6 ``inference.py``
 
     Args:
         height, width: pixel size of one modality (e.g. 480, 720); both >= 2.
@@ -51,7 +51,7 @@ def xyz_from_depth(depth: torch.Tensor, *, fov_deg: float = 60.0, percentile: fl
 
     The depth is back-projected with a pinhole camera of horizontal field of view ``fov_deg``
     (OpenCV axes, principal point at the centre), then normalised the way ``build_wan_dataset.py``
-    normalises training point maps (4dnex.md sec. 9): per-axis clipping to the
+    normalises training point maps (official 3DTopia/4DNeX @ 1101bc6: ``build_wan_dataset.py``, ``wan_dataset.py``): per-axis clipping to the
     ``[percentile, 1 - percentile]`` quantiles, removal of the bounding-box centre, division by the
     largest half-extent, giving values in ``[-1, 1]`` (VAE input space).
 
@@ -105,7 +105,7 @@ def normalize_xyz_latents(latents: torch.Tensor) -> torch.Tensor:
 
 
 def denormalize_xyz_latents(latents: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`normalize_xyz_latents`: ``z * sigma + mu`` (4dnex.md sec. 4, step 1).
+    """Inverse of :func:`normalize_xyz_latents`: ``z * sigma + mu`` (official 3DTopia/4DNeX @ 1101bc6: ``wan_dataset.py``, ``inference.py``).
 
     Applied to the XYZ half of generated latents *before* the VAE's own de-normalisation.
     """

@@ -15,8 +15,9 @@ from typing import Callable
 
 import torch
 
-from .loading import ModelSpec, load_pipeline
-from .memory import MemoryConfig
+from ..models.loading import ModelSpec
+from .assemble import load_pipeline
+from ..models.memory import MemoryConfig
 
 
 def _key(spec: ModelSpec, memory: MemoryConfig) -> tuple:
@@ -50,7 +51,7 @@ class PipelineCache:
                 return self._value
             if (self._value is not None and spec.fourdnex and not spec.fuse_lora
                     and _key_but_strength(*self._spec) == _key_but_strength(spec, memory)):
-                from .lora import set_fourdnex_strength
+                from ..models.lora import set_fourdnex_strength
 
                 pipe, info = self._value
                 scale = set_fourdnex_strength(pipe, spec.lora_strength)

@@ -1,8 +1,8 @@
 """An independent generator of 4DNeX-like point maps, for evaluating the camera solver.
 
-:mod:`fourd_core.geometry.synthetic` is the generator the solver was developed on.  This one is
+:mod:`fourd_core.testing.synthetic_scene` is the generator the solver was developed on.  This one is
 built separately, from the description of real 4DNeX output (4DNeX paper Sec. 4.3 and
-``/work/shared/reference/4dnex.md`` sections 7-9), and is used to *evaluate* the solver on seeds it
+official 3DTopia/4DNeX @ 1101bc6: ``inference.py``, ``build_wan_dataset.py``, ``wan_dataset.py``), and is used to *evaluate* the solver on seeds it
 was never tuned on (tuning used seeds 0-15; the benchmark and tests use seeds >= 1000).
 
 A scene, per frame f and pixel (row i, column j) at (u, v) = (j, i):
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .solver.rotation import exp_so3
+from ..geometry.solver.rotation import exp_so3
 
 __all__ = ["HeldOutScene", "SETTINGS", "make_heldout_scene"]
 
@@ -57,7 +57,7 @@ class HeldOutScene:
     setting: dict
 
 
-#: the evaluation settings of issue 10 (name -> keyword arguments of :func:`make_heldout_scene`)
+#: the evaluation settings of the camera-recovery benchmark (name -> keyword arguments of :func:`make_heldout_scene`)
 SETTINGS = {
     "clean": dict(),
     "0.5% noise": dict(noise=0.005),
@@ -159,7 +159,7 @@ def make_heldout_scene(frames: int = 49, height: int = 60, width: int = 90, *, s
     X = torch.einsum("fab,fhwb->fhwa", Rc2w, Xc) + C[:, None, None]
 
     # 4DNeX target mapping: camera-0 axes (already), extra rotation Q, per-frame bbox centring,
-    # one global scale to [-1, 1] (4dnex.md sec. 9), then [0, 1] and -0.5 on x, y (sec. 7)
+    # one global scale to [-1, 1] (official 3DTopia/4DNeX @ 1101bc6: ``build_wan_dataset.py``, ``wan_dataset.py``), then [0, 1] and -0.5 on x, y (the official registration)
     Q = exp_so3(torch.randn(3, generator=g, dtype=f64) * math.radians(U(2.0, 20.0)) / math.sqrt(3))
     X = torch.einsum("ab,fhwb->fhwa", Q, X)
     Rc2w = Q @ Rc2w

@@ -13,10 +13,10 @@ import math
 
 import torch
 
-from ..geometry.synthetic import look_at
+from .synthetic_scene import look_at
 from ..scene import Scene4D
-from .gaussians import Gaussians
-from .rasterize import render_gaussians
+from ..splats.gaussians import Gaussians
+from ..splats.rasterize import render_gaussians
 
 __all__ = ["SplatScene", "make_splat_scene"]
 
