@@ -1,22 +1,7 @@
 """The file of the 4Real-Video synchronisation layers (their math: :mod:`fourd_core.kernels.sync`).
 
-The two token streams of the grid (row stream ``y_v``: every row a video; column stream ``y_t``:
-every column a freeze-time video) are combined after every pretrained block ``l`` by one of:
-
-* **hard sync** (Eq. 8): ``x_{l+1} = W_v(sigma) * y_v + W_t(sigma) * y_t``, per-channel weights
-  ``W = w + m(sigma)`` with ``w`` initialised to 1/2 and the sigma modulation ``m`` zero-initialised,
-  so the neutral layer is exact averaging (the paper's training-free hard sync, Eq. 12);
-* **soft sync** (Eqs. 9-10): ``(dv, dt) = ModLinear([y_v, y_t]; sigma)``, ``x_v = y_v + dv``,
-  ``x_t = y_t + dt``; ``ModLinear(h) = Linear(h * (1 + scale(sigma)) + shift(sigma))`` on the
-  channel-concatenated tokens ``h = [y_v, y_t]`` (``2D`` channels), its output layer
-  zero-initialised, so the neutral layer leaves the two streams independent;
-* **training-free soft sync** (supplementary Sec. 7, Eq. 13): weighted averaging
-  ``x_v = (1 - w_l) y_v + w_l y_t``, ``x_t = (1 - w_l) y_t + w_l y_v`` with
-  ``w_l = 0.1 + 0.4 * l / L``, ``l = 1..L`` the 1-based block index (so the last block averages).
-  See :func:`soft_average_weight`; it has no parameters and no file.
-
-``sigma`` is the flow-matching noise level in [0, 1] of the current denoising step (``timestep /
-1000``); it enters through the sinusoidal features of :func:`sigma_features`.
+The layers (hard sync Eq. 8, soft sync Eqs. 9-10) and the training-free soft sync (supp. Eq. 13) are
+described and implemented in :mod:`fourd_core.kernels.sync`; this module reads and writes their weights.
 
 Sync weights file (``.safetensors``, no pickle)
 -----------------------------------------------
