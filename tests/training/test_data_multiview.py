@@ -110,3 +110,21 @@ def test_multiview_bad_input(tmp_path):
         MultiViewSource(tmp_path, GridDataConfig(views=2, frames=5, height=30, width=32))
     with pytest.raises(InputError, match="4k\\+1"):
         MultiViewSource(tmp_path, GridDataConfig(views=2, frames=6, height=32, width=32))
+
+
+def test_open_source_layouts_and_sampler_inputs(tmp_path):
+    from fourd_core.training.data import LAYOUTS, MultiViewSource, PseudoGridSource, open_source
+
+    frames = _levels((2, 5, 32, 32, 3))
+    write_grid_sample(tmp_path / "mv" / "a", frames)
+    _write_frames(tmp_path / "videos" / "clip", frames[0])
+    cfg = GridDataConfig(views=2, frames=5, height=32, width=32)
+    assert isinstance(open_source("multiview", tmp_path / "mv", grid=cfg), MultiViewSource)
+    src = open_source("videos", tmp_path / "videos", grid=cfg)
+    assert isinstance(src, PseudoGridSource) and set(LAYOUTS) == {"videos", "multiview", "4dnex10m", "rgbd", "scenes"}
+    g = src.read(0)
+    fixed, freeze, holes = g.sampler_inputs()
+    assert torch.equal(fixed, frames[0]) and torch.equal(freeze[1], g.frames[1, 0])
+    assert torch.equal(holes, (~g.valid).float())
+    with pytest.raises(InputError, match="Unknown data layout 'video'"):
+        open_source("video", tmp_path)

@@ -346,7 +346,12 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int, obj
         return rank, world_size, None
     from accelerate import PartialState
 
-    state = PartialState()
+    if getattr(PartialState, "_shared_state", {}).get("initialized"):
+        state = PartialState()  # the trainer's (or accelerate launch's) state
+    else:
+        # without an accelerator PartialState() under torchrun would see one process: ask for CPU ranks
+        has_acc = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+        state = PartialState(cpu=not has_acc)
     return int(state.process_index), int(state.num_processes), state
 
 

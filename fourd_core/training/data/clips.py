@@ -152,6 +152,13 @@ class GridClip:
         known[1:, 0] = 1.0 if self.valid is None else self.valid[1:].float()
         return known
 
+    def sampler_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(fixed_view [T, H, W, 3], freeze_time [V, H, W, 3], holes [V, H, W] or None)``: the
+        arguments of :func:`fourd_core.pipelines.grid.generate_grid` that reproduce this grid's
+        known row and column (holes = invalid pixels, float32 1 = hole), e.g. for validation previews."""
+        holes = None if self.valid is None else (~self.valid).float()
+        return self.frames[0], self.frames[:, 0], holes
+
     def valid_pixels(self) -> torch.Tensor:
         """``[V, T, H, W]`` float32 in {0, 1}: :attr:`valid` repeated over time (all ones if None)."""
         v, t, h, w = self.frames.shape[:4]
