@@ -235,3 +235,18 @@ def test_bad_samples_are_named_and_counted_and_all_bad_loads_nothing(tmp_path, t
     with pytest.raises(InputError, match="Cached sample clip0 cannot be read"):
         GridLatentDataset(tmp_path / "cache")[0]
     assert os.environ.get("RANK") is None  # nothing here ran distributed
+
+
+def test_unwritable_cache_folder_is_refused_before_reading(tmp_path):
+    src = PseudoGridSource(_clips(tmp_path / "videos", 1), GridDataConfig(views=2, frames=5, height=32, width=48))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        prepare(src, tmp_path / "afile" / "cache", _no_models, rank=0, world_size=1)
+    if os.geteuid() != 0:  # root may write anywhere
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        try:
+            with pytest.raises(InputError, match="not writable"):
+                prepare(src, tmp_path / "ro" / "cache", _no_models, rank=0, world_size=1)
+        finally:
+            (tmp_path / "ro").chmod(0o755)

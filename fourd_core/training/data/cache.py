@@ -337,6 +337,21 @@ def _sample_meta(path: Path) -> dict | None:
         return None
 
 
+def _check_writable(cache_dir: Path) -> None:
+    """Refuse a cache folder that cannot be written, without creating anything (nothing is left
+    behind when the run then fails)."""
+    import os
+
+    for p in (cache_dir, *cache_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"Cache folder {cache_dir} cannot be created: {p} is a file. Choose another folder.")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise InputError(f"Cache folder {cache_dir} is not writable ({p}: permission denied). Choose a folder "
+                                 "you can write to.")
+            return
+
+
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int, object]:
     if (rank is None) != (world_size is None):
         raise InputError("Give both rank and world_size, or neither (then accelerate's PartialState decides).")
@@ -375,6 +390,9 @@ def prepare(source: SampleSource, cache_dir: str | Path, encoders: CacheEncoders
         InputError: an empty source, a bad config, a cache folder that is not writable or holds a
             cache of another kind or config (the message lists the differing settings), or no
             sample readable at all (the first errors are named) - all before any model loads.
+            "At all" means over every rank when they run under one process group (counts gathered
+            through accelerate); with an explicit ``rank`` / ``world_size`` and no process group it
+            means this rank's share.
         WeightsError: from loading the encoders. DiskFullError: no room (no partial file is left).
     """
     config = config or CacheConfig()
@@ -395,8 +413,7 @@ def prepare(source: SampleSource, cache_dir: str | Path, encoders: CacheEncoders
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise InputError(f"{cache_dir} holds a cache made with other settings ({', '.join(diff[:6])}); use a new cache "
                          "folder, or delete this one to rebuild it.")
-    if cache_dir.exists() and not cache_dir.is_dir():
-        raise InputError(f"Cache folder {cache_dir} is a file; choose a folder.")
+    _check_writable(cache_dir)
     samples_dir, text_dir = cache_dir / "samples", cache_dir / "text"
     for d in (samples_dir, text_dir):
         remove_stale_temporaries(d)

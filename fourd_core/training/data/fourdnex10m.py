@@ -1,6 +1,6 @@
 """4DNeX-10M annotations -> :class:`~fourd_core.training.data.clips.RGBXYZClip` (the data of the
-released 4DNeX LoRA; readers written from 4DNeX's ``core/annotation.py`` and
-``build_wan_dataset.py``, 3DTopia/4DNeX at f8edd58).
+released 4DNeX LoRA; readers written from 4DNeX's ``core/annotation.py`` at e2840a1 and
+``build_wan_dataset.py`` at f8edd58, 3DTopia/4DNeX).
 
 Folder layout (the official ``./data``; give its path as ``root``)::
 

@@ -1,5 +1,5 @@
 """The 4DNeX XYZ recipe: world points of a clip -> the normalised point-map video the LoRA was
-trained on (4DNeX ``build_wan_dataset.py`` and ``core/annotation.py``, 3DTopia/4DNeX at f8edd58).
+trained on (4DNeX ``build_wan_dataset.py`` at f8edd58 and ``core/annotation.py`` at e2840a1, 3DTopia/4DNeX).
 
 Steps (all in float64 here; the official code runs them in float32 numpy/torch)::
 
