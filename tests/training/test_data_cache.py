@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fourd_core.errors import InputError
-from fourd_core.geometry.xyz_init import XYZ_LATENT_MEAN, XYZ_LATENT_STD
+from fourd_core.pipelines.xyz_init import XYZ_LATENT_MEAN, XYZ_LATENT_STD
 from fourd_core.pipelines.fourdnex import PROMPT_SUFFIX, to_pil
 from fourd_core.pipelines.grid import encode_rows
 from fourd_core.scene import Scene4D

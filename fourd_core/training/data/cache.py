@@ -155,7 +155,7 @@ class CacheEncoders:
     @classmethod
     def from_spec(cls, spec, memory=None, device=None) -> "CacheEncoders":
         """Load through :func:`fourd_core.models.loading.load_pipeline` (this loads the DiT too)."""
-        from ...models.loading import load_pipeline
+        from ...pipelines.assemble import load_pipeline
 
         pipe, _ = load_pipeline(spec, memory)
         return cls(pipe, device)
@@ -258,7 +258,7 @@ def fourdnex_tensors(clip: RGBXYZClip, enc: CacheEncoders, cfg: CacheConfig, gen
     """
     from PIL import Image
 
-    from ...geometry.xyz_init import sloped_plane
+    from ...pipelines.xyz_init import sloped_plane
     from ...pipelines.conditioning import condition_video
 
     f, h, w, c = clip.rgb.shape

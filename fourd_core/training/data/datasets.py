@@ -193,7 +193,7 @@ class GridLatentDataset(_LatentDataset):
 class FourDNeXLatentDataset(_LatentDataset):
     """The samples of a ``"fourdnex"`` cache (:class:`FourDNeXLatentSample`).
 
-    The XYZ latents get the modality normalisation here (:func:`fourd_core.geometry.xyz_init.normalize_xyz_latents`),
+    The XYZ latents get the modality normalisation here (:func:`fourd_core.pipelines.xyz_init.normalize_xyz_latents`),
     as the official ``WanI2VDatasetWithResize`` does, and are fused with the RGB latents along the width.
 
     Raises:
@@ -203,7 +203,7 @@ class FourDNeXLatentDataset(_LatentDataset):
     kind = FOURDNEX
 
     def __getitem__(self, index: int) -> FourDNeXLatentSample:
-        from ...geometry.xyz_init import normalize_xyz_latents
+        from ...pipelines.xyz_init import normalize_xyz_latents
         from ...pipelines.conditioning import condition_mask, fuse_width
 
         meta, t = self._load(index)
