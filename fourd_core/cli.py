@@ -1,4 +1,4 @@
-"""Command line: ``python -m fourd_core {generate,geometry,gaussians,novel-view,info}``.
+"""Command line: ``python -m fourd_core {generate,geometry,gaussians,novel-view,train,info}``.
 
 Examples::
 
@@ -139,9 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_novel_view import add_parser as _add_novel_view_parser
 
     _add_novel_view_parser(sub)
+    from .cli_train import add_parser as _add_train_parser
+
+    _add_train_parser(sub)
 
     sub.add_parser("info", help="print versions and devices")
-    for p in sub.choices.values():
+    for name, p in sub.choices.items():
+        if name == "train":     # its sub-commands have their own
+            continue
         p.add_argument("--verbose", action="store_true",
                        help="on an error, also print the underlying library's error and traceback")
     return parser
@@ -368,6 +373,12 @@ def cmd_novel_view(args) -> int:
     return run(args)
 
 
+def cmd_train(args) -> int:
+    from .cli_train import cmd_train as run
+
+    return run(args)
+
+
 def cmd_info(args) -> int:
     import diffusers
     import torch
@@ -424,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return {"generate": cmd_generate, "geometry": cmd_geometry, "gaussians": cmd_gaussians,
-                    "novel-view": cmd_novel_view, "info": cmd_info}[args.command](args)
+                    "novel-view": cmd_novel_view, "train": cmd_train, "info": cmd_info}[args.command](args)
         except FourDError as exc:
             _print_error(exc, getattr(args, "verbose", False))
             return 2

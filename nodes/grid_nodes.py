@@ -12,6 +12,7 @@ from ..fourd_core.errors import InputError
 from ..fourd_core.geometry.novel_view import PATHS, render_scene_views, scene_camera_path
 from ..fourd_core.io.images import to_rgb
 from ..fourd_core.pipelines.cache import PIPELINES
+from ..fourd_core.models.fused_lora import read_fused_lora
 from ..fourd_core.models.sync import load_sync_weights
 from ..fourd_core.pipelines.fourdnex import to_pil
 from ..fourd_core.pipelines.grid import GridConfig, generate_grid, grid_latent_preview
@@ -156,6 +157,11 @@ class FourDGridSampler:
                 "scheduler": node_input(GridConfig, "scheduler"),
                 "negative_prompt": node_input(GridConfig, "negative_prompt", multiline=True),
                 "fused_backend": fused_backend_widget(),
+                "fused_lora": ([cb.NONE] + [f for f in cb.file_list("loras") if "fused" in f.lower()], {
+                    "tooltip": "Fused mode: a LoRA trained for the fused view-time attention (`python -m fourd_core "
+                               "train fused`); (none) = the base model."}),
+                "fused_lora_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                                  "tooltip": "Scale of the fused LoRA (1.0 = as trained)."}),
             },
         }
 
@@ -166,7 +172,7 @@ class FourDGridSampler:
 
     def sample(self, model, fixed_view, freeze_time, prompt, mode, window_views, window_frames, overlap_views,
                overlap_frames, steps, cfg, shift, seed, view, holes=None, sync_weights=cb.NONE, scheduler="unipc",
-               negative_prompt="", fused_backend="auto"):
+               negative_prompt="", fused_backend="auto", fused_lora=cb.NONE, fused_lora_strength=1.0):
         fixed, freeze = to_rgb(fixed_view), to_rgb(freeze_time)
         if not prompt.strip():
             raise InputError("The prompt is empty: describe the scene.")
@@ -187,10 +193,14 @@ class FourDGridSampler:
                                  "modes or set sync_weights to (none).")
             kind = SYNC_FOLDER if sync_weights in cb.file_list(SYNC_FOLDER) else "loras"
             sync = load_sync_weights(cb.resolve_model(kind, sync_weights), pipe.transformer, mode=mode)
+        lora = None
+        if fused_lora and fused_lora != cb.NONE:
+            lora = read_fused_lora(cb.resolve_model("loras", fused_lora), pipe.transformer)
         windows = len(plan_windows(num_v, num_t, config))
         progress = cb.Progress(windows * steps)
         progress(0)
-        result = generate_grid(pipe, fixed, freeze, prompt.strip(), config, holes=holes, sync=sync,
+        result = generate_grid(pipe, fixed, freeze, prompt.strip(), config, holes=holes, sync=sync, fused_lora=lora,
+                               fused_lora_strength=fused_lora_strength,
                                callback=lambda s, t, lat: progress(s, t, _preview(lat)))
         cb.soft_empty_cache()
         return (result.batch(), result.view(view).contiguous(), result.num_views, result.num_times)

@@ -141,11 +141,14 @@ class FusedEngine:
             CPU), ``"dense"`` (boolean mask via SDPA; the reference), ``"gather"`` (allowed keys
             gathered per query frame, no mask, sparse cost) or ``"auto"`` (flex on CUDA when
             available, gather otherwise).
+        lora: a trained fused-attention LoRA (:func:`fourd_core.models.fused_lora.read_fused_lora`), active
+            only while the engine is installed; lora_strength: its scale (1.0 = as trained).
     """
 
-    def __init__(self, transformer, backend: str = "auto"):
+    def __init__(self, transformer, backend: str = "auto", lora: dict | None = None, lora_strength: float = 1.0):
         fused_backend_for(backend, torch.device("cpu"))  # validates the name (and flex availability)
         self.transformer, self.requested_backend = transformer, backend
+        self.lora, self.lora_strength = lora, float(lora_strength)
         self.geometry: FusedGeometry | None = None
         self._geometry_key = None
         self.mode = "fused"
@@ -162,6 +165,7 @@ class FusedEngine:
         """Swap in the fused processors on every block; the originals are restored on exit."""
         if self._saved:
             raise RuntimeError("FusedEngine is already installed.")
+        restore_lora = self._activate_lora() if self.lora is not None else None
         try:
             for block in self.transformer.blocks:
                 self._saved.append((block.attn1, block.attn1.processor))
@@ -175,6 +179,35 @@ class FusedEngine:
                 attn.set_processor(proc)
             self._saved.clear()
             self.geometry = None
+            if restore_lora is not None:
+                restore_lora()
+
+    def _activate_lora(self):
+        """Load the fused-attention LoRA as a PEFT adapter (once) and make it the only active one at
+        ``lora_strength``; returns the function that restores every layer's adapters as they were."""
+        from peft.tuners.lora import LoraLayer
+
+        from .fused_lora import ADAPTER
+
+        tr = self.transformer
+        if ADAPTER not in (getattr(tr, "peft_config", None) or {}):
+            tr.load_lora_adapter(self.lora, adapter_name=ADAPTER, prefix="transformer")
+        layers = [m for m in tr.modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
+        saved = [(m, list(m.active_adapters), bool(m.disable_adapters), {n: p.requires_grad for n, p in m.named_parameters()})
+                 for m in layers]
+        for m in layers:
+            m.set_adapter(ADAPTER)
+            m.set_scale(ADAPTER, self.lora_strength)
+            m.enable_adapters(True)
+
+        def restore():
+            for m, active, disabled, grads in saved:
+                m.set_adapter(active)
+                m.enable_adapters(not disabled)
+                for n, p in m.named_parameters():
+                    p.requires_grad_(grads[n])
+
+        return restore
 
     def predict(self, latent_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
                 row_clip: torch.Tensor | None, cache_name: str = "cond") -> torch.Tensor:

@@ -31,6 +31,7 @@ import contextlib
 from typing import Iterator
 
 import torch
+import torch.utils.checkpoint
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..errors import InputError
@@ -70,6 +71,7 @@ class TwoStreamEngine:
             on the activations' device on first use (it owns this module).
         soft_readout: ``"row"`` (default) or ``"mean"`` for soft modes.
         num_train_timesteps: ``sigma = timestep / num_train_timesteps`` for the sync modulation.
+        checkpoint: recompute each block's two streams in the backward pass (training; see :meth:`_block`).
 
     Attributes:
         column_clip: raw CLIP features for the column stream, ``[T, N_img, C_img]`` (one per latent
@@ -79,7 +81,7 @@ class TwoStreamEngine:
     """
 
     def __init__(self, transformer, mode: str, sync: GridSync | None = None, soft_readout: str = "row",
-                 num_train_timesteps: int = 1000):
+                 num_train_timesteps: int = 1000, checkpoint: bool = False):
         spec = grid_mode(mode)
         if spec.kind == "fused":
             raise InputError(f"{mode!r} is not a two-stream mode; use FusedEngine (fourd_core.models.grid_fused).")
@@ -89,6 +91,7 @@ class TwoStreamEngine:
         self.transformer, self.mode, self.spec, self.sync = transformer, mode, spec, sync
         self.soft_readout = soft_readout
         self.num_train_timesteps = num_train_timesteps
+        self.checkpoint = checkpoint
         self.column_clip: torch.Tensor | None = None
         self._registered: list = []
         self._state: dict = {}
@@ -161,17 +164,28 @@ class TwoStreamEngine:
         return layer_runner(self.sync.layers[index], like.device), st["feats"]
 
     def _block(self, index: int, forward, block, args, kwargs):
-        """One block of both streams (see the module docstring): ``forward`` is the block's inner forward."""
+        """One block of both streams (see the module docstring): ``forward`` is the block's inner forward.
+        With ``checkpoint`` (training) the block, both streams and the merge are recomputed in the backward
+        pass, the column stream's tokens passed explicitly (diffusers' own block checkpointing would rerun the
+        block with the state of the last block)."""
         vals = list(args) + [kwargs[n] for n in _BLOCK_ARGS[len(args):]]
-        x_v, enc, temb = vals[0], vals[1], vals[2]
-        y_v = forward(*args, **kwargs)
+        x_v, enc, temb, rotary = vals[0], vals[1], vals[2], vals[3]
         st = self._state
-        views, times = st["views"], st["times"]
         ctx, temb_col, rope_col = self._column_inputs(enc, temb, block)
-        tokens = self.spec.column_input(x_v, y_v, st["x_t"])
-        y_t = columns_to_rows(forward(rows_to_columns(tokens, views, times), ctx, temb_col, rope_col), views, times)
-        layer, feats = self._layer(index, y_v)
-        x_v_next, x_t_next = self.spec.merge(index, len(self.transformer.blocks), y_v, y_t, layer, feats)
+
+        def streams(x_v_, x_t_, enc_, temb_, ctx_, temb_col_):
+            y_v = forward(x_v_, enc_, temb_, rotary)
+            views, times = st["views"], st["times"]
+            tokens = self.spec.column_input(x_v_, y_v, x_t_)
+            y_t = columns_to_rows(forward(rows_to_columns(tokens, views, times), ctx_, temb_col_, rope_col), views, times)
+            layer, feats = self._layer(index, y_v)
+            return self.spec.merge(index, len(self.transformer.blocks), y_v, y_t, layer, feats)
+
+        if self.checkpoint and torch.is_grad_enabled():
+            x_v_next, x_t_next = torch.utils.checkpoint.checkpoint(streams, x_v, st["x_t"], enc, temb, ctx, temb_col,
+                                                                   use_reentrant=False)
+        else:
+            x_v_next, x_t_next = streams(x_v, st["x_t"], enc, temb, ctx, temb_col)
         if not self.spec.stateful:
             return x_v_next
         st["x_t"] = x_t_next

@@ -121,7 +121,8 @@ class GridConfig:
 # ----------------------------------------------------------------------------------------------
 # Engines
 def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_readout: str = "row",
-                fused_backend: str = "auto", num_train_timesteps: int = 1000):
+                fused_backend: str = "auto", num_train_timesteps: int = 1000, fused_lora: dict | None = None,
+                fused_lora_strength: float = 1.0):
     """The engine for a grid mode (:data:`~fourd_core.kernels.streams.GRID_MODES`; 4Real-Video Sec. 3.2 / -V2).
 
     Returns:
@@ -137,7 +138,9 @@ def make_engine(transformer, mode: str, *, sync: GridSync | None = None, soft_re
     if grid_mode(mode).kind == "fused":
         if sync is not None:
             raise InputError("Fused view-time attention has no sync layers; sync weights apply to 'hard'/'soft'.")
-        return FusedEngine(transformer, fused_backend)
+        return FusedEngine(transformer, fused_backend, lora=fused_lora, lora_strength=fused_lora_strength)
+    if fused_lora is not None:
+        raise InputError(f"A fused-attention LoRA applies to grid mode 'fused' only; mode is {mode!r}.")
     return TwoStreamEngine(transformer, mode, sync, soft_readout, num_train_timesteps)
 
 
@@ -359,7 +362,8 @@ def denoise_window(engine, scheduler, noise: torch.Tensor, cond: torch.Tensor, m
 def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, prompt: str,
                   config: GridConfig | None = None, *, holes: torch.Tensor | None = None,
                   sync: GridSync | None = None, callback: StepCallback | None = None,
-                  text: dict | None = None) -> GridResult:
+                  text: dict | None = None, fused_lora: dict | None = None,
+                  fused_lora_strength: float = 1.0) -> GridResult:
     """Generate the ``V x T`` grid from its first row and first column.
 
     Args:
@@ -377,6 +381,8 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
         callback: ``callback(step, total, latents)`` after every step of every window (``total`` =
             windows x steps); raise to cancel.
         text: optional precomputed ``{"prompt_embeds", "negative_prompt_embeds"}``.
+        fused_lora, fused_lora_strength: a trained fused-attention LoRA for mode ``"fused"``
+            (:func:`fourd_core.models.fused_lora.read_fused_lora`) and its scale.
     Returns:
         :class:`GridResult` (``frames [V, T, H, W, 3]``; row-major batch via ``.batch()``).
     Raises:
@@ -403,7 +409,8 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
             text = {"prompt_embeds": pe, "negative_prompt_embeds": ne}
         engine = make_engine(pipe.transformer, config.mode, sync=sync, soft_readout=config.soft_readout,
                              fused_backend=config.fused_backend,
-                             num_train_timesteps=int(pipe.scheduler.config.get("num_train_timesteps", 1000)))
+                             num_train_timesteps=int(pipe.scheduler.config.get("num_train_timesteps", 1000)),
+                             fused_lora=fused_lora, fused_lora_strength=fused_lora_strength)
         total = len(windows) * config.steps
         with engine.installed():
             for k, (v0, v1, t0, t1) in enumerate(windows):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ...fourd_core.errors import InputError, WeightsError
 from ...fourd_core.models.lora import find_release_files, read_domain_embeddings
-from ...fourd_core.native.lora_keys import check_lora_shapes, lora_strength, lora_targets, read_fourdnex_lora_comfy
+from ...fourd_core.native.lora_keys import lora_strength, read_fourdnex_lora_comfy
 from .. import comfy_bridge as cb
 from . import patches
-from .common import NATIVE_CATEGORY, wan_i2v_model
+from .common import NATIVE_CATEGORY, add_lora_patches, wan_i2v_model
 from .folders import register_tiny_model_folders
 
 BESIDE = "(beside the LoRA)"
@@ -47,8 +47,6 @@ class FourDApply4DNeXNative:
         }}
 
     def apply(self, model, release, domain_embeddings, strength):
-        from comfy.lora import load_lora
-
         dm = wan_i2v_model(model)
         if patches.is_fourdnex_patched(model):
             raise InputError("This MODEL already has 4DNeX applied; connect the unpatched MODEL from Load Diffusion Model.")
@@ -59,23 +57,11 @@ class FourDApply4DNeXNative:
             raise WeightsError(f"No learnable_domain_embeddings.pt/.safetensors next to {lora_file}. Put the file from "
                                "the 4DNeX release there, or pick it in domain_embeddings.")
         lora = read_fourdnex_lora_comfy(lora_file)
-        # ComfyUI-GGUF keeps quantised parameters whose logical shape is ``tensor_shape`` (its
-        # state_dict() holds meta stand-ins of the packed shape, so read the parameters themselves)
-        shapes = {f"diffusion_model.{k}": tuple(getattr(v, "tensor_shape", v.shape))
-                  for k, v in model.model.diffusion_model.named_parameters()}
-        check_lora_shapes(lora, shapes)
         emb = read_domain_embeddings(emb_file)
         if emb.shape[1] != dm.dim:
             raise WeightsError(f"Domain embeddings {tuple(emb.shape)} do not fit this model (width {dm.dim}); use the "
                                "release made for this base model (Wan2.1-I2V-14B: [2, 5120]).")
-        targets = lora_targets(lora)
-        loaded = load_lora(lora, targets)
-        if len(loaded) != len(targets):
-            raise WeightsError(f"Only {len(loaded)} of {len(targets)} LoRA layers could be read from {lora_file}.")
         out = model.clone()
-        added = out.add_patches(loaded, lora_strength(strength))
-        if len(added) != len(targets):
-            missing = sorted(set(targets.values()) - {k if isinstance(k, str) else k[0] for k in added})
-            raise WeightsError(f"The model has no weights {missing[:3]} for the 4DNeX LoRA.")
+        add_lora_patches(out, lora, lora_strength(strength), lora_file, "the 4DNeX LoRA")
         patches.install(out, emb)
         return (out,)

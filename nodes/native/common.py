@@ -21,3 +21,29 @@ def wan_i2v_model(model):
                          f"{'missing' if getattr(dm, 'img_emb', None) is None else 'present'}). 4DNeX needs "
                          "Wan2.1-I2V-14B (wan2.1_i2v_480p_14B_*.safetensors).")
     return dm
+
+
+def add_lora_patches(model, comfy_lora: dict, strength: float, source, what: str) -> None:
+    """Add a LoRA in ComfyUI's key layout (:func:`fourd_core.native.lora_keys.lora_to_comfy`) to the
+    ModelPatcher ``model`` (a clone) as weight patches at ``strength``, checked against the model's
+    weights first (their logical shapes: ComfyUI-GGUF keeps packed storage behind ``tensor_shape``).
+
+    Raises:
+        WeightsError: a shape that does not fit, or layers ComfyUI could not read or the model lacks.
+    """
+    from comfy.lora import load_lora
+
+    from ...fourd_core.errors import WeightsError
+    from ...fourd_core.native.lora_keys import check_lora_shapes, lora_targets
+
+    shapes = {f"diffusion_model.{k}": tuple(getattr(v, "tensor_shape", v.shape))
+              for k, v in model.model.diffusion_model.named_parameters()}
+    check_lora_shapes(comfy_lora, shapes)
+    targets = lora_targets(comfy_lora)
+    loaded = load_lora(comfy_lora, targets)
+    if len(loaded) != len(targets):
+        raise WeightsError(f"Only {len(loaded)} of {len(targets)} LoRA layers could be read from {source}.")
+    added = model.add_patches(loaded, float(strength))
+    if len(added) != len(targets):
+        missing = sorted(set(targets.values()) - {k if isinstance(k, str) else k[0] for k in added})
+        raise WeightsError(f"The model has no weights {missing[:3]} for {what}.")

@@ -25,12 +25,14 @@ import torch
 from ...fourd_core.errors import InputError
 from ...fourd_core.io.images import to_rgb
 from ...fourd_core.kernels.streams import grid_mode
+from ...fourd_core.models.fused_lora import read_fused_lora
 from ...fourd_core.models.sync import read_sync_weights
+from ...fourd_core.native.lora_keys import lora_to_comfy
 from ...fourd_core.native.grid_patches import GRID_STATE, GridBlockPatch, GridForwardWrapper  # noqa: F401 (re-exported)
 from ...fourd_core.native.layout import known_noise_mask
 from ...fourd_core.pipelines.grid_canvas import GridCanvas, fully_known_latents, latent_mask
 from .. import comfy_bridge as cb
-from .common import NATIVE_CATEGORY
+from .common import NATIVE_CATEGORY, add_lora_patches
 from .conditioning import set_cond_values
 from .folders import SYNC_FOLDER
 from .patches import is_fourdnex_patched
@@ -38,6 +40,11 @@ from ..widgets import fused_backend_widget, grid_mode_widget
 
 log = logging.getLogger(__name__)
 GRID_WRAPPER_KEY = "fourd_grid_native"
+
+
+def fused_lora_files() -> list[str]:
+    """LoRA files meant for the fused grid mode: ``*fused*.safetensors`` in models/loras/."""
+    return [f for f in cb.file_list("loras") if "fused" in f.lower() and f.endswith(".safetensors")]
 
 
 class FourDGridModelNative:
@@ -63,13 +70,19 @@ class FourDGridModelNative:
                 "tooltip": "Trained sync layers (.safetensors in models/fourd_sync/, format in "
                            "fourd_core/models/sync.py) for mode hard or soft; (none) = training-free."}),
             "fused_backend": fused_backend_widget(),
+            "fused_lora": ([cb.NONE] + fused_lora_files(), {
+                "tooltip": "Fused mode: a LoRA trained for the fused view-time attention (`python -m fourd_core train "
+                           "fused`; files with 'fused' in the name in models/loras/); (none) = the base model."}),
+            "fused_lora_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                              "tooltip": "Scale of the fused LoRA (1.0 = as trained)."}),
             "column_clip": ("CLIP_VISION_OUTPUT", {
                 "tooltip": "Two-stream modes: CLIP of row 0 at every latent time, from FourD Grid Conditioning / Window "
                            "(native), so each column sees the image of its own instant (as the diffusers grid sampler); "
                            "unconnected: every column uses row 0's first frame."}),
         }}
 
-    def patch(self, model, views, mode, sync_weights=cb.NONE, fused_backend="auto", column_clip=None):
+    def patch(self, model, views, mode, sync_weights=cb.NONE, fused_backend="auto", column_clip=None,
+              fused_lora=cb.NONE, fused_lora_strength=1.0):
         from comfy.patcher_extension import WrappersMP
 
         from .common import wan_i2v_model
@@ -93,6 +106,13 @@ class FourDGridModelNative:
         out = model.clone()
         if sync is not None:
             register_sync_model(out, sync)
+        if fused_lora and fused_lora != cb.NONE:
+            if spec.kind != "fused":
+                raise InputError(f"A fused-attention LoRA applies to mode 'fused'; mode is {mode!r}. Choose 'fused' or "
+                                 "set fused_lora to (none).")
+            path = cb.resolve_model("loras", fused_lora)
+            add_lora_patches(out, lora_to_comfy(read_fused_lora(path)), fused_lora_strength, path,
+                             "the fused-attention LoRA")
         col = None if column_clip is None else column_clip.penultimate_hidden_states
         out.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, GRID_WRAPPER_KEY,
                                  GridForwardWrapper(views, mode, fused_backend, col))

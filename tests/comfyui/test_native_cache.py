@@ -88,7 +88,7 @@ def _fourdnex_inputs(pack, files):
     g = torch.Generator().manual_seed(11)
     image = torch.rand(1, H, W, 3, generator=g)
     text, neg = torch.randn(1, 512, 4096, generator=g) * 0.5, torch.randn(1, 512, 4096, generator=g) * 0.5
-    cvo = pack.nodes.native.tiny_wan.clip_vision_output(torch.randn(1, 257, 1280, generator=g))
+    cvo = pack.nodes.native.demo_standins.clip_vision_output(torch.randn(1, 257, 1280, generator=g))
     pos, negc, latent = pack.NODE_CLASS_MAPPINGS["FourD4DNeXConditioningNative"]().encode(
         [[text, {}]], [[neg, {}]], TinyWanVAE(0), cvo, image, FRAMES, 1)
     return pos, negc, latent["samples"]
@@ -155,7 +155,7 @@ def _grid_inputs(pack):
     known[0] = 1.0
     text, neg = torch.randn(1, 512, 4096, generator=g) * 0.5, torch.randn(1, 512, 4096, generator=g) * 0.5
     values = {"concat_latent_image": cond_raw, "concat_mask": 1 - known,
-              "clip_vision_output": pack.nodes.native.tiny_wan.clip_vision_output(torch.randn(V, 257, 1280, generator=g))}
+              "clip_vision_output": pack.nodes.native.demo_standins.clip_vision_output(torch.randn(V, 257, 1280, generator=g))}
     return [[text, dict(values)]], [[neg, dict(values)]], torch.zeros(V, 16, LAT_T, LAT_H, LAT_W)
 
 

@@ -67,7 +67,7 @@ def test_native_4dnex_matches_diffusers_4dnex(comfy, pack, native_stock, tiny_fi
     release = tiny_files / "loras" / TINY_RELEASE_NAME
     patched = nodes["FourDApply4DNeXNative"]().apply(native_stock, str(release), "(beside the LoRA)", 1.0)[0]
     vae = TinyWanVAE(0)
-    cvo = pack.nodes.native.tiny_wan.clip_vision_output(inputs["clip"])
+    cvo = pack.nodes.native.demo_standins.clip_vision_output(inputs["clip"])
     pos, neg, latent = nodes["FourD4DNeXConditioningNative"]().encode(
         [[inputs["text"], {}]], [[inputs["neg_text"], {}]], vae, cvo, inputs["image"][None], FRAMES, 1)
     assert latent["samples"].shape == inputs["x"].shape
@@ -106,7 +106,7 @@ def test_unpatched_clone_is_bit_identical_to_stock(comfy, pack, native_stock, ti
 
     nodes = pack.NODE_CLASS_MAPPINGS
     vae = TinyWanVAE(0)
-    cvo = pack.nodes.native.tiny_wan.clip_vision_output(inputs["clip"])
+    cvo = pack.nodes.native.demo_standins.clip_vision_output(inputs["clip"])
     pos, neg, _ = nodes["FourD4DNeXConditioningNative"]().encode(
         [[inputs["text"], {}]], [[inputs["neg_text"], {}]], vae, cvo, inputs["image"][None], FRAMES, 1)
     before = native_velocity(comfy, native_stock, pos, neg, inputs["x"], cfg=5.0)

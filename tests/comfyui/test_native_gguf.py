@@ -108,7 +108,7 @@ def _conditioning(pack, inputs):
     from fourd_core.native.tiny_wan import TinyWanVAE
 
     nodes = pack.NODE_CLASS_MAPPINGS
-    cvo = pack.nodes.native.tiny_wan.clip_vision_output(inputs["clip"])
+    cvo = pack.nodes.native.demo_standins.clip_vision_output(inputs["clip"])
     pos, neg, _ = nodes["FourD4DNeXConditioningNative"]().encode(
         [[inputs["text"], {}]], [[inputs["neg_text"], {}]], TinyWanVAE(0), cvo, inputs["image"][None], FRAMES, 1)
     return pos, neg

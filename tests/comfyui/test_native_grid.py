@@ -33,7 +33,7 @@ def grid_inputs(pack, seed=7):
     text, neg = torch.randn(1, 512, 4096, generator=g) * 0.5, torch.randn(1, 512, 4096, generator=g) * 0.5
     clip = torch.randn(V, 257, 1280, generator=g)
     values = {"concat_latent_image": cond_raw, "concat_mask": 1 - known,
-              "clip_vision_output": pack.nodes.native.tiny_wan.clip_vision_output(clip)}
+              "clip_vision_output": pack.nodes.native.demo_standins.clip_vision_output(clip)}
     return {"x": x, "cond_raw": cond_raw, "known": known, "text": text, "neg": neg, "clip": clip, "values": values}
 
 
@@ -93,7 +93,7 @@ def test_native_grid_column_clip_matches_diffusers_column_clip(comfy, pack, base
     col = torch.randn(LAT_T, 257, 1280, generator=torch.Generator().manual_seed(9))
     stock = comfy.sd.load_diffusion_model(str(base))
     node = pack.NODE_CLASS_MAPPINGS["FourDGridModelNative"]()
-    cvo = pack.nodes.native.tiny_wan.clip_vision_output(col)
+    cvo = pack.nodes.native.demo_standins.clip_vision_output(col)
     v_native = grid_velocity(comfy, node.patch(stock, V, mode, column_clip=cvo)[0], inp)
     engine = TwoStreamEngine(diffusers_transformer(base), mode)
     engine.column_clip = col

@@ -84,7 +84,7 @@ def test_condition_encode_matches_diffusers(comfy, pack, vaes):
     native, diffusers_vae = vaes
     g = torch.Generator().manual_seed(6)
     image = torch.rand(1, 32, 32, 3, generator=g)
-    cvo = pack.nodes.native.tiny_wan.clip_vision_output(torch.zeros(1, 257, 1280))
+    cvo = pack.nodes.native.demo_standins.clip_vision_output(torch.zeros(1, 257, 1280))
     pos, neg, latent = pack.NODE_CLASS_MAPPINGS["FourD4DNeXConditioningNative"]().encode(
         [[torch.zeros(1, 4, 4096), {}]], [[torch.zeros(1, 4, 4096), {}]], native, cvo, image, 5, 1)
     concat = pos[0][1]["concat_latent_image"]
