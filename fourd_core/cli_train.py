@@ -22,6 +22,7 @@ import sys
 
 from .errors import InputError
 
+BASE_HUB_ID = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"      # fourd_core.models.loading.BASE_HUB_ID (no torch import here)
 LAYOUT_NAMES = ("videos", "multiview", "4dnex10m", "rgbd", "scenes")
 #: TrainConfig fields shown per objective (the rest keep their defaults and are not offered)
 COMMON = ("cache", "out", "base", "dtype", "steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup",
@@ -47,8 +48,9 @@ def add_parser(sub) -> None:
                         "(both for sync, fused); 4dnex10m, rgbd, scenes: RGB + XYZ clips (for lora)")
     p.add_argument("--data", required=True, help="the dataset folder (layouts: README, Training)")
     p.add_argument("--cache", required=True, help="the latent cache folder (created; a rerun continues it)")
-    p.add_argument("--base", default="tiny", help="the base Wan2.1-I2V model whose encoders make the cache: 'tiny', "
-                                                  "a diffusers folder or a hub id (default tiny)")
+    p.add_argument("--base", default=BASE_HUB_ID, help="the base Wan2.1-I2V model whose encoders make the cache: a hub "
+                                                       f"id (default {BASE_HUB_ID}), a diffusers folder, or 'tiny' (the "
+                                                       "random toy model); train with the same --base")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="UMT5 dtype while encoding (default float32)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")

@@ -15,6 +15,10 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 #: settings that may change when a run resumes (where it writes and how often, not what it learns)
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "validate_every", "log_every", "out",
                      "tracker", "preview_steps")
+#: settings an objective does not read (ignored when a resume compares configurations)
+UNUSED = {"sync": ("lora_rank", "lora_alpha", "init_release", "fused_backend"),
+          "fused": ("sync_mode", "sync_rank", "init_release"),
+          "lora": ("sync_mode", "sync_rank", "fused_backend")}
 
 
 @dataclasses.dataclass
@@ -24,7 +28,9 @@ class TrainConfig:
     objective: str = setting("sync", help="what to train", choices=OBJECTIVES)
     cache: str = setting("", help="latent cache folder made by `train prepare`")
     out: str = setting("", help="run folder: checkpoints/, logs and the final weights")
-    base: str = setting("tiny", help="base Wan2.1-I2V model: 'tiny', a diffusers folder or a hub id")
+    base: str = setting("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", help="base Wan2.1-I2V model (frozen): a hub id, a "
+                        "diffusers folder, or 'tiny' (the random toy model, for a laptop check); the one the cache "
+                        "was made with")
     dtype: str = setting("float32", help="dtype of the frozen base weights", choices=("float32", "bfloat16", "float16"))
     # what is trained
     sync_mode: str = setting("soft", help="sync: hard (Eq. 8) or soft (Eqs. 9-10) sync layers", choices=("hard", "soft"))
@@ -83,6 +89,8 @@ class TrainConfig:
         return d
 
     def differences(self, saved: dict) -> list[str]:
-        """Keys whose value differs from a checkpoint's saved configuration (those a resume may change excluded)."""
+        """Keys whose value differs from a checkpoint's saved configuration (those a resume may change and those
+        this objective does not read excluded)."""
         mine = self.to_json()
-        return sorted(k for k in set(mine) | set(saved) if k not in RESUMABLE_CHANGES and mine.get(k) != saved.get(k))
+        skip = set(RESUMABLE_CHANGES) | set(UNUSED.get(self.objective, ()))
+        return sorted(k for k in set(mine) | set(saved) if k not in skip and mine.get(k) != saved.get(k))

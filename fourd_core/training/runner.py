@@ -31,6 +31,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -76,7 +77,26 @@ def open_dataset(cfg: TrainConfig):
     if ds.kind != _KIND[cfg.objective]:
         raise InputError(f"The cache {cfg.cache} holds {ds.kind!r} samples; the {cfg.objective} objective trains on "
                          f"{_KIND[cfg.objective]!r} samples (prepare the matching --layout).")
+    made_with = ds.info.get("config", {}).get("cache", {}).get("model")
+    if made_with and made_with != cfg.base:
+        warnings.warn(f"The cache {cfg.cache} was made with the encoders of {made_with!r}; training {cfg.base!r} "
+                      "(fine if both name the same model; the sizes are checked once it loads).")
     return ds
+
+
+def check_cache_fits(dataset, transformer) -> None:
+    """The cached embeddings have the sizes the loaded DiT reads (the cache was made with this model's encoders).
+
+    Raises:
+        InputError: text or image embedding widths differ (a cache of another model).
+    """
+    enc = dataset.info.get("encoders", {})
+    for key, want in (("text_dim", transformer.config.text_dim), ("image_dim", transformer.config.image_dim)):
+        have = enc.get(key)
+        if have is not None and want is not None and int(have) != int(want):
+            raise InputError(f"The cache {dataset.root} holds {key.replace('_dim', '')} embeddings of width {have}; "
+                             f"the model {transformer.config.get('_name_or_path', '') or 'loaded'} reads {want}: the "
+                             "cache was made with another model; run `train prepare` with this --base.")
 
 
 def _batches(dataset, names, batch_size: int, seed: int, accelerator, start_micro: int):
@@ -428,6 +448,7 @@ def train(cfg: TrainConfig, log=None, stop_after: int | None = None) -> dict:
         f"{accelerator.num_processes} process(es) ({accelerator.device})")
     t0 = time.perf_counter()
     pipe, objective = build(cfg, accelerator.device)
+    check_cache_fits(dataset, pipe.transformer)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.schedule]
