@@ -386,7 +386,7 @@ def generate_grid(pipe, fixed_view: torch.Tensor, freeze_time: torch.Tensor, pro
     Returns:
         :class:`GridResult` (``frames [V, T, H, W, 3]``; row-major batch via ``.batch()``).
     Raises:
-        InputError: bad shapes/sizes/config, a fused LoRA. CancelledError (or whatever the callback
+        InputError: bad shapes/sizes/config, a fused LoRA with another mode. CancelledError (or whatever the callback
         raises) when cancelled; the model is restored in every case.
     """
     config = config or GridConfig()

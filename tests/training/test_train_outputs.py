@@ -221,3 +221,25 @@ def test_a_cache_of_another_model_is_refused_once_the_model_loads(grid_cache):
     wan14b = SimpleNamespace(text_dim=4096, image_dim=1280, get=lambda k, d=None: "Wan2.1-I2V-14B")
     with pytest.raises(InputError, match="width 32.*reads 4096.*train prepare"):
         runner.check_cache_fits(ds, SimpleNamespace(config=wan14b))
+
+
+def test_prepare_cli_names_bad_samples_and_caches_the_rest(tmp_path, capsys, tiny_base):
+    import json
+
+    import imageio.v2 as imageio
+
+    from fourd_core.training.data import open_latent_dataset
+
+    data = write_clips(tmp_path / "mixed", 2)
+    (data / "short").mkdir()
+    for t in range(3):
+        imageio.imwrite(data / "short" / f"{t:03d}.png", np.zeros((32, 48, 3), np.uint8))
+    (data / "broken.mp4").write_bytes(b"not a video at all" * 20)
+    code = cli.main(_prepare(data, tmp_path / "cache", "--base", str(tiny_base), "--latent", "mode"))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    report = json.loads(out.out)
+    assert report["written"] == 2 and sorted(b["name"] for b in report["bad"]) == ["broken", "short"]
+    assert open_latent_dataset(tmp_path / "cache").names == ["clip0", "clip1"]
+    assert cli.main(_prepare(data, tmp_path / "cache", "--base", str(tiny_base), "--latent", "mode")) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 2          # a rerun continues

@@ -13,9 +13,6 @@ sample and the fix for anything else):
 
 :func:`prepare` (:mod:`.cache`) turns a reader into a latent cache; :class:`GridLatentDataset` /
 :class:`FourDNeXLatentDataset` (:mod:`.datasets`) read it for the trainer.
-
-``fourd_core/training/`` is a namespace package here (no ``__init__.py`` of its own in this
-folder's branch), so this folder does not collide with the trainer's files.
 """
 
 from __future__ import annotations
