@@ -13,11 +13,15 @@ import torch
 GRID_SIZE = dict(views=3, frames=5, height=32, width=48)
 
 
-def write_clips(folder, n, frames=5, h=32, w=48):
-    """``n`` clips of numbered PNG frames with a caption each (smooth moving patterns)."""
+def write_clips(folder, n, frames=5, h=32, w=48, bad=()):
+    """``n`` clips of numbered PNG frames with a caption each (smooth moving patterns); the indices in ``bad``
+    are written as corrupt ``clip<k>.mp4`` files instead."""
     folder.mkdir(parents=True, exist_ok=True)
     y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     for k in range(n):
+        if k in bad:
+            (folder / f"clip{k}.mp4").write_bytes(b"definitely not a video" * 8)
+            continue
         d = folder / f"clip{k}"
         d.mkdir()
         for t in range(frames):
@@ -61,6 +65,24 @@ def xyz_cache(tmp_path_factory, tiny_pipe):
     prepare(src, root / "cache", CacheEncoders(tiny_pipe, "cpu"), CacheConfig(latent="mode"), rank=0, world_size=1,
             log=lambda m: None)
     return root / "cache"
+
+
+@pytest.fixture
+def capture_build(monkeypatch):
+    """Record what :func:`fourd_core.training.runner.build` builds during a run: ``{"pipe", "obj"}``."""
+    from fourd_core.training import runner
+
+    built = {}
+    real = runner.build
+
+    def capture(cfg, device):
+        built["pipe"], built["obj"] = real(cfg, device)
+        built["frozen"] = {n: p.detach().clone() for n, p in built["obj"].named_parameters() if not p.requires_grad}
+        built["trained0"] = {n: p.detach().clone() for n, p in built["obj"].named_parameters() if p.requires_grad}
+        return built["pipe"], built["obj"]
+
+    monkeypatch.setattr(runner, "build", capture)
+    return built
 
 
 @pytest.fixture

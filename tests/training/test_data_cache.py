@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 
-import imageio.v2 as imageio
-import numpy as np
 import pytest
 import torch
 
@@ -27,23 +25,9 @@ from fourd_core.training.data.datasets import (FourDNeXLatentDataset, GridLatent
 from fourd_core.training.data.pseudo_grid import PseudoGridConfig, PseudoGridSource
 from fourd_core.training.data.rgbd import SceneSource
 
+from conftest import write_clips
+
 GRID = GridDataConfig(views=3, frames=5, height=32, width=48)
-
-
-def _clips(folder, n, frames=5, bad=()):
-    folder.mkdir(parents=True, exist_ok=True)
-    y, x = np.meshgrid(np.linspace(0, 1, 32), np.linspace(0, 1, 48), indexing="ij")
-    for k in range(n):
-        if k in bad:
-            (folder / f"clip{k}.mp4").write_bytes(b"definitely not a video" * 8)
-            continue
-        d = folder / f"clip{k}"
-        d.mkdir()
-        for t in range(frames):
-            f = np.stack([(x + 0.1 * t + 0.3 * k) % 1, y, 0.5 + 0.3 * np.sin(4 * x * (k + 1) + t)], -1)
-            imageio.imwrite(d / f"{t:03d}.png", (f * 255 + 0.5).astype(np.uint8))
-        (folder / f"clip{k}.txt").write_text(f"clip number {k}")
-    return folder
 
 
 def _no_models():
@@ -51,7 +35,7 @@ def _no_models():
 
 
 def test_grid_cache_matches_the_grid_sampler(tmp_path, tiny_pipe):
-    src = PseudoGridSource(_clips(tmp_path / "videos", 2), GRID, PseudoGridConfig(max_rotation_deg=15, seed=3))
+    src = PseudoGridSource(write_clips(tmp_path / "videos", 2), GRID, PseudoGridConfig(max_rotation_deg=15, seed=3))
     enc = CacheEncoders(tiny_pipe, "cpu")
     rep = prepare(src, tmp_path / "cache", enc, CacheConfig(latent="mode"), rank=0, world_size=1, log=lambda m: None)
     assert (rep.written, rep.skipped, rep.bad) == (2, 0, [])
@@ -91,7 +75,7 @@ def test_posterior_sample_is_seeded_per_sample(tmp_path, tiny_pipe):
     from fourd_core.pipelines.decode import vae_latent_stats
     from fourd_core.training.data.frames import seed_for
 
-    src = PseudoGridSource(_clips(tmp_path / "videos", 1), GridDataConfig(views=2, frames=5, height=32, width=48))
+    src = PseudoGridSource(write_clips(tmp_path / "videos", 1), GridDataConfig(views=2, frames=5, height=32, width=48))
     enc = CacheEncoders(tiny_pipe, "cpu")
     for d in ("a", "b"):
         prepare(src, tmp_path / d, enc, CacheConfig(latent="sample", seed=5), rank=0, world_size=1, log=lambda m: None)
@@ -154,7 +138,7 @@ def test_fourdnex_cache_matches_the_inference_pipeline(tmp_path, tiny_pipe):
 
 
 def test_prepare_is_resumable_split_over_ranks_and_atomic(tmp_path, tiny_pipe, monkeypatch):
-    src = PseudoGridSource(_clips(tmp_path / "videos", 3), GridDataConfig(views=2, frames=5, height=32, width=48))
+    src = PseudoGridSource(write_clips(tmp_path / "videos", 3), GridDataConfig(views=2, frames=5, height=32, width=48))
     enc = CacheEncoders(tiny_pipe, "cpu")
     cache = tmp_path / "cache"
     r0 = prepare(src, cache, enc, rank=0, world_size=2, log=lambda m: None)
@@ -199,7 +183,7 @@ def test_prepare_is_resumable_split_over_ranks_and_atomic(tmp_path, tiny_pipe, m
 
 def test_bad_samples_are_named_and_counted_and_all_bad_loads_nothing(tmp_path, tiny_pipe):
     # all bad: corrupt videos and a clip shorter than the grid -> error before any model, nothing written
-    vids = _clips(tmp_path / "bad", 3, bad=(0, 1))
+    vids = write_clips(tmp_path / "bad", 3, bad=(0, 1))
     (vids / "clip2").rename(vids / "clip2_long")
     for f in sorted((vids / "clip2_long").iterdir())[3:]:
         f.unlink()
@@ -208,7 +192,7 @@ def test_bad_samples_are_named_and_counted_and_all_bad_loads_nothing(tmp_path, t
         prepare(src, tmp_path / "out" / "cache", _no_models, rank=0, world_size=1, log=lambda m: None)
     assert not (tmp_path / "out").exists()
     # one good among bad ones: the bad are reported by name, the good one is cached
-    good = _clips(tmp_path / "mixed", 2, bad=(1,))
+    good = write_clips(tmp_path / "mixed", 2, bad=(1,))
     src = PseudoGridSource(good, GridDataConfig(views=2, frames=5, height=32, width=48))
     logs = []
     rep = prepare(src, tmp_path / "cache", lambda: CacheEncoders(tiny_pipe, "cpu"), rank=0, world_size=1, log=logs.append)
@@ -238,7 +222,7 @@ def test_bad_samples_are_named_and_counted_and_all_bad_loads_nothing(tmp_path, t
 
 
 def test_unwritable_cache_folder_is_refused_before_reading(tmp_path):
-    src = PseudoGridSource(_clips(tmp_path / "videos", 1), GridDataConfig(views=2, frames=5, height=32, width=48))
+    src = PseudoGridSource(write_clips(tmp_path / "videos", 1), GridDataConfig(views=2, frames=5, height=32, width=48))
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         prepare(src, tmp_path / "afile" / "cache", _no_models, rank=0, world_size=1)

@@ -28,21 +28,11 @@ def _expected(objective: str, name: str) -> bool:
 
 
 @pytest.mark.parametrize("objective,mode", [("sync", "hard"), ("sync", "soft"), ("fused", None), ("lora", None)])
-def test_only_the_intended_tensors_train_and_the_base_stays_bit_identical(make_cfg, objective, mode, monkeypatch):
+def test_only_the_intended_tensors_train_and_the_base_stays_bit_identical(make_cfg, objective, mode, capture_build):
     changes = {"sync_mode": mode} if mode else {}
     cfg = make_cfg(objective, steps=3, lr=1e-2, **changes)
-    built = {}
-    real_build = runner.build
-
-    def capture(cfg_, device):
-        pipe, obj = real_build(cfg_, device)
-        built["obj"] = obj
-        built["frozen"] = {n: p.detach().clone() for n, p in obj.named_parameters() if not p.requires_grad}
-        built["trained0"] = {n: p.detach().clone() for n, p in obj.named_parameters() if p.requires_grad}
-        return pipe, obj
-
-    monkeypatch.setattr(runner, "build", capture)
     runner.train(cfg, log=lambda m: None)
+    built = capture_build
     obj = built["obj"]
     trained = {n for n, p in obj.named_parameters() if p.requires_grad}
     key = objective + ("-" + mode if mode else "")

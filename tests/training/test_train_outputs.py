@@ -19,21 +19,15 @@ from fourd_core.training import runner
 from conftest import write_clips
 
 
-def _train(make_cfg, monkeypatch, objective, **changes):
-    """Train briefly and return ``(cfg, trained objective, final folder)``."""
-    cfg = make_cfg(objective, steps=6, lr=2e-2, **changes)
-    built = {}
-    real = runner.build
+@pytest.fixture
+def trained(make_cfg, capture_build):
+    """``trained(objective, **changes)``: train briefly; ``(cfg, trained objective, final folder)``."""
+    def run(objective, **changes):
+        cfg = make_cfg(objective, steps=6, lr=2e-2, **changes)
+        runner.train(cfg, log=lambda m: None)
+        return cfg, capture_build["obj"], Path(cfg.out) / "final"
 
-    def capture(cfg_, device):
-        pipe, obj = real(cfg_, device)
-        built["obj"] = obj
-        return pipe, obj
-
-    monkeypatch.setattr(runner, "build", capture)
-    runner.train(cfg, log=lambda m: None)
-    monkeypatch.setattr(runner, "build", real)
-    return cfg, built["obj"], Path(cfg.out) / "final"
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +52,10 @@ def _grid(pipe, mode, **kw):
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])
-def test_trained_sync_layers_load_in_the_grid_sampler_and_change_its_grid(make_cfg, monkeypatch, base_pipe, mode):
+def test_trained_sync_layers_load_in_the_grid_sampler_and_change_its_grid(trained, base_pipe, mode):
     from fourd_core.models.sync import load_sync_weights, read_sync_weights
 
-    cfg, obj, final = _train(make_cfg, monkeypatch, "sync", sync_mode=mode)
+    cfg, obj, final = trained("sync", sync_mode=mode)
     sync = load_sync_weights(final / "sync_weights.safetensors", base_pipe.transformer, mode=mode)
     for k, v in sync.state_dict().items():           # exactly the trained tensors
         assert torch.equal(v, obj.sync.state_dict()[k].float()), k
@@ -72,10 +66,10 @@ def test_trained_sync_layers_load_in_the_grid_sampler_and_change_its_grid(make_c
     assert (neutral - trained).abs().max() > 1e-3
 
 
-def test_trained_fused_lora_loads_in_the_fused_grid_mode_and_changes_its_grid(make_cfg, monkeypatch, base_pipe):
+def test_trained_fused_lora_loads_in_the_fused_grid_mode_and_changes_its_grid(trained, base_pipe):
     from fourd_core.models.fused_lora import read_fused_lora
 
-    cfg, obj, final = _train(make_cfg, monkeypatch, "fused")
+    cfg, obj, final = trained("fused")
     lora = read_fused_lora(final / "fused_lora.safetensors", base_pipe.transformer)
     plain = _grid(base_pipe, "fused")
     with_lora = _grid(base_pipe, "fused", fused_lora=lora)
@@ -93,10 +87,10 @@ def test_trained_fused_lora_loads_in_the_fused_grid_mode_and_changes_its_grid(ma
                                scale * b.detach() @ a.detach(), rtol=1e-5, atol=1e-7)
 
 
-def test_a_trained_4dnex_release_round_trips_through_load_pipeline(make_cfg, monkeypatch, tiny_base):
+def test_a_trained_4dnex_release_round_trips_through_load_pipeline(trained, tiny_base):
     from fourd_core.pipelines.assemble import load_pipeline
 
-    cfg, obj, final = _train(make_cfg, monkeypatch, "lora")
+    cfg, obj, final = trained("lora")
     assert sorted(p.name for p in final.iterdir()) == ["learnable_domain_embeddings.safetensors",
                                                        "pytorch_lora_weights.safetensors"]
     g = torch.Generator().manual_seed(1)
@@ -110,15 +104,15 @@ def test_a_trained_4dnex_release_round_trips_through_load_pipeline(make_cfg, mon
 
     text = torch.randn(1, 512, obj.transformer.config.text_dim, generator=g)
     clip = torch.randn(1, 257, obj.transformer.config.image_dim, generator=g)
-    trained = predict(obj.transformer)
+    expected = predict(obj.transformer)
     for fuse in (False, True):
         pipe, info = load_pipeline(ModelSpec(base=str(tiny_base), fourdnex=str(final), fuse_lora=fuse,
                                              dtype="float32"), MemoryConfig(device="cpu"))
         assert torch.equal(pipe.transformer.learnable_domain_embeddings.float(),
                            obj.transformer.learnable_domain_embeddings.detach())
-        torch.testing.assert_close(predict(pipe.transformer), trained, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(predict(pipe.transformer), expected, rtol=1e-5, atol=1e-5)
     plain = load_pipeline(ModelSpec(base=str(tiny_base), fourdnex=None, dtype="float32"), MemoryConfig(device="cpu"))[0]
-    assert (predict(plain.transformer) - trained).abs().max() > 1e-3
+    assert (predict(plain.transformer) - expected).abs().max() > 1e-3
 
 
 # ----------------------------------------------------------------------------------------------
