@@ -363,7 +363,7 @@ def test_export_adds_file3d_outputs_only_where_comfyui_has_them(pack, fake, monk
     export = typed.NODE_CLASS_MAPPINGS["FourDExport"]
     assert export.RETURN_TYPES == ("STRING", "STRING", "FILE_3D_GLB", "FILE_3D_POINT_CLOUD_ANY")
     assert len(export.OUTPUT_TOOLTIPS) == len(export.RETURN_NAMES) == 4
-    out = export().export(_scene(), "fourd/typed", 24.0, True, True, 0.0, 0.0, 0, 0)["result"]
+    out = export().export(_scene(), "fourd/typed", 24.0, 0.0, 0.0, 0, 0, ply=True, glb=True)["result"]
     glb, ply = out[2], out[3]
     folder = fake.root / "output" / out[1] / "pointclouds"
     assert glb.format == "glb" and glb.source.getvalue() == (folder / "frame_00000.glb").read_bytes()
