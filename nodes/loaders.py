@@ -84,8 +84,8 @@ class FourDLoad4DNeX:
 
     @classmethod
     def INPUT_TYPES(cls):
-        releases = [cb.HUB_LORA_CHOICE] + cb.subfolders_with("loras", pattern="*lora*.safetensors") + cb.file_list("loras")
-        embs = ["(beside the LoRA)"] + [f for f in cb.file_list("loras") if "domain" in f.lower()]
+        releases = [cb.HUB_LORA_CHOICE] + cb.lora_choices()
+        embs = ["(beside the LoRA)"] + cb.domain_embedding_choices()
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "From FourD Load Wan2.1-I2V."}),

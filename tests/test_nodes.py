@@ -477,3 +477,21 @@ def test_numbered_outputs_never_overwrite_earlier_ones(pack, fake):
     assert a["filename"] != b["filename"] and a["subfolder"] == b["subfolder"] == "fourd_preview"
     for e in (a, b):
         assert (fake.root / "temp" / e["subfolder"] / e["filename"]).is_file()
+
+
+def test_lora_lists_offer_only_loras(pack, fake):
+    """models/loras/ holds the 4DNeX release: its domain embeddings (.pt or .safetensors) are not a LoRA."""
+    rel = fake.root / "models" / "loras" / "fourd_release_test"
+    rel.mkdir(exist_ok=True)
+    for name in ("pytorch_lora_weights.safetensors", "learnable_domain_embeddings.safetensors"):
+        (rel / name).write_bytes(b"")
+    try:
+        for node in ("FourDLoad4DNeX", "FourDApply4DNeXNative"):
+            req = pack.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]
+            releases, embs = req["release"][0], req["domain_embeddings"][0]
+            assert "pytorch_lora_weights.safetensors" in releases and "fourd_release_test" in releases, node
+            assert not [r for r in releases if "domain_embeddings" in r], (node, releases)
+            assert {"learnable_domain_embeddings.pt", "fourd_release_test/learnable_domain_embeddings.safetensors"} <= set(embs)
+            assert not [e for e in embs if "lora_weights" in e], (node, embs)
+    finally:
+        shutil.rmtree(rel)
