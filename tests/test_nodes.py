@@ -495,3 +495,15 @@ def test_lora_lists_offer_only_loras(pack, fake):
             assert not [e for e in embs if "lora_weights" in e], (node, embs)
     finally:
         shutil.rmtree(rel)
+
+
+def test_diffusers_nodes_say_they_load_their_own_wan(pack):
+    """The diffusers-based nodes live in FourD/diffusers and say they empty ComfyUI's memory manager."""
+    diffusers = {"FourDLoadWan", "FourDLoad4DNeX", "FourDMemorySettings", "FourDSampler", "FourDDecode", "FourDGridSampler"}
+    for key, cls in pack.NODE_CLASS_MAPPINGS.items():
+        if key in diffusers:
+            assert cls.CATEGORY == "FourD/diffusers", key
+            assert "own copy of Wan" in cls.DESCRIPTION and "unload_all_models" in cls.DESCRIPTION, key
+            assert pack.NODE_DISPLAY_NAME_MAPPINGS[key].endswith("(diffusers)"), key
+        else:
+            assert "diffusers" not in cls.CATEGORY, key
