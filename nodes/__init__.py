@@ -4,7 +4,7 @@ Imported by the pack's top-level ``__init__.py`` (ComfyUI loads it as a package)
 use relative imports; ``comfy`` / ``folder_paths`` are only touched lazily in ``comfy_bridge``.
 """
 
-from .examples import FourDExampleImage
+from .examples import FourDExampleImage, FourDExampleScene
 from .grid_nodes import FourDCameraPath, FourDGridSampler, FourDRenderViews
 from .loaders import FourDLoad4DNeX, FourDLoadWan, FourDMemorySettings
 from .native import NODE_CLASS_MAPPINGS as NATIVE_NODES, NODE_DISPLAY_NAME_MAPPINGS as NATIVE_NAMES
@@ -15,6 +15,7 @@ from .scene_nodes import FourDExport, FourDLoadScene, FourDPreview4D, FourDRecov
 
 NODE_CLASS_MAPPINGS = {
     "FourDExampleImage": FourDExampleImage,
+    "FourDExampleScene": FourDExampleScene,
     "FourDLoadWan": FourDLoadWan,
     "FourDLoad4DNeX": FourDLoad4DNeX,
     "FourDMemorySettings": FourDMemorySettings,
@@ -38,6 +39,7 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDExampleImage": "FourD Example Image (shipped photo + prompt)",
+    "FourDExampleScene": "FourD Example Scene (no weights, from the shipped photo)",
     "FourDLoadWan": "FourD Load Wan2.1-I2V (diffusers)",
     "FourDLoad4DNeX": "FourD Load 4DNeX LoRA (diffusers)",
     "FourDMemorySettings": "FourD Memory Settings (diffusers)",
