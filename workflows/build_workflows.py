@@ -82,9 +82,14 @@ TITLE_HEIGHT = 30
 GAP = 30
 
 
+#: width per character of a node's title: the frontends widen a node to fit its title (measured: at most 7.3 px)
+TITLE_CHAR_WIDTH = 8
+
+
 def node_size(n: dict) -> list[int]:
-    """A node's size: the one it asks for, at least :data:`MIN_SIZES`."""
+    """A node's size: the one it asks for, at least :data:`MIN_SIZES` and as wide as its title."""
     least = MIN_SIZES.get(n["type"], [320, 120])
+    least = [max(least[0], TITLE_CHAR_WIDTH * len(n.get("title", ""))), least[1]]
     want = n.get("size", least)
     return [max(int(a), int(b)) for a, b in zip(want, least)]
 
