@@ -2,7 +2,7 @@
 
     python docs/make_native_screenshot.py http://127.0.0.1:8190
 
-The ComfyUI must have this pack in custom_nodes/. For every UI workflow in workflows/, headless
+The ComfyUI must have this pack in custom_nodes/. For every UI workflow in example_workflows/, headless
 Chromium (Debian's /usr/bin/chromium through Playwright) loads it into the graph and checks that
 every node type is registered, that no error dialog opens and that the console shows no error.
 Then the native tiny demo is queued from the frontend, and the canvas is captured after the run.
@@ -44,7 +44,7 @@ def main(url: str = "http://127.0.0.1:8190", out: Path = ROOT / "docs" / "comfyu
 
         close_dialogs()
         errors.clear()
-        for wf in sorted((ROOT / "workflows").glob("*.json")):
+        for wf in sorted((ROOT / "example_workflows").glob("*.json")):
             data = json.loads(wf.read_text())
             needs_models = any(n.get("properties", {}).get("models") for n in data["nodes"])
             before = len(errors)
@@ -64,7 +64,7 @@ def main(url: str = "http://127.0.0.1:8190", out: Path = ROOT / "docs" / "comfyu
             n = page.evaluate("() => window.app.graph._nodes.length")
             print(f"{'OK  ' if ok else 'FAIL'} {wf.name}: {n} nodes loaded; missing types {missing}; dialogs {dialogs}; "
                   f"console errors {new_errors}")
-        data = json.loads((ROOT / "workflows" / "fourd_native_tiny_demo_cpu.json").read_text())
+        data = json.loads((ROOT / "example_workflows" / "FourD tiny demo, image to 4D (native, CPU, random weights).json").read_text())
         page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", data)
         close_dialogs()
         start = time.time()

@@ -4,7 +4,7 @@ Imported by the pack's top-level ``__init__.py`` (ComfyUI loads it as a package)
 use relative imports; ``comfy`` / ``folder_paths`` are only touched lazily in ``comfy_bridge``.
 """
 
-from .examples import FourDExampleImage
+from .examples import FourDExampleImage, FourDExampleScene
 from .grid_nodes import FourDCameraPath, FourDGridSampler, FourDRenderViews
 from .loaders import FourDLoad4DNeX, FourDLoadWan, FourDMemorySettings
 from .native import NODE_CLASS_MAPPINGS as NATIVE_NODES, NODE_DISPLAY_NAME_MAPPINGS as NATIVE_NAMES
@@ -15,6 +15,7 @@ from .scene_nodes import FourDExport, FourDLoadScene, FourDPreview4D, FourDRecov
 
 NODE_CLASS_MAPPINGS = {
     "FourDExampleImage": FourDExampleImage,
+    "FourDExampleScene": FourDExampleScene,
     "FourDLoadWan": FourDLoadWan,
     "FourDLoad4DNeX": FourDLoad4DNeX,
     "FourDMemorySettings": FourDMemorySettings,
@@ -38,12 +39,13 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDExampleImage": "FourD Example Image (shipped photo + prompt)",
-    "FourDLoadWan": "FourD Load Wan2.1-I2V",
-    "FourDLoad4DNeX": "FourD Load 4DNeX LoRA",
-    "FourDMemorySettings": "FourD Memory Settings",
+    "FourDExampleScene": "FourD Example Scene (no weights, from the shipped photo)",
+    "FourDLoadWan": "FourD Load Wan2.1-I2V (diffusers)",
+    "FourDLoad4DNeX": "FourD Load 4DNeX LoRA (diffusers)",
+    "FourDMemorySettings": "FourD Memory Settings (diffusers)",
     "FourDPrepareImage": "FourD Prepare Image (+XYZ init)",
-    "FourDSampler": "FourD 4DNeX Sampler",
-    "FourDDecode": "FourD Decode 6D (RGB + XYZ)",
+    "FourDSampler": "FourD 4DNeX Sampler (diffusers)",
+    "FourDDecode": "FourD Decode 6D (RGB + XYZ) (diffusers)",
     "FourDRecoverCameras": "FourD Recover Cameras + Depth",
     "FourDExport": "FourD Export (video, PLY, GLB, cameras, depth)",
     "FourDSaveScene": "FourD Save Scene",
@@ -51,7 +53,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDPreview4D": "FourD 4D Preview",
     "FourDCameraPath": "FourD Camera Path (orbit, arc, dolly)",
     "FourDRenderViews": "FourD Render Views (freeze-time video)",
-    "FourDGridSampler": "FourD 4D Grid Sampler (4Real-Video)",
+    "FourDGridSampler": "FourD 4D Grid Sampler (4Real-Video) (diffusers)",
     "FourDGaussiansFromScene": "FourD Gaussians from Scene",
     "FourDFit4DGaussians": "FourD Fit 4D Gaussians",
     "FourDSaveGaussians": "FourD Save Gaussians (PLY sequence)",

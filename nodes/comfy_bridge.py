@@ -67,6 +67,24 @@ def subfolders_with(kind: str, marker: str | None = None, pattern: str | None = 
     return out
 
 
+def is_domain_embeddings(name: str) -> bool:
+    """Whether a file in models/loras/ is 4DNeX's learnable domain embeddings (``learnable_domain_embeddings.pt`` /
+    ``.safetensors``, or any name with "domain_embedding"), which is not a LoRA."""
+    return "domain_embedding" in Path(name).name.lower()
+
+
+def lora_choices() -> list[str]:
+    """What a LoRA list offers from models/loras/: 4DNeX release folders (holding a ``*lora*.safetensors``) and
+    ``.safetensors`` LoRA files, never the release's domain-embeddings file."""
+    files = [f for f in file_list("loras") if f.lower().endswith(".safetensors") and not is_domain_embeddings(f)]
+    return subfolders_with("loras", pattern="*lora*.safetensors") + files
+
+
+def domain_embedding_choices() -> list[str]:
+    """The domain-embeddings files in models/loras/ (``.pt`` or ``.safetensors``)."""
+    return [f for f in file_list("loras") if is_domain_embeddings(f) and f.lower().endswith((".pt", ".safetensors"))]
+
+
 def resolve_model(kind: str, name: str) -> str:
     """Full path of ``name`` in a ComfyUI model folder kind, or a clear error naming the folder."""
     p = Path(name).expanduser()

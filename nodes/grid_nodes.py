@@ -23,7 +23,7 @@ from . import validation as v
 from .widgets import fused_backend_widget, grid_mode_widget
 from ..fourd_core.settings import node_input
 from .native.folders import SYNC_FOLDER
-from .types import CAMERAS, CATEGORY, MODEL, SCENE, FourDCameras, FourDModel
+from .types import DIFFUSERS_CATEGORY, DIFFUSERS_NOTE, CAMERAS, CATEGORY, MODEL, SCENE, FourDCameras, FourDModel
 
 GRID_CATEGORY = f"{CATEGORY}/grid"
 
@@ -111,12 +111,12 @@ def _preview(latents: torch.Tensor):
 
 
 class FourDGridSampler:
-    DESCRIPTION = ("Generate the 4D grid (views x time) from a fixed-view video (row 0) and a freeze-time video "
+    DESCRIPTION = DIFFUSERS_NOTE + ("Generate the 4D grid (views x time) from a fixed-view video (row 0) and a freeze-time video "
                    "(column 0) with the loaded Wan2.1-I2V DiT, without the 4DNeX LoRA (load it with fuse off to "
                    "share the model): 4Real-Video two-stream sync or 4Real-Video-V2 fused attention, sliding "
                    "windows for large grids. Outputs every frame in row-major order (index = view * frames + time) "
                    "and one view's video.")
-    CATEGORY = GRID_CATEGORY
+    CATEGORY = DIFFUSERS_CATEGORY
     RETURN_TYPES = ("IMAGE", "IMAGE", "INT", "INT")
     RETURN_NAMES = ("grid", "view_video", "views", "frames")
     OUTPUT_TOOLTIPS = ("All V x T frames, row-major: frame (view v, time t) at index v * T + t; "

@@ -10,17 +10,17 @@ from ..fourd_core.models.loading import BASE_HUB_ID, FOURDNEX_HUB_ID, ModelSpec
 from ..fourd_core.models.memory import MemoryConfig, attention_backend_names
 from ..fourd_core.settings import node_input, spec
 from . import comfy_bridge as cb
-from .types import CATEGORY, MEMORY, MODEL, FourDModel
+from .types import DIFFUSERS_CATEGORY, DIFFUSERS_NOTE, MEMORY, MODEL, FourDModel
 
 NO_BASE = "(none: single files only)"
 
 
 class FourDLoadWan:
-    DESCRIPTION = ("Choose the Wan2.1-I2V-14B-480P base model: a diffusers folder in models/diffusers/, the hub "
+    DESCRIPTION = DIFFUSERS_NOTE + ("Choose the Wan2.1-I2V-14B-480P base model: a diffusers folder in models/diffusers/, the hub "
                    "download (into models/diffusers/), single files from diffusion_models/, text_encoders/, "
                    "clip_vision/ and vae/, or the tiny random preset (no download, meaningless output) to try the "
                    "graph on a CPU. Nothing is loaded until the sampler runs; the model then stays cached.")
-    CATEGORY = f"{CATEGORY}/loaders"
+    CATEGORY = DIFFUSERS_CATEGORY
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("What to load (loaded once by the sampler, cached between runs).",)
@@ -72,11 +72,11 @@ def _default_offload() -> str:
 
 
 class FourDLoad4DNeX:
-    DESCRIPTION = ("Apply the 4DNeX release (FrozenBurning/4DNex-Lora): the rank-64 LoRA at its trained scale "
+    DESCRIPTION = DIFFUSERS_NOTE + ("Apply the 4DNeX release (FrozenBurning/4DNex-Lora): the rank-64 LoRA at its trained scale "
                    "0.5 x strength, and the learnable domain embeddings. Put pytorch_lora_weights.safetensors and "
                    "learnable_domain_embeddings.pt in a folder under models/loras/, pick a single LoRA file, or "
                    "download from the hub (into models/loras/).")
-    CATEGORY = f"{CATEGORY}/loaders"
+    CATEGORY = DIFFUSERS_CATEGORY
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model spec with the 4DNeX LoRA and embeddings.",)
@@ -84,8 +84,8 @@ class FourDLoad4DNeX:
 
     @classmethod
     def INPUT_TYPES(cls):
-        releases = [cb.HUB_LORA_CHOICE] + cb.subfolders_with("loras", pattern="*lora*.safetensors") + cb.file_list("loras")
-        embs = ["(beside the LoRA)"] + [f for f in cb.file_list("loras") if "domain" in f.lower()]
+        releases = [cb.HUB_LORA_CHOICE] + cb.lora_choices()
+        embs = ["(beside the LoRA)"] + cb.domain_embedding_choices()
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "From FourD Load Wan2.1-I2V."}),
@@ -113,9 +113,9 @@ class FourDLoad4DNeX:
 
 
 class FourDMemorySettings:
-    DESCRIPTION = ("How the 14B model is placed on your GPU. 24 GB: offload 'group' (blocks stream from RAM) or "
+    DESCRIPTION = DIFFUSERS_NOTE + ("How the 14B model is placed on your GPU. 24 GB: offload 'group' (blocks stream from RAM) or "
                    "'model' + fp8 storage. 48 GB+: 'model'. 80 GB: 'none'. CPU works (very slowly).")
-    CATEGORY = f"{CATEGORY}/loaders"
+    CATEGORY = DIFFUSERS_CATEGORY
     RETURN_TYPES = (MEMORY,)
     RETURN_NAMES = ("memory",)
     OUTPUT_TOOLTIPS = ("Memory settings for FourD Load Wan2.1-I2V.",)

@@ -16,7 +16,7 @@ from ..fourd_core.settings import node_input
 from ..fourd_core.scene import Scene4D
 from . import comfy_bridge as cb
 from . import validation as v
-from .types import CATEGORY, LATENT, MODEL, SCENE, XYZ, FourDLatent, FourDModel
+from .types import DIFFUSERS_CATEGORY, DIFFUSERS_NOTE, CATEGORY, LATENT, MODEL, SCENE, XYZ, FourDLatent, FourDModel
 
 
 def get_pipeline(model: FourDModel):
@@ -82,10 +82,10 @@ class FourDPrepareImage:
 
 
 class FourDSampler:
-    DESCRIPTION = ("Generate the 6D video (RGB | XYZ side by side) with Wan2.1-I2V + 4DNeX. Shows a preview of the "
+    DESCRIPTION = DIFFUSERS_NOTE + ("Generate the 6D video (RGB | XYZ side by side) with Wan2.1-I2V + 4DNeX. Shows a preview of the "
                    "RGB half at every step; Stop cancels between steps. Official settings: 50 steps, cfg 5, shift 3, "
                    "UniPC, 49 frames. The tiny preset needs only a few steps.")
-    CATEGORY = f"{CATEGORY}/4DNeX"
+    CATEGORY = DIFFUSERS_CATEGORY
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("Width-fused latents for FourD Decode 6D.",)
@@ -146,9 +146,9 @@ class FourDSampler:
 
 
 class FourDDecode:
-    DESCRIPTION = ("Decode the 6D latents into the RGB video and the XYZ point-map video (each half decoded on its "
+    DESCRIPTION = DIFFUSERS_NOTE + ("Decode the 6D latents into the RGB video and the XYZ point-map video (each half decoded on its "
                    "own with a float32 VAE, which fixes the seam leak of the official joint decode).")
-    CATEGORY = f"{CATEGORY}/4DNeX"
+    CATEGORY = DIFFUSERS_CATEGORY
     RETURN_TYPES = ("IMAGE", "IMAGE", SCENE)
     RETURN_NAMES = ("rgb_video", "xyz_video", "scene")
     OUTPUT_TOOLTIPS = ("RGB frames (IMAGE batch; wire to CreateVideo/SaveVideo).",

@@ -199,11 +199,16 @@ class FourDPreview4D:
                                              "subset; fewer splats look thinner)."}),
                 "min_opacity": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                           "tooltip": "Hide splats below this opacity (0 shows every fitted splat)."}),
+                **file3d.splat_input(),
             },
         }
 
     def preview(self, scene=None, points_per_frame=40000, min_confidence=0.0, gaussians=None,
-                splats_per_frame=100000, min_opacity=0.0):
+                splats_per_frame=100000, min_opacity=0.0, splat=None):
+        if gaussians is not None and splat is not None:
+            raise InputError("FourD 4D Preview shows one set of splats: connect gaussians or splat, not both.")
+        if splat is not None:
+            gaussians = file3d.from_core_splat(splat)
         if scene is None and gaussians is None:
             raise InputError("FourD 4D Preview shows nothing: connect a scene, Gaussians, or both.")
         if gaussians is None:

@@ -15,6 +15,12 @@ SCENE = "FOURD_SCENE"        # fourd_core.scene.Scene4D
 CAMERAS = "FOURD_CAMERAS"    # FourDCameras: a camera path (K + cam-to-world per view)
 GAUSSIANS = "FOURD_GAUSSIANS"  # fourd_core.splats.Gaussians4D: splats per frame or a deformable 4D set
 CATEGORY = "FourD"
+#: category and description lead of the diffusers-based nodes (kept for parity with the CLI)
+DIFFUSERS_CATEGORY = f"{CATEGORY}/diffusers"
+DIFFUSERS_NOTE = ("Diffusers path (kept for parity with the CLI): loads its own copy of Wan2.1 outside ComfyUI's "
+                  "memory manager, which it empties first (unload_all_models), so models other nodes loaded are "
+                  "unloaded. In ComfyUI prefer the native nodes (FourD/native) with core Load Diffusion Model and "
+                  "KSampler. ")
 
 
 @dataclasses.dataclass(frozen=True)

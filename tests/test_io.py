@@ -43,29 +43,71 @@ def read_accessor(doc, binary, index):
     return np.array(out)
 
 
-def test_glb_is_points_with_color0_in_gltf_y_up_axes():
+def node_transform(doc) -> np.ndarray:
+    """The 4x4 matrix of the mesh's node (glTF 2.0 sec. 5.25: ``matrix``, or T * R * S from TRS)."""
+    node = next(n for n in doc["nodes"] if "mesh" in n)
+    if "matrix" in node:
+        return np.array(node["matrix"], dtype=np.float64).reshape(4, 4).T
+    m = np.eye(4)
+    assert "rotation" not in node or node["rotation"] == [0, 0, 0, 1]
+    m[:3, :3] = np.diag(node.get("scale", [1, 1, 1]))
+    m[:3, 3] = node.get("translation", [0, 0, 0])
+    return m
+
+
+def test_glb_is_points_with_linear_color0_in_gltf_y_up_axes():
     g = torch.Generator().manual_seed(0)
-    p = torch.randn(50, 3, generator=g)
+    p = torch.randn(50, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, 2.0])
     c = torch.rand(50, 3, generator=g)
     doc, binary = parse_glb(glb_bytes(p, c))
     prim = doc["meshes"][0]["primitives"][0]
     assert prim["mode"] == 0  # POINTS
     pos = read_accessor(doc, binary, prim["attributes"]["POSITION"])
+    col_acc = doc["accessors"][prim["attributes"]["COLOR_0"]]
     col = read_accessor(doc, binary, prim["attributes"]["COLOR_0"])
-    # OpenCV (x right, y down, z forward) -> glTF (x right, y up, z toward the viewer); a node
-    # transform would do the same, so apply any node matrix before comparing
-    node = next((n for n in doc.get("nodes", []) if "mesh" in n), {})
-    if "matrix" in node:
-        m = np.array(node["matrix"]).reshape(4, 4).T
-        pos = pos @ m[:3, :3].T + m[:3, 3]
+    # OpenCV (x right, y down, z forward) -> glTF (x right, y up, z toward the viewer) in the accessor
     assert np.allclose(pos, p.numpy() * np.array([1, -1, -1]), atol=1e-6)
+    acc = doc["accessors"][prim["attributes"]["POSITION"]]
+    assert np.allclose(acc["min"], pos.min(0)) and np.allclose(acc["max"], pos.max(0))
     # "up" in the image (smaller OpenCV y) is larger glTF y: the scene shows upright
     top, bottom = torch.tensor([[0.0, -1.0, 2.0]]), torch.tensor([[0.0, 1.0, 2.0]])
     d2, b2 = parse_glb(glb_bytes(torch.cat([top, bottom]), torch.ones(2, 3)))
     ys = read_accessor(d2, b2, d2["meshes"][0]["primitives"][0]["attributes"]["POSITION"])[:, 1]
     assert ys[0] > ys[1]
-    col = col[:, :3] / (255.0 if col.max() > 1 else 1.0)
-    assert np.allclose(col, c.numpy(), atol=1 / 255 + 1e-6)
+    # COLOR_0 is linear (glTF 2.0 sec. 3.7.2.1): the sRGB decoding curve of IEC 61966-2-1, written out here
+    assert col_acc["componentType"] == 5123 and col_acc["normalized"] and col_acc["type"] == "VEC4"
+    srgb = c.double().numpy()
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    assert np.allclose(col[:, :3] / 65535.0, linear, atol=1 / 65535) and np.all(col[:, 3] == 65535)
+    assert np.allclose(col[0, :3] / 65535.0, linear[0], atol=1e-4)
+
+
+def test_glb_node_frames_any_scene_at_five_units():
+    """A 40,000-unit cloud (what random weights give) lands as a 5-unit model around the origin; the accessor
+    keeps scene units; one far outlier is left out; the node's extras undo the scale."""
+    g = torch.Generator().manual_seed(1)
+    p = (torch.rand(5000, 3, generator=g) - 0.5) * torch.tensor([80000.0, 80000.0, 0.4]) + torch.tensor([1e4, 0, 3])
+    p = torch.cat([p, torch.tensor([[1e9, 0.0, 0.0]])])
+    doc, binary = parse_glb(glb_bytes(p, torch.rand(len(p), 3, generator=g)))
+    pos = read_accessor(doc, binary, doc["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
+    assert len(pos) == 5000                        # the outlier at 1e9 is gone
+    m = node_transform(doc)
+    shown = pos @ m[:3, :3].T + m[:3, 3]
+    radius = np.quantile(np.linalg.norm(shown - np.median(shown, 0), axis=1), 0.98)
+    assert 2 * radius == pytest.approx(5.0, rel=0.05) and np.abs(np.median(shown, 0)).max() < 0.05
+    assert np.abs(shown).max() < 10                # inside any viewer's far plane
+    extras = next(n for n in doc["nodes"] if "mesh" in n)["extras"]
+    assert extras["fourd_scene_units_per_unit"] == pytest.approx(1 / m[0, 0])
+
+
+def test_glb_frames_of_one_export_share_their_placement(tmp_path):
+    from fourd_core.io.export import ExportOptions, export_scene
+
+    scene = _scene()
+    export_scene(scene, tmp_path / "x", ExportOptions.with_formats(videos=False, images=False, depth=False,
+                                                                   cameras=False, ply=False, gaussians=False))
+    mats = [node_transform(parse_glb(f.read_bytes())[0]) for f in sorted((tmp_path / "x" / "pointclouds").glob("*.glb"))]
+    assert len(mats) == scene.num_frames and all(np.array_equal(m, mats[0]) for m in mats)
 
 
 def test_ply_reads_back_with_plyfile(tmp_path):

@@ -18,6 +18,7 @@ import torch
 from conftest import EXAMPLE_IMAGE, ROOT
 
 WORKFLOWS = ROOT / "workflows"
+TEMPLATES = ROOT / "example_workflows"     # what ComfyUI lists as the pack's templates (UI format)
 CORE_NODES = {  # name -> (inputs {name: (type, widget options)}, outputs [types]) for the core nodes used
     "LoadImage": ({"image": ("COMBO", None), "upload": ("IMAGEUPLOAD", None)}, ["IMAGE", "MASK"]),
     "PreviewImage": ({"images": ("IMAGE", None)}, []),
@@ -235,14 +236,61 @@ def _check_value(where, typ, opts, value):
 
 
 def _ui_workflows():
-    return sorted(WORKFLOWS.glob("*.json"))
+    return sorted(TEMPLATES.glob("*.json"))
 
 
-def test_workflows_exist():
+def _builder():
+    spec = importlib.util.spec_from_file_location("fourd_build_workflows", WORKFLOWS / "build_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_templates_have_a_title_a_description_an_api_copy_and_a_thumbnail():
+    """ComfyUI lists <pack>/example_workflows/*.json; frontends 1.27.10 and 1.58.1 show the file name as the title
+    and, with - and _ read as spaces, as the description, and <name>.jpg beside it as the thumbnail."""
+    from PIL import Image
+
     names = {p.stem for p in _ui_workflows()}
-    assert {"fourd_image_to_4d", "fourd_tiny_demo_cpu"} <= names
+    assert "FourD example scene, no weights (CPU, a minute)" in names and len(names) >= 12
+    assert not list(WORKFLOWS.glob("*.json")), "UI workflows belong in example_workflows/ (else listed twice)"
     for p in _ui_workflows():
-        assert (WORKFLOWS / "api" / p.name).is_file(), f"no API-format copy of {p.name}"
+        wf = json.loads(p.read_text())
+        meta = wf["extra"]["fourd"]
+        assert meta["title"] == p.stem and (ROOT / meta["api"]).is_file(), p.name
+        assert "-" not in p.stem and "_" not in p.stem and ":" not in p.stem and p.stem.isascii(), p.stem
+        assert len(p.stem) <= 64 and p.stem.startswith("FourD "), p.stem
+        assert len(wf["extra"]["info"]) > 40, f"{p.name}: no description in extra.info"
+        thumb = p.with_suffix(".jpg")
+        assert thumb.is_file(), f"no thumbnail {thumb.name}"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and min(im.size) >= 256, (thumb.name, im.format, im.size)
+    # every demo (tiny, example) uses the native path; the diffusers graphs say so in their title
+    for p in _ui_workflows():
+        types = {n["type"] for n in json.loads(p.read_text())["nodes"]}
+        diffusers = types & {"FourDLoadWan", "FourDSampler", "FourDGridSampler"}
+        if "tiny" in p.stem or "example" in p.stem:
+            assert not diffusers, p.stem
+        assert bool(diffusers) == ("diffusers" in p.stem), p.stem
+
+
+@pytest.mark.parametrize("path", _ui_workflows(), ids=lambda p: p.name)
+def test_no_node_overlaps_another(path):
+    """Node rectangles (title bar above ``pos`` included) of the UI workflow do not overlap, with every size at
+    least what the frontends compute for the node (the builder's table, measured in 1.58.1 and 1.27.10)."""
+    b = _builder()
+    wf = json.loads(path.read_text())
+    for n in wf["nodes"]:
+        least = b.MIN_SIZES.get(n["type"])
+        assert least and n["size"][0] >= least[0] and n["size"][1] >= least[1], (n["type"], n["size"], least)
+    boxes = {n["id"]: (n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in wf["nodes"]}
+    ids = sorted(boxes)
+    hits = [(a, b_) for i, a in enumerate(ids) for b_ in ids[i + 1:]
+            if boxes[a][0] < boxes[b_][2] and boxes[b_][0] < boxes[a][2] and boxes[a][1] < boxes[b_][3]
+            and boxes[b_][1] < boxes[a][3]]
+    types = {n["id"]: n["type"] for n in wf["nodes"]}
+    assert not hits, [(types[a], types[b_]) for a, b_ in hits]
 
 
 @pytest.mark.parametrize("path", _ui_workflows(), ids=lambda p: p.name)
@@ -477,3 +525,33 @@ def test_numbered_outputs_never_overwrite_earlier_ones(pack, fake):
     assert a["filename"] != b["filename"] and a["subfolder"] == b["subfolder"] == "fourd_preview"
     for e in (a, b):
         assert (fake.root / "temp" / e["subfolder"] / e["filename"]).is_file()
+
+
+def test_lora_lists_offer_only_loras(pack, fake):
+    """models/loras/ holds the 4DNeX release: its domain embeddings (.pt or .safetensors) are not a LoRA."""
+    rel = fake.root / "models" / "loras" / "fourd_release_test"
+    rel.mkdir(exist_ok=True)
+    for name in ("pytorch_lora_weights.safetensors", "learnable_domain_embeddings.safetensors"):
+        (rel / name).write_bytes(b"")
+    try:
+        for node in ("FourDLoad4DNeX", "FourDApply4DNeXNative"):
+            req = pack.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]
+            releases, embs = req["release"][0], req["domain_embeddings"][0]
+            assert "pytorch_lora_weights.safetensors" in releases and "fourd_release_test" in releases, node
+            assert not [r for r in releases if "domain_embeddings" in r], (node, releases)
+            assert {"learnable_domain_embeddings.pt", "fourd_release_test/learnable_domain_embeddings.safetensors"} <= set(embs)
+            assert not [e for e in embs if "lora_weights" in e], (node, embs)
+    finally:
+        shutil.rmtree(rel)
+
+
+def test_diffusers_nodes_say_they_load_their_own_wan(pack):
+    """The diffusers-based nodes live in FourD/diffusers and say they empty ComfyUI's memory manager."""
+    diffusers = {"FourDLoadWan", "FourDLoad4DNeX", "FourDMemorySettings", "FourDSampler", "FourDDecode", "FourDGridSampler"}
+    for key, cls in pack.NODE_CLASS_MAPPINGS.items():
+        if key in diffusers:
+            assert cls.CATEGORY == "FourD/diffusers", key
+            assert "own copy of Wan" in cls.DESCRIPTION and "unload_all_models" in cls.DESCRIPTION, key
+            assert pack.NODE_DISPLAY_NAME_MAPPINGS[key].endswith("(diffusers)"), key
+        else:
+            assert "diffusers" not in cls.CATEGORY, key

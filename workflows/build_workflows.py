@@ -1,7 +1,17 @@
-"""Writes the example workflows in ComfyUI's UI format (``workflows/*.json``) and API format
-(``workflows/api/*.json``) from one compact description per graph, so both stay in sync.
+"""Writes the example workflows in ComfyUI's UI format and API format from one compact description per graph,
+so both stay in sync.
 
     python workflows/build_workflows.py
+
+* ``example_workflows/<title>.json``: the templates ComfyUI lists for the pack (its server lists a custom node's
+  ``example_workflows/*.json``; frontends 1.27.10 and 1.58.1 show the file name as the template's title and,
+  with ``-`` and ``_`` read as spaces, as its description, and load ``<title>.jpg`` beside it as the thumbnail:
+  ``docs/make_template_thumbnails.py`` makes those). Titles are therefore short sentences without ``-`` or ``_``.
+* ``workflows/api/<name>.json``: every graph in API format (``POST /prompt``; what the tests run), including the
+  diffusers-path tiny demos, which are not templates.
+
+Node sizes are at least what the frontends compute for the node (:data:`MIN_SIZES`) and :func:`layout` moves
+nodes apart so no node (title bar included) overlaps another.
 
 Widget values follow the order of each node's ``INPUT_TYPES`` (required, then optional); an INT
 named ``seed`` gets ComfyUI's extra ``control_after_generate`` value. Core nodes used here
@@ -47,6 +57,76 @@ CORE = {
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
+#: smallest size of each node type: the larger of frontends 1.58.1 and 1.27.10's ``node.computeSize()`` for a fresh
+#: node (measured in headless Chromium on ComfyUI 0.3.64), rounded up; the size a fresh node gets where its DOM
+#: widget wants more (previews, multi-line text). A frontend enlarges a loaded node to its computed size, so
+#: smaller sizes here would make nodes overlap after loading.
+MIN_SIZES = {
+    "FourDExampleImage": [360, 80], "FourDExampleScene": [440, 170], "FourDRecoverCameras": [260, 220],
+    "FourDExport": [360, 250], "FourDPreview4D": [440, 480], "FourDGaussiansFromScene": [240, 110],
+    "FourDSaveGaussians": [300, 100], "FourDFit4DGaussians": [220, 250], "FourDCameraPath": [290, 230],
+    "FourDRenderViews": [310, 110], "FourDPrepareImage": [260, 220], "FourDApply4DNeXNative": [230, 110],
+    "FourD4DNeXConditioningNative": [280, 190], "FourDDecode6DNative": [220, 200], "FourDTinyVAENative": [280, 90],
+    "FourDTinyEncodersNative": [400, 200], "FourDTinyCLIPVisionNative": [320, 30], "FourDGridConditioningNative": [260, 180],
+    "FourDGridModelNative": [340, 150], "FourDGridCanvasNative": [290, 170], "FourDGridWindowNative": [230, 170],
+    "FourDGridWindowMergeNative": [270, 70], "FourD4DNeXTextEncodeNative": [400, 200], "FourDRenderTrajectory": [400, 470],
+    "FourDLoadWan": [270, 180], "FourDLoad4DNeX": [280, 130], "FourDMemorySettings": [270, 160], "FourDSampler": [400, 400],
+    "FourDDecode": [320, 100], "FourDGridSampler": [370, 540],
+    "LoadImage": [230, 110], "PreviewImage": [300, 260], "CreateVideo": [220, 80], "SaveVideo": [220, 110],
+    "Preview3D": [400, 550], "UNETLoader": [270, 90], "CLIPLoader": [270, 110], "CLIPVisionLoader": [270, 60],
+    "CLIPVisionEncode": [290, 80], "VAELoader": [270, 60], "ModelSamplingSD3": [270, 60], "VAEDecode": [200, 50],
+    "CLIPTextEncode": [400, 200], "KSampler": [270, 270], "WanVaceToVideo": [270, 260], "TrimVideoLatent": [270, 60],
+}
+#: height of a node's title bar above its ``pos`` (LiteGraph.NODE_TITLE_HEIGHT in both frontends)
+TITLE_HEIGHT = 30
+GAP = 30
+
+
+#: width per character of a node's title: the frontends widen a node to fit its title (measured: at most 7.3 px)
+TITLE_CHAR_WIDTH = 8
+
+
+def node_size(n: dict) -> list[int]:
+    """A node's size: the one it asks for, at least :data:`MIN_SIZES` and as wide as its title."""
+    least = MIN_SIZES.get(n["type"], [320, 120])
+    least = [max(least[0], TITLE_CHAR_WIDTH * len(n.get("title", ""))), least[1]]
+    want = n.get("size", least)
+    return [max(int(a), int(b)) for a, b in zip(want, least)]
+
+
+def layout(nodes: dict) -> None:
+    """Move nodes apart in place so no two overlap (title bars included), keeping the arrangement: nodes are
+    columns by their ``x``; each column starts right of the widest node of the one before, and its nodes keep
+    their order top to bottom with at least :data:`GAP` between them."""
+    for n in nodes.values():
+        n["size"] = node_size(n)
+    columns: dict[int, list[dict]] = {}
+    for n in nodes.values():
+        columns.setdefault(int(n["pos"][0]), []).append(n)
+    right = None
+    for x in sorted(columns):
+        col = sorted(columns[x], key=lambda n: n["pos"][1])
+        x_new = x if right is None else max(x, right + GAP)
+        bottom = None
+        for n in col:
+            y = n["pos"][1] if bottom is None else max(n["pos"][1], bottom + GAP + TITLE_HEIGHT)
+            n["pos"] = [x_new, y]
+            bottom = y + n["size"][1]
+        right = x_new + max(n["size"][0] for n in col)
+
+
+def rectangles(ui: dict) -> dict[int, tuple[float, float, float, float]]:
+    """``{node id: (x0, y0, x1, y1)}`` of a UI workflow's nodes, title bar included."""
+    return {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+            for n in ui["nodes"]}
+
+
+def overlaps(ui: dict) -> list[tuple[int, int]]:
+    """Pairs of node ids whose rectangles (:func:`rectangles`) overlap."""
+    r = sorted(rectangles(ui).items())
+    return [(a, b) for i, (a, ra) in enumerate(r) for b, rb in r[i + 1:]
+            if ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]]
+
 
 def load_pack():
     """Import the pack the way ComfyUI does (a package from its __init__.py)."""
@@ -90,6 +170,7 @@ def widget_default(mappings, class_type, name):
 def build(graph: dict, mappings: dict) -> tuple[dict, dict]:
     """graph: {"nodes": {id: {"type", "pos", "values": {widget: value}, "links": {input: (src_id, slot)},
     "title"?, "models"?: [...], "size"?}}} -> (ui_workflow, api_prompt)."""
+    layout(graph["nodes"])
     ui_nodes, links, api = [], [], {}
     link_id = 0
     incoming = {}  # (dst, input name) -> link id
@@ -130,7 +211,7 @@ def build(graph: dict, mappings: dict) -> tuple[dict, dict]:
         props = {"Node name for S&R": n["type"]}
         if n.get("models"):
             props["models"] = [{"name": a, "directory": b, "url": c} for a, b, c in n["models"]]
-        node = {"id": nid, "type": n["type"], "pos": n["pos"], "size": n.get("size", [320, 120]), "flags": {},
+        node = {"id": nid, "type": n["type"], "pos": n["pos"], "size": node_size(n), "flags": {},
                 "order": order, "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs, "properties": props,
                 "widgets_values": widgets}
         if n.get("title"):
@@ -192,7 +273,7 @@ def image_to_4d(tiny: bool) -> dict:
         14: {"type": "SaveVideo", "pos": [1240, 920], "values": {"filename_prefix": "fourd/xyz", "format": "auto", "codec": "auto"},
              "links": {"video": (13, 0)}},
         15: {"type": "PreviewImage", "pos": [800, 540], "links": {"images": (8, 1)}, "title": "Depth"},
-        16: {"type": "Preview3D", "pos": [2160, 60], "size": [400, 440], "values": {}, "links": {"model_file": (9, 0)}},
+        16: {"type": "Preview3D", "pos": [2160, 60], "size": [400, 550], "values": {}, "links": {"model_file": (9, 0)}},
     }
     info = ("Tiny random-weight preset: runs on a CPU in about a minute, outputs are meaningless (exercises the graph)."
             if tiny else "4DNeX image -> 4D scene. Models: Wan2.1-I2V-14B-480P single files (Comfy-Org repackaged) and "
@@ -354,8 +435,8 @@ def image_to_4d_gaussians(tiny: bool) -> dict:
              "links": {"scene": (8, 0), "grid": (11, 0), "cameras": (9, 0)}},
         19: {"type": "FourDSaveGaussians", "pos": [2840, 60], "values": {"filename_prefix": "fourd/gaussians"},
              "links": {"gaussians": (18, 0)}, "title": "Save fitted 4D Gaussians"},
-        20: {"type": "Preview3D", "pos": [3200, 60], "size": [400, 440], "values": {}, "links": {"model_file": (19, 0)},
-             "title": "Preview 3D (frame 0 splats)"},
+        20: {"type": "Preview3D", "pos": [3200, 60], "size": [400, 550], "values": {}, "links": {"model_file": (19, 2)},
+             "title": "Preview 3D (frame 0 splat centres)"},
         21: {"type": "FourDPreview4D", "pos": [2840, 300], "size": [480, 440],
              "values": {"splats_per_frame": 100000, "min_opacity": 0.0}, "links": {"gaussians": (18, 0)},
              "title": "FourD 4D Preview (fitted splats)"},
@@ -566,13 +647,108 @@ NATIVE_GRAPHS.update({"fourd_native_novel_view": lambda: native_novel_view(False
                       "fourd_native_tiny_novel_view_cpu": lambda: native_novel_view(True)})
 
 
+def native_image_to_4d_gaussians(tiny: bool) -> dict:
+    """The native grid graph, then: pixel-aligned splats of the scene, and 4D Gaussians fitted to the scene frames +
+    the grid's views (VAE Decode's row-major grid, the camera path's cameras) -> PLY sequences, core Preview 3D of
+    the fitted splats' centres, the 4D preview of the splats and an orbit video."""
+    nodes = native_image_to_grid(tiny)["nodes"]
+    iterations, resolution = (30, 0) if tiny else (3000, 256)
+    nodes.update({
+        70: {"type": "FourDGaussiansFromScene", "pos": [1160, 1200], "values": {"stride": 1, "footprint": 0.4,
+             "min_confidence": 0.0}, "links": {"scene": (18, 0)}},
+        71: {"type": "FourDSaveGaussians", "pos": [1540, 1200], "values": {"filename_prefix": "fourd/native_pixel_aligned"},
+             "links": {"gaussians": (70, 0)}, "title": "Save pixel-aligned splats"},
+        72: {"type": "FourDFit4DGaussians", "pos": [3100, 60],
+             "values": {"iterations": iterations, "resolution": resolution, "isotropic": False, "seed": 0,
+                        "init_stride": 2, "backend": "auto"},
+             "links": {"scene": (18, 0), "grid": (39, 0), "cameras": (33, 0)}},
+        73: {"type": "FourDSaveGaussians", "pos": [3500, 60], "values": {"filename_prefix": "fourd/native_gaussians"},
+             "links": {"gaussians": (72, 0)}, "title": "Save fitted 4D Gaussians"},
+        74: {"type": "Preview3D", "pos": [3900, 60], "values": {}, "links": {"model_file": (73, 2)},
+             "title": "Preview 3D (frame 0 splat centres)"},
+        75: {"type": "FourDPreview4D", "pos": [3500, 280], "values": {"splats_per_frame": 100000, "min_opacity": 0.0},
+             "links": {"gaussians": (72, 0)}, "title": "FourD 4D Preview (fitted splats)"},
+        76: {"type": "CreateVideo", "pos": [3100, 420], "values": {"fps": 8.0}, "links": {"images": (72, 1)}},
+        77: {"type": "SaveVideo", "pos": [3100, 540], "values": {"filename_prefix": "fourd/native_gaussians_orbit",
+             "format": "auto", "codec": "auto"}, "links": {"video": (76, 0)}},
+    })
+    info = ("Native Gaussians, CPU demo: the native tiny grid graph, then pixel-aligned splats and a 30-step 4D Gaussian "
+            "fit to the scene frames and the grid's views (random weights: meaningless pictures; exercises the graph)."
+            if tiny else
+            "Native 4D Gaussians: 4DNeX scene on the native MODEL -> 8-view grid by core KSampler -> pixel-aligned splats "
+            "(instant) and deformable 4D Gaussians fitted to the scene frames + grid views (4Real-Video supp. Sec. 6), "
+            "saved as PLY sequences, shown in Preview 3D (splat centres) and the 4D preview (true splats).")
+    return {"nodes": nodes, "info": info}
+
+
+def example_scene() -> dict:
+    """FourD Example Scene (no weights) -> cameras -> export -> Preview 3D; pixel-aligned splats -> PLY sequence; the 4D
+    preview of the scene's points and splats; depth and point-map previews."""
+    nodes = {
+        1: {"type": "FourDExampleScene", "pos": [40, 60], "values": {"frames": 12, "width": 384, "dolly": 0.06, "rise": 0.5}},
+        2: {"type": "FourDRecoverCameras", "pos": [40, 300], "values": {"intrinsics": "auto", "square_pixels": True,
+            "principal_point": "auto", "robust_loss": "auto", "temporal_smoothness": 0.0}, "links": {"scene": (1, 0)}},
+        3: {"type": "PreviewImage", "pos": [40, 580], "links": {"images": (1, 2)}, "title": "Point map (the scene's input)"},
+        4: {"type": "PreviewImage", "pos": [40, 900], "links": {"images": (2, 1)}, "title": "Recovered depth"},
+        5: {"type": "FourDExport", "pos": [520, 60],
+            "values": {"filename_prefix": "fourd/example_scene", "fps": 8.0, "ply": True, "glb": True,
+                       "min_confidence": 0.0, "voxel_size": 0.0, "outlier_neighbors": 0, "max_points": 0},
+            "links": {"scene": (2, 0)}},
+        6: {"type": "FourDGaussiansFromScene", "pos": [520, 380], "values": {"stride": 1, "footprint": 0.4,
+            "min_confidence": 0.0}, "links": {"scene": (2, 0)}},
+        7: {"type": "FourDSaveGaussians", "pos": [520, 560], "values": {"filename_prefix": "fourd/example_splats"},
+            "links": {"gaussians": (6, 0)}},
+        8: {"type": "Preview3D", "pos": [920, 60], "values": {}, "links": {"model_file": (5, 0)},
+            "title": "Preview 3D (frame 0 point cloud)"},
+        9: {"type": "FourDPreview4D", "pos": [1360, 60], "size": [560, 560],
+            "values": {"points_per_frame": 40000, "min_confidence": 0.0, "splats_per_frame": 100000, "min_opacity": 0.0},
+            "links": {"scene": (2, 0), "gaussians": (6, 0)}, "title": "FourD 4D Preview (points and splats)"},
+    }
+    info = ("No weights, no download, about a minute on a CPU: a 4D scene made from the shipped photo (FourD Example "
+            "Scene: the table recedes, the cup rises, the camera dollies in) -> FourD Recover Cameras -> export (videos, "
+            "PLY/GLB point clouds, cameras, depth) -> Preview 3D; pixel-aligned Gaussian splats -> PLY sequence; the 4D "
+            "preview shows points and splats over time.")
+    return {"nodes": nodes, "info": info}
+
+
+NATIVE_GRAPHS.update({"fourd_native_image_to_4d_gaussians": lambda: native_image_to_4d_gaussians(False),
+                      "fourd_native_tiny_gaussians_cpu": lambda: native_image_to_4d_gaussians(True),
+                      "fourd_example_scene": example_scene})
+
+#: the graphs ComfyUI lists as the pack's templates: name -> title (the file name in example_workflows/; the
+#: frontends show it as the title and, with - and _ as spaces, as the description). The diffusers-path tiny demos
+#: (fourd_tiny_*) are API files only: every demo uses the native path.
+TEMPLATES = {
+    "fourd_example_scene": "FourD example scene, no weights (CPU, a minute)",
+    "fourd_native_tiny_demo_cpu": "FourD tiny demo, image to 4D (native, CPU, random weights)",
+    "fourd_native_tiny_grid_cpu": "FourD tiny demo, 4D grid (native, CPU, random weights)",
+    "fourd_native_tiny_grid_windows_cpu": "FourD tiny demo, grid windows (native, CPU, random weights)",
+    "fourd_native_tiny_novel_view_cpu": "FourD tiny demo, novel view (native, CPU, random weights)",
+    "fourd_native_tiny_gaussians_cpu": "FourD tiny demo, 4D Gaussians (native, CPU, random weights)",
+    "fourd_native_image_to_4d": "FourD image to 4D scene (native Wan2.1 and 4DNeX)",
+    "fourd_native_image_to_grid": "FourD image to 4D grid (native, 4Real Video)",
+    "fourd_native_image_to_grid_windows": "FourD image to a large 4D grid in windows (native)",
+    "fourd_native_novel_view": "FourD novel view video with Wan VACE (native)",
+    "fourd_native_image_to_4d_gaussians": "FourD image to 4D Gaussians (native)",
+    "fourd_image_to_4d": "FourD image to 4D scene (diffusers, loads its own Wan)",
+    "fourd_image_to_grid": "FourD image to 4D grid (diffusers, loads its own Wan)",
+    "fourd_image_to_4d_gaussians": "FourD image to 4D Gaussians (diffusers, loads its own Wan)",
+}
+TEMPLATE_DIR = ROOT / "example_workflows"
+
+
 def main() -> None:
     pack = load_pack()
     (HERE / "api").mkdir(exist_ok=True)
+    TEMPLATE_DIR.mkdir(exist_ok=True)
     for name, make in {**GRAPHS, **NATIVE_GRAPHS}.items():
-        ui, api = build(make(), pack.NODE_CLASS_MAPPINGS)
-        (HERE / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
+        graph = make()
+        ui, api = build(graph, pack.NODE_CLASS_MAPPINGS)
+        assert not overlaps(ui), (name, overlaps(ui))
         (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
+        if name in TEMPLATES:
+            ui["extra"]["fourd"] = {"name": name, "title": TEMPLATES[name], "api": f"workflows/api/{name}.json"}
+            (TEMPLATE_DIR / f"{TEMPLATES[name]}.json").write_text(json.dumps(ui, indent=1) + "\n")
         print("wrote", name)
 
 

@@ -11,7 +11,7 @@ Layout under the output folder::
     depth/depth_#####.png      16-bit depth, value = depth * depth_png_scale (in cameras.json); 0 = invalid
     depth.npy                  [F, H, W] float32 depth
     confidence.npy             [F, H, W] float32 confidence
-    pointclouds/frame_#####.ply / .glb   coloured world points per frame (GLB: POINTS + COLOR_0)
+    pointclouds/frame_#####.ply / .glb   coloured world points per frame (GLB: POINTS + linear COLOR_0, y-up)
     gaussians/frame_#####.ply  pixel-aligned Gaussian splats per frame (standard 3DGS PLY, SH degree 0)
 
 Everything is written into a hidden staging folder inside the output folder and moved into place
@@ -105,7 +105,6 @@ def _import_writers() -> None:
     import imageio.v2  # noqa: F401
     import plyfile  # noqa: F401
     import safetensors.torch  # noqa: F401
-    import trimesh  # noqa: F401
 
 
 def export_scene(scene: Scene4D, out_dir: str | Path, options: ExportOptions | None = None,

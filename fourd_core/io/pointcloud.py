@@ -1,6 +1,6 @@
 """Point-cloud files: binary PLY through ``plyfile`` and GLB (glTF binary, a POINTS primitive with
-COLOR_0, the format ComfyUI's core Preview3D node shows) through ``trimesh``. Both are pure pip
-installs, written atomically. open3d is optional: it only serves the optional clean-up steps
+COLOR_0, the format ComfyUI's core Preview3D node shows), written here from the glTF 2.0 specification
+(two accessors; no library gives linear 16-bit COLOR_0 plus a node transform). Written atomically. open3d is optional: it only serves the optional clean-up steps
 (voxel down-sampling, statistical outlier removal) of :func:`clean_points`.
 
 Axes: PLY keeps the scene's world frame (OpenCV: x right, y down, z forward, as 3DGS / COLMAP /
@@ -11,7 +11,10 @@ in glTF viewers (glTF 2.0 specification, section 3.4 "Coordinate System and Unit
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import struct
 import warnings
 from pathlib import Path
 
@@ -101,22 +104,108 @@ def write_ply(path: str | Path, points, colors) -> Path:
     return write_bytes_atomic(path, ply_bytes(points, colors))
 
 
-def glb_bytes(points, colors) -> bytes:
-    """A GLB document with one POINTS primitive (POSITION float32 + COLOR_0 as RGBA8), via trimesh.
+#: the size (glTF units) a GLB's content is scaled to by its node: the 5-unit model both core Preview3D frontends
+#: frame (ComfyUI frontend 1.27.10 SceneModelManager rescales to a 5-unit box; 1.58.1 does not rescale on load and
+#: clips at a far plane of 1e4, its fit-to-view target is also 5)
+GLB_VIEW_SIZE = 5.0
+#: points farther than this many robust radii from the robust centre are left out of a GLB
+GLB_OUTLIER_RADII = 8.0
 
-    Points are given in the scene's OpenCV world frame and stored in glTF's y-up frame
-    (:data:`OPENCV_TO_GLTF`), so viewers show the scene upright.
+
+@dataclasses.dataclass(frozen=True)
+class GlbView:
+    """How a GLB places its points: the robust centre (scene units, OpenCV world), the robust radius (98th
+    percentile of the distances to it) and the node scale ``GLB_VIEW_SIZE / (2 * radius)``. One view is
+    shared by every frame of a scene so the frames line up."""
+
+    centre: tuple[float, float, float]
+    radius: float
+    scale: float
+
+
+def glb_view(points, quantile: float = 0.98, size: float = GLB_VIEW_SIZE) -> GlbView:
+    """The :class:`GlbView` of ``points`` (``[..., 3]``, scene units): per-axis median as the centre, the
+    ``quantile`` of the distances to it as the radius (at least 1e-9, so one point or a flat cloud works).
+
+    Raises:
+        InputError: NaN/inf coordinates.
     """
-    import trimesh
+    p = torch.as_tensor(points).detach().double().reshape(-1, 3).cpu()
+    if not torch.isfinite(p).all():
+        raise InputError("Point cloud contains NaN/inf coordinates; filter them (e.g. with a confidence mask).")
+    if len(p) == 0:
+        return GlbView((0.0, 0.0, 0.0), 1.0, size / 2.0)
+    sample = p[:: max(1, len(p) // 200_000)]
+    centre = sample.median(0).values
+    radius = max(float(torch.quantile((sample - centre).norm(dim=-1), quantile)), 1e-9)
+    return GlbView(tuple(float(x) for x in centre), radius, size / (2.0 * radius))
 
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1 piecewise curve, the inverse of the
+    encoding three.js applies to its output)."""
+    c = np.asarray(c, dtype=np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def glb_bytes(points, colors, view: GlbView | None = None) -> bytes:
+    """A GLB document (glTF 2.0 binary) with one POINTS primitive: POSITION float32 in glTF's y-up axes and
+    COLOR_0 as *linear* RGBA (unsigned short, normalised).
+
+    * Axes: points are given in the scene's OpenCV world frame and stored as ``(x, -y, -z)``
+      (:data:`OPENCV_TO_GLTF`; glTF 2.0 specification section 3.4), so viewers show the scene upright.
+    * Colour: glTF defines COLOR_0 as linear (specification 3.7.2.1); colours are sRGB values in [0, 1], so
+      they are linearised with :func:`srgb_to_linear` and viewers that encode their output to sRGB
+      (three.js, Blender) show the original colours. 16 bits keep the darks free of banding.
+    * Placement: the accessor keeps scene units; the mesh's node gets a uniform ``scale`` and a
+      ``translation`` that put the robust centre at the origin and the robust extent at
+      :data:`GLB_VIEW_SIZE` units (:func:`glb_view`; pass one ``view`` for every frame of a scene), so
+      viewers that do not rescale on load frame any scene. Points beyond :data:`GLB_OUTLIER_RADII` robust
+      radii are left out. The node's ``extras`` hold ``fourd_scene_units_per_unit`` (1 / scale) to undo it.
+
+    Raises:
+        InputError: mismatched sizes or NaN/inf coordinates.
+    """
     p, c = _as_points(points, colors)
-    rgba = np.concatenate([_to_uint8(c), np.full((len(c), 1), 255, np.uint8)], axis=1)
-    return trimesh.PointCloud(p @ OPENCV_TO_GLTF.T, colors=rgba).export(file_type="glb")
+    view = view or glb_view(p)
+    centre = np.asarray(view.centre, dtype=np.float64)
+    keep = np.linalg.norm(p.astype(np.float64) - centre, axis=1) <= GLB_OUTLIER_RADII * view.radius
+    p, c = p[keep], c[keep]
+    pos = np.ascontiguousarray((p @ OPENCV_TO_GLTF.T).astype("<f4"))
+    rgba = np.ones((len(c), 4), dtype=np.float64)
+    rgba[:, :3] = srgb_to_linear(c)
+    col = np.ascontiguousarray(np.round(rgba * 65535.0).astype("<u2"))
+    node = {"name": "fourd_points", "scale": [view.scale] * 3,
+            "translation": [float(-view.scale * x) for x in OPENCV_TO_GLTF.astype(np.float64) @ centre],
+            "extras": {"fourd_scene_units_per_unit": 1.0 / view.scale,
+                       "fourd_axes": "glTF y-up = OpenCV (x, -y, -z)"}}
+    doc = {"asset": {"version": "2.0", "generator": "ComfyUI-FourD"}, "scene": 0, "scenes": [{"nodes": [0]}],
+           "nodes": [node]}
+    binary = b""
+    if len(pos):
+        binary = pos.tobytes() + col.tobytes()
+        doc["buffers"] = [{"byteLength": len(binary)}]
+        doc["bufferViews"] = [{"buffer": 0, "byteOffset": 0, "byteLength": pos.nbytes, "target": 34962},
+                              {"buffer": 0, "byteOffset": pos.nbytes, "byteLength": col.nbytes, "target": 34962}]
+        doc["accessors"] = [
+            {"bufferView": 0, "componentType": 5126, "count": len(pos), "type": "VEC3",
+             "min": [float(v) for v in pos.min(0)], "max": [float(v) for v in pos.max(0)]},
+            {"bufferView": 1, "componentType": 5123, "normalized": True, "count": len(col), "type": "VEC4"}]
+        doc["meshes"] = [{"name": "fourd_points", "primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1},
+                                                                  "mode": 0}]}]
+        node["mesh"] = 0
+    js = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    js += b" " * (-len(js) % 4)
+    binary += b"\0" * (-len(binary) % 4)
+    chunks = struct.pack("<I4s", len(js), b"JSON") + js
+    if binary:
+        chunks += struct.pack("<I4s", len(binary), b"BIN\0") + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
 
 
-def write_glb(path: str | Path, points, colors) -> Path:
-    """Write a coloured point cloud as GLB (POINTS with COLOR_0, glTF y-up), atomically."""
-    return write_bytes_atomic(path, glb_bytes(points, colors))
+def write_glb(path: str | Path, points, colors, view: GlbView | None = None) -> Path:
+    """Write a coloured point cloud as GLB (see :func:`glb_bytes`), atomically."""
+    return write_bytes_atomic(path, glb_bytes(points, colors, view))
 
 
 def needs_open3d(voxel_size: float = 0.0, outlier_neighbors: int = 0) -> bool:

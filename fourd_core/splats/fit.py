@@ -141,7 +141,8 @@ def _initial_gaussians(scene, cfg: FitConfig) -> Gaussians:
 def fit_gaussians(scene, config: FitConfig | None = None, grid: torch.Tensor | None = None,
                   grid_K: torch.Tensor | None = None, grid_cam_to_world: torch.Tensor | None = None,
                   device: str | torch.device | None = None,
-                  callback: Callable[[int, int, torch.Tensor | None], None] | None = None) -> Gaussians4D:
+                  callback: Callable[[int, int, torch.Tensor | None], None] | None = None,
+                  init: Gaussians | None = None) -> Gaussians4D:
     """Optimise deformable 4D Gaussians to the scene frames (+ grid views); see the module docstring.
 
     Args:
@@ -152,6 +153,8 @@ def fit_gaussians(scene, config: FitConfig | None = None, grid: torch.Tensor | N
         device: where to optimise (default: CUDA when available, else CPU).
         callback: ``callback(step, total, preview)`` after each step; ``preview`` is an ``[H, W, 3]`` render
             of frame 0 every ``preview_every`` steps, else None. Raise in it to cancel (nothing is kept).
+        init: optional splats to start from (world frame of the scene's cameras) instead of the pixel-aligned
+            splats of ``keyframes`` frames (``init_stride``, ``footprint``).
 
     Returns:
         :class:`Gaussians4D` (deformable) with the scene's cameras; ``metadata["fit"]`` holds the final
@@ -161,13 +164,14 @@ def fit_gaussians(scene, config: FitConfig | None = None, grid: torch.Tensor | N
         UserWarning: the scene's cameras are the low-confidence camera-frame fallback of a failed
             camera recovery (:func:`fourd_core.api.camera_frame_fallback`): the splats follow them.
     Raises:
-        InputError: bad config, scene without cameras, mismatched grid; gsplat requested but missing.
+        InputError: bad config, scene without cameras, mismatched grid, an empty or non-finite ``init``;
+            gsplat requested but missing.
 
     Host memory the fit freed is handed back to the system when it ends
     (:func:`fourd_core.util.memory.release_freed_memory`), so repeated fits in one server do not grow it.
     """
     try:
-        return _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callback)
+        return _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callback, init)
     finally:
         release_freed_memory()
 
@@ -181,7 +185,7 @@ def fallback_cameras(scene) -> bool:
     return scene.confidence is not None and scene.confidence.numel() > 0 and float(scene.confidence.max()) == 0.0
 
 
-def _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callback) -> Gaussians4D:
+def _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callback, init=None) -> Gaussians4D:
     if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
         # hosts such as ComfyUI run nodes under torch.inference_mode(): fitting needs autograd, and
         # tensors created in inference mode cannot be saved for backward, so work on plain copies
@@ -189,9 +193,14 @@ def _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callb
             fields = {f.name: getattr(scene, f.name) for f in dataclasses.fields(scene)}
             plain = type(scene)(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
             return _fit_gaussians(plain, config, *(None if t is None else t.clone() for t in (grid, grid_K, grid_cam_to_world)),
-                                  device, callback)
+                                  device, callback, None if init is None else Gaussians(*(getattr(init, f.name).clone() for f in dataclasses.fields(init))))
     cfg = config or FitConfig()
     cfg.validate()
+    if init is not None:
+        fields = (init.means, init.log_scales, init.quats, init.logit_opacities, init.sh0)
+        if len(init) == 0 or not all(bool(torch.isfinite(t).all()) for t in fields):
+            raise InputError("The splats to start the fit from are empty or hold NaN/inf values; connect other splats "
+                             "or none (the fit then starts from the scene's pixels).")
     if fallback_cameras(scene):
         reason = ((scene.metadata or {}).get("geometry") or {}).get("fallback_reason", "")
         warnings.warn("The scene's cameras are a low-confidence fallback (camera recovery found no camera that explains "
@@ -204,7 +213,8 @@ def _fit_gaussians(scene, config, grid, grid_K, grid_cam_to_world, device, callb
     raster = backend.rasterize
     obs = build_observations(scene, grid, grid_K, grid_cam_to_world, cfg.resolution)
     extent = _scene_extent(scene)
-    model = DeformableModel(_initial_gaussians(scene, cfg), scene.num_frames, obs.num_views, cfg, extent, device)
+    start = _initial_gaussians(scene, cfg) if init is None else init
+    model = DeformableModel(start, scene.num_frames, obs.num_views, cfg, extent, device)
     images = obs.images.to(device)
     Ks, c2ws = obs.K.to(device), obs.cam_to_world.to(device)
     m, th, tw = images.shape[:3]

@@ -16,8 +16,7 @@ BESIDE = "(beside the LoRA)"
 def release_choices() -> list[str]:
     """4DNeX release folders (with a ``*lora*.safetensors``) and LoRA files in models/loras/."""
     register_tiny_model_folders()   # idempotent; keeps the demo release listed if folder_paths was reset
-    files = [f for f in cb.file_list("loras") if f.endswith(".safetensors") and "domain" not in f.lower()]
-    return cb.subfolders_with("loras", pattern="*lora*.safetensors") + files
+    return cb.lora_choices()
 
 
 class FourDApply4DNeXNative:
@@ -34,7 +33,7 @@ class FourDApply4DNeXNative:
 
     @classmethod
     def INPUT_TYPES(cls):
-        embs = [BESIDE] + [f for f in cb.file_list("loras") if "domain" in f.lower()]
+        embs = [BESIDE] + cb.domain_embedding_choices()
         return {"required": {
             "model": ("MODEL", {"tooltip": "Wan2.1-I2V-14B from core Load Diffusion Model (any weight format core or a "
                                 "GGUF pack loads)."}),

@@ -105,8 +105,9 @@ def test_nodes_make_fit_save_and_preview(tmp_path, monkeypatch):
         res = N["FourDSaveGaussians"]().save(fitted, "fourd/gs")
     finally:
         os.umask(old_mask)
-    first, folder = res["result"]
-    assert first == "fourd/gs_00001/frame_00000.ply"
+    first, folder, centres = res["result"]
+    assert first == "fourd/gs_00001/frame_00000.ply" and centres == "fourd/gs_00001/frame_00000_centres.glb"
+    assert (tmp_path / "output" / centres).read_bytes()[:4] == b"glTF"      # what core Preview3D shows everywhere
     saved = tmp_path / "output" / folder
     assert len(list(saved.glob("*.ply"))) == 2
     assert saved.stat().st_mode & 0o777 == 0o755                          # published like a plain mkdir

@@ -17,7 +17,8 @@ SPLAT_NODES = {"FourDGaussiansFromScene", "FourDSaveGaussians", "FourDFit4DGauss
                "FourDCameraPath"}
 
 
-@pytest.mark.parametrize("name", ["fourd_tiny_gaussians_cpu", "fourd_image_to_4d_gaussians"])
+@pytest.mark.parametrize("name", ["fourd_native_tiny_gaussians_cpu", "fourd_native_image_to_4d_gaussians",
+                                  "fourd_tiny_gaussians_cpu", "fourd_image_to_4d_gaussians"])
 def test_gaussians_api_workflow_runs_through_the_nodes(pack, fake, name):  # noqa: F811
     from importlib import import_module
 
@@ -29,9 +30,11 @@ def test_gaussians_api_workflow_runs_through_the_nodes(pack, fake, name):  # noq
     scene = scene_mod.Scene4D(rgb=torch.rand(T, H, W, 3), xyz=s.clean_points, K=s.K, cam_to_world=s.cam_to_world,
                               depth=s.depth)
     views = prompt[node_id(prompt, "FourDCameraPath")]["inputs"]["steps"]
-    seeded = {node_id(prompt, "FourDRecoverCameras"): (scene, None),
-              node_id(prompt, "FourDGridSampler"): (torch.rand(views * T, H, W, 3), None, views, T)}
     fit_id = node_id(prompt, "FourDFit4DGaussians")
+    grid_src = prompt[fit_id]["inputs"]["grid"]               # FourD 4D Grid Sampler, or core VAE Decode (native)
+    assert grid_src[1] == 0
+    seeded = {node_id(prompt, "FourDRecoverCameras"): (scene, None),
+              grid_src[0]: (torch.rand(views * T, H, W, 3), None, views, T)}
     prompt[fit_id]["inputs"]["iterations"] = 3  # the real workflow asks for 3000
     results, ui = dict(seeded), {}
 
@@ -56,13 +59,15 @@ def test_gaussians_api_workflow_runs_through_the_nodes(pack, fake, name):  # noq
     saved = [k for k, v in prompt.items() if v["class_type"] == "FourDSaveGaussians"]
     assert len(saved) == 2
     for k in saved:
-        first, folder = results[k]
+        first, folder = results[k][:2]
         files = sorted((fake.root / "output" / folder).glob("frame_*.ply"))
         assert len(files) == T and (fake.root / "output" / first) == files[0]
         assert plyfile.PlyData.read(str(files[0]))["vertex"].count > 0
-    # core Preview 3D shows the first fitted PLY; the orbit goes to a video
-    assert prompt[node_id(prompt, "Preview3D")]["inputs"]["model_file"] == [saved[[prompt[k]["inputs"]["gaussians"][0]
-                                                                                      for k in saved].index(fit_id)], 0]
+    # core Preview 3D shows the fitted splats' frame-0 centres (a GLB, which every frontend opens); the orbit goes to
+    # a video
+    fitted_save = saved[[prompt[k]["inputs"]["gaussians"][0] for k in saved].index(fit_id)]
+    assert prompt[node_id(prompt, "Preview3D")]["inputs"]["model_file"] == [fitted_save, 2]
+    assert (fake.root / "output" / results[fitted_save][2]).read_bytes()[:4] == b"glTF"
     assert prompt[node_id(prompt, "CreateVideo")]["inputs"]["images"] == [fit_id, 1]
     # the one 4D preview shows the fitted splats, every one of them (default min_opacity 0)
     preview_id = node_id(prompt, "FourDPreview4D")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..pointcloud import clean_points, needs_open3d, write_glb, write_ply
+from ..pointcloud import clean_points, glb_view, needs_open3d, write_glb, write_ply
 from . import EXPORT_FORMATS, ExportFormat
 
 
@@ -63,10 +63,23 @@ class Ply(_PointCloud):
         write_ply(path, p, c)
 
 
-@EXPORT_FORMATS.register("glb", help="pointclouds/frame_#####.glb: glTF POINTS with COLOR_0 in glTF's y-up axes "
-                                     "(Preview3D, Blender, three.js)")
+@EXPORT_FORMATS.register("glb", help="pointclouds/frame_#####.glb: glTF POINTS with linear COLOR_0 in glTF's y-up "
+                                     "axes, scaled by their node to a 5-unit view (Preview3D, Blender, three.js)")
 class Glb(_PointCloud):
-    kind, suffix, bytes_per_point = "glb", ".glb", 16      # 3 float32 + RGBA8
+    kind, suffix, bytes_per_point = "glb", ".glb", 20      # 3 float32 + RGBA16
 
-    def write_one(self, path, p, c):
-        write_glb(path, p, c)
+    def size_lower_bound(self, ctx):
+        # points beyond GLB_OUTLIER_RADII robust radii (a subset of the 2 % beyond the 98th percentile) are left out
+        return int(_points_lower_bound(ctx) * 0.9) * self.bytes_per_point
+
+    def write_one(self, path, p, c, ctx=None):
+        # one placement for every frame (from the first exported frame), so the frames line up
+        view = None if ctx is None else ctx.shared("glb_view", lambda: glb_view(_cleaned(ctx, ctx.frames[0])[0]))
+        write_glb(path, p, c, view)
+
+    def write(self, ctx):
+        (ctx.staging / "pointclouds").mkdir(exist_ok=True)
+        for n, i in enumerate(ctx.frames):
+            ctx.say("point clouds", n, len(ctx.frames))
+            p, c = _cleaned(ctx, i)
+            self.write_one(ctx.add(self.kind, f"pointclouds/frame_{i:05d}{self.suffix}"), p, c, ctx)
