@@ -402,6 +402,80 @@ def test_fused_cross_attention_keeps_batch_entries_apart(stock_tr):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def _random_fused_lora(tr, seed: int, rank: int = 2) -> dict:
+    """Raw (B not yet scaled) LoRA tensors in the release key layout for every attention q, k, v, out."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i, block in enumerate(tr.blocks):
+        for attn in ("attn1", "attn2"):
+            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                lin = block.get_submodule(f"{attn}.{proj}")
+                key = f"transformer.blocks.{i}.{attn}.{proj}"
+                sd[f"{key}.lora_A.weight"] = torch.randn(rank, lin.in_features, generator=g) / lin.in_features ** 0.5
+                sd[f"{key}.lora_B.weight"] = torch.randn(lin.out_features, rank, generator=g)
+    return sd
+
+
+def _merged_copy(tr, raw: dict, scale: float):
+    """A copy of ``tr`` with ``W + scale * B @ A`` written into the weights by hand."""
+    import copy
+
+    out = copy.deepcopy(tr)
+    with torch.no_grad():
+        for k, a in raw.items():
+            if k.endswith("lora_A.weight"):
+                name = k.removeprefix("transformer.").removesuffix(".lora_A.weight")
+                b = raw[k.replace("lora_A", "lora_B")]
+                out.get_submodule(name).weight.add_(scale * (b @ a))     # (through a PEFT wrapper, if any)
+    return out
+
+
+def test_fused_engine_lora_is_the_one_given_and_gone_after_the_engine(stock_tr, tmp_path):
+    """Every FusedEngine runs its own LoRA at ``strength * alpha / rank`` (hand-merged weights as the
+    reference), also after another engine ran another LoRA on the same transformer, and an engine
+    without a LoRA (or the stock forward after one) runs the base model; other adapters are left as they were."""
+    from fourd_core.models.fused_lora import read_fused_lora, save_fused_lora
+    from fourd_core.training.objectives import add_train_lora
+
+    inp = _inputs(21)
+    raws = {name: _random_fused_lora(stock_tr, seed) for name, seed in (("a", 1), ("b", 2))}
+    loras = {name: read_fused_lora(save_fused_lora(raw, tmp_path / f"{name}_fused.safetensors", rank=2, alpha=3.0),
+                                   stock_tr) for name, raw in raws.items()}
+
+    def fused(tr, lora=None, strength=1.0):
+        eng = FusedEngine(tr, "dense", lora=lora, lora_strength=strength)
+        with torch.no_grad(), eng.installed():
+            return eng.predict(inp["x"], inp["t"], inp["text"], inp["clip"])
+
+    base = fused(stock_tr)
+    with torch.no_grad():
+        stock_before = _stock_forward(stock_tr, inp)
+    for name, strength in (("a", 1.0), ("b", 0.5), ("a", 0.5)):      # b after a: b's own weights, not a's
+        ref = fused(_merged_copy(stock_tr, raws[name], strength * 3.0 / 2), strength=strength)
+        torch.testing.assert_close(fused(stock_tr, loras[name], strength), ref, rtol=1e-4, atol=1e-5)
+        assert (ref - base).abs().max() > 1e-2
+    torch.testing.assert_close(fused(stock_tr), base, rtol=0, atol=0)                   # no LoRA left behind
+    with torch.no_grad():
+        torch.testing.assert_close(_stock_forward(stock_tr, inp), stock_before, rtol=0, atol=0)
+    assert "fourd_fused" not in (getattr(stock_tr, "peft_config", None) or {})
+
+    # a trainable adapter of another owner (the fused objective's) stays active and trainable
+    import copy
+
+    tr = copy.deepcopy(stock_tr)
+    add_train_lora(tr, 2, 2.0)
+    with torch.no_grad():
+        for n, q in tr.named_parameters():
+            if ".lora_B." in n:
+                q.copy_(torch.randn(q.shape, generator=torch.Generator().manual_seed(5)))
+        own = _stock_forward(tr, inp)
+    grads = {n: q.requires_grad for n, q in tr.named_parameters()}
+    fused(tr, loras["a"])
+    with torch.no_grad():
+        torch.testing.assert_close(_stock_forward(tr, inp), own, rtol=0, atol=0)
+    assert {n: q.requires_grad for n, q in tr.named_parameters()} == grads
+
+
 # ----------------------------------------------------------------------------------------------
 # sync weights file
 def test_sync_file_roundtrip_and_clear_errors(stock_tr, tmp_path):

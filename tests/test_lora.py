@@ -90,6 +90,28 @@ def test_lora_shape_mismatch_names_expected_shape(tiny_base, tiny_release, tmp_p
         read_fourdnex_lora(tmp_path / "notlora.safetensors")
 
 
+def test_fused_attention_lora_is_refused_as_4dnex_lora_and_vice_versa(tiny_base, tiny_release, tmp_path):
+    """A ``train fused`` file (same key layout, format ``fourd.fused_lora``) is not a 4DNeX LoRA: the 4DNeX
+    readers refuse it naming its use (even with domain embeddings beside it); the fused reader reads it, and
+    refuses the 4DNeX release file."""
+    from fourd_core.models.fused_lora import read_fused_lora, save_fused_lora
+
+    lora = load_file(str(tiny_release / "pytorch_lora_weights.safetensors"))
+    folder = tmp_path / "rel"
+    folder.mkdir()
+    save_fused_lora(lora, folder / "fused_lora.safetensors", rank=4, alpha=8.0)
+    save_file({"learnable_domain_embeddings": torch.zeros(2, 24)}, str(folder / "learnable_domain_embeddings.safetensors"))
+    with pytest.raises(WeightsError, match="fused view-time attention.*fused_lora input"):
+        read_fourdnex_lora(folder / "fused_lora.safetensors")
+    with pytest.raises(WeightsError, match="fused view-time attention"):
+        load_fourdnex_release(_plain(tiny_base), folder)
+    sd = read_fused_lora(folder / "fused_lora.safetensors")
+    for k, v in lora.items():                                   # alpha / rank = 2 folded into B
+        torch.testing.assert_close(sd[k], v * (2.0 if ".lora_B." in k else 1.0))
+    with pytest.raises(WeightsError, match="not a fused-attention LoRA"):
+        read_fused_lora(tiny_release / "pytorch_lora_weights.safetensors")
+
+
 def test_domain_embeddings_formats(tmp_path, tiny_release):
     ref = torch.load(tiny_release / "learnable_domain_embeddings.pt", weights_only=True)
     assert torch.equal(read_domain_embeddings(tiny_release / "learnable_domain_embeddings.pt"), ref)

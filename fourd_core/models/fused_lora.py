@@ -64,4 +64,4 @@ def read_fused_lora(path: str | Path, transformer=None) -> dict[str, torch.Tenso
                            "loaders instead.")
     if int(meta.get("version", "0")) > VERSION:
         raise WeightsError(f"{path} has fused-LoRA format version {meta['version']}; this version reads {VERSION}.")
-    return read_fourdnex_lora(path, transformer)
+    return read_fourdnex_lora(path, transformer, allow_fused=True)

@@ -21,6 +21,7 @@ errors and cancellation.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator
 
 import torch
@@ -183,29 +184,35 @@ class FusedEngine:
                 restore_lora()
 
     def _activate_lora(self):
-        """Load the fused-attention LoRA as a PEFT adapter (once) and make it the only active one at
-        ``lora_strength``; returns the function that restores every layer's adapters as they were."""
+        """Load the fused-attention LoRA as a PEFT adapter and make it the only active one at
+        ``lora_strength``; returns the function that deletes it again and restores every layer's other
+        adapters (active set, enabled flag, ``requires_grad``) as they were before. Loaded afresh on every
+        install: an engine with another LoRA (or none) on the same transformer never sees this one."""
         from peft.tuners.lora import LoraLayer
 
         from .fused_lora import ADAPTER
 
         tr = self.transformer
-        if ADAPTER not in (getattr(tr, "peft_config", None) or {}):
-            tr.load_lora_adapter(self.lora, adapter_name=ADAPTER, prefix="transformer")
-        layers = [m for m in tr.modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
+        if ADAPTER in (getattr(tr, "peft_config", None) or {}):     # left behind by a process killed mid-run
+            tr.delete_adapters(ADAPTER)
         saved = [(m, list(m.active_adapters), bool(m.disable_adapters), {n: p.requires_grad for n, p in m.named_parameters()})
-                 for m in layers]
+                 for m in tr.modules() if isinstance(m, LoraLayer)]
+        tr.load_lora_adapter(self.lora, adapter_name=ADAPTER, prefix="transformer")
+        layers = [m for m in tr.modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
         for m in layers:
             m.set_adapter(ADAPTER)
             m.set_scale(ADAPTER, self.lora_strength)
             m.enable_adapters(True)
 
         def restore():
+            with warnings.catch_warnings():       # PEFT warns that it re-activates another adapter: set back below
+                warnings.filterwarnings("ignore", message=f"Adapter {ADAPTER} was active")
+                tr.delete_adapters(ADAPTER)
             for m, active, disabled, grads in saved:
                 m.set_adapter(active)
                 m.enable_adapters(not disabled)
                 for n, p in m.named_parameters():
-                    p.requires_grad_(grads[n])
+                    p.requires_grad_(grads.get(n, p.requires_grad))
 
         return restore
 

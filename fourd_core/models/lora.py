@@ -60,7 +60,7 @@ def find_release_files(path: str | Path) -> tuple[Path, Path | None]:
     return lora, emb
 
 
-def read_fourdnex_lora(path: str | Path, transformer=None) -> dict[str, torch.Tensor]:
+def read_fourdnex_lora(path: str | Path, transformer=None, *, allow_fused: bool = False) -> dict[str, torch.Tensor]:
     """Read and validate a 4DNeX LoRA file.
 
     Accepts the official diffusers key layout (above) and ComfyUI/original layouts
@@ -68,15 +68,22 @@ def read_fourdnex_lora(path: str | Path, transformer=None) -> dict[str, torch.Te
 
     Args:
         transformer: optional ``WanTransformer3DModel`` to check shapes against.
+        allow_fused: accept a fused-attention LoRA (metadata ``format = "fourd.fused_lora"``, same key
+            layout; :func:`fourd_core.models.fused_lora.read_fused_lora` reads it through here).
     Returns:
         state dict in diffusers layout (``transformer.blocks...``).
     Raises:
-        WeightsError: unreadable file, no LoRA keys, inconsistent ranks, or shapes that do not match
-            the transformer (the message gives the expected shape).
+        WeightsError: unreadable file, a fused-attention LoRA (unless ``allow_fused``: it belongs to the
+            grid's fused mode), no LoRA keys, inconsistent ranks, or shapes that do not match the
+            transformer (the message gives the expected shape).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
         check_weight_dtypes(path, "LoRA file")
+        if not allow_fused and _safetensors_format(path) == "fourd.fused_lora":
+            raise WeightsError(f"{path} is a LoRA for the 4D grid's fused view-time attention (`train fused`), not a "
+                               "4DNeX LoRA: give it to the grid's fused_lora input (FourD Grid Model (native) / FourD 4D "
+                               "Grid Sampler, mode 'fused') and pick a 4DNeX release here.")
         sd = load_safetensors(path)
     else:
         sd = load_tensor_file(path)
@@ -134,6 +141,14 @@ def read_fourdnex_lora(path: str | Path, transformer=None) -> dict[str, torch.Te
         if not torch.isfinite(v.float()).all():
             raise WeightsError(f"LoRA tensor {k} contains NaN/inf: the file is corrupt. Download it again.")
     return sd
+
+
+def _safetensors_format(path: Path) -> str | None:
+    """The ``format`` entry of a ``.safetensors`` header's metadata (None without one)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("format")
 
 
 _FOREIGN_MARKERS = (

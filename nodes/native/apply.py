@@ -52,10 +52,10 @@ class FourDApply4DNeXNative:
         lora_file, emb_file = find_release_files(cb.resolve_model("loras", release))
         if domain_embeddings != BESIDE:
             emb_file = cb.resolve_model("loras", domain_embeddings)
+        lora = read_fourdnex_lora_comfy(lora_file)       # first: a fused-attention LoRA is refused as such
         if emb_file is None:
             raise WeightsError(f"No learnable_domain_embeddings.pt/.safetensors next to {lora_file}. Put the file from "
                                "the 4DNeX release there, or pick it in domain_embeddings.")
-        lora = read_fourdnex_lora_comfy(lora_file)
         emb = read_domain_embeddings(emb_file)
         if emb.shape[1] != dm.dim:
             raise WeightsError(f"Domain embeddings {tuple(emb.shape)} do not fit this model (width {dm.dim}); use the "
