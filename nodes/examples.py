@@ -50,7 +50,7 @@ class FourDExampleScene:
         }}
 
     def make(self, frames, width, dolly, rise):
-        from ..fourd_core.geometry.example_scene import example_scene
+        from ..fourd_core.example_scene import example_scene
 
         scene = example_scene(frames=frames, width=width, dolly=dolly, rise=rise).scene
         return (scene, scene.rgb, scene.xyz.clamp(0, 1))

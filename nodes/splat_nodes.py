@@ -10,7 +10,8 @@ from ..fourd_core.util.atomic import atomic_directory, writable_output_dir
 from ..fourd_core.splats.fit import FitConfig, fit_gaussians
 from ..fourd_core.splats.gaussians import Gaussians, pixel_aligned_gaussians
 from ..fourd_core.splats.orbit import render_orbit
-from ..fourd_core.splats.ply import write_gaussians_sequence, write_splat_centres_glb
+from ..fourd_core.io.pointcloud import write_splat_centres_glb
+from ..fourd_core.splats.ply import write_gaussians_sequence
 from ..fourd_core.splats.rasterize import rasterizer_help, resolve_rasterizer
 from ..fourd_core.splats.config import INTERACTIVE_RESOLUTION, PixelSplatConfig
 from ..fourd_core.settings import node_input

@@ -29,7 +29,7 @@ FLOORS = [
     {"models"},
     {"pipelines"},
     {"native"},
-    {"api", "job"},
+    {"api", "job", "example_scene"},
     {"distributed", "training"},
     {"cli", "cli_batch", "cli_novel_view", "cli_train", "__main__"},
 ]

@@ -250,3 +250,18 @@ def clean_points(points: torch.Tensor, colors: torch.Tensor, *, confidence: torc
         idx = torch.randperm(len(p), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
         p, c = p[idx], c[idx]
     return p, c
+
+
+#: splats fainter than this are left out of :func:`write_splat_centres_glb` (unless every splat is)
+CENTRES_MIN_OPACITY = 0.05
+
+
+def write_splat_centres_glb(path: str | Path, g) -> Path:
+    """Write the centres of ``g`` (a :class:`fourd_core.splats.Gaussians`: ``means [N, 3]``, ``sh0``, ``colors``,
+    ``opacities [N]``) in their colours (``sh0_to_rgb`` clamped to [0, 1]) as a GLB point cloud (:func:`write_glb`:
+    glTF y-up, linear COLOR_0, framed at 5 units): what core Preview3D shows on every frontend. Splats below :data:`CENTRES_MIN_OPACITY` are left out unless that
+    would leave none; non-finite ones always. Returns the path."""
+    keep = torch.isfinite(g.means).all(-1) & torch.isfinite(g.sh0).all(-1)
+    solid = keep & (g.opacities >= CENTRES_MIN_OPACITY)
+    keep = solid if bool(solid.any()) else keep
+    return write_glb(path, g.means[keep].detach().float().cpu(), g.colors[keep].detach().float().clamp(0, 1).cpu())

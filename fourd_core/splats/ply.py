@@ -27,11 +27,7 @@ __all__ = [
     "read_gaussians_ply",
     "write_gaussians_ply",
     "write_gaussians_sequence",
-    "write_splat_centres_glb",
 ]
-#: splats fainter than this are left out of :func:`write_splat_centres_glb` (unless every splat is)
-CENTRES_MIN_OPACITY = 0.05
-
 PLY_PROPERTIES = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                   "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 _TYPES = {"float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uchar": "u1", "uint8": "u1",
@@ -119,16 +115,3 @@ def write_gaussians_sequence(g4d: Gaussians4D, folder: str | Path, frames: list[
         if progress is not None:
             progress(n + 1, len(frames))
     return out
-
-
-def write_splat_centres_glb(path: str | Path, g: Gaussians) -> Path:
-    """Write the splats' centres in their colours (``sh0_to_rgb`` clamped to [0, 1]) as a GLB point cloud
-    (:func:`fourd_core.io.pointcloud.write_glb`: glTF y-up, linear COLOR_0, framed at 5 units): what core
-    Preview3D shows on every frontend. Splats below :data:`CENTRES_MIN_OPACITY` are left out unless that
-    would leave none; non-finite ones always. Returns the path."""
-    from ..io.pointcloud import write_glb
-
-    keep = torch.isfinite(g.means).all(-1) & torch.isfinite(g.sh0).all(-1)
-    solid = keep & (g.opacities >= CENTRES_MIN_OPACITY)
-    keep = solid if bool(solid.any()) else keep
-    return write_glb(path, g.means[keep].detach().float().cpu(), g.colors[keep].detach().float().clamp(0, 1).cpu())

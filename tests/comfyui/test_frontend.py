@@ -188,8 +188,8 @@ def _show(ui, items: list[tuple[str, dict]], wait_ms: int = 20000) -> list[dict]
 
 
 def test_preview3d_shows_the_packs_glb_points_and_splats_in_colour(ui_server):
-    from fourd_core.io.pointcloud import write_glb
-    from fourd_core.splats.ply import write_gaussians_ply, write_splat_centres_glb
+    from fourd_core.io.pointcloud import write_glb, write_splat_centres_glb
+    from fourd_core.splats.ply import write_gaussians_ply
 
     out = ui_server.base / "output" / "fourd_check"
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import torch
 
 from fourd_core.api import recover_geometry
 from fourd_core.errors import InputError
-from fourd_core.geometry.example_scene import example_scene
+from fourd_core.example_scene import example_scene
 
 
 def test_example_scene_is_a_4dnex_point_map_whose_cameras_come_back():

@@ -27,8 +27,8 @@ import math
 
 import torch
 
-from ..errors import InputError
-from ..scene import Scene4D
+from .errors import InputError
+from .scene import Scene4D
 
 __all__ = ["ExampleScene", "example_scene"]
 
@@ -67,8 +67,8 @@ def example_scene(frames: int = 12, width: int = 384, dolly: float = 0.06, rise:
     Raises:
         InputError: an argument out of range.
     """
-    from ..assets import example_image
-    from ..io.images import prepare_image
+    from .assets import example_image
+    from .io.images import prepare_image
 
     if not 2 <= int(frames) <= 97:
         raise InputError(f"frames must be 2-97; got {frames}.")
