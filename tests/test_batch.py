@@ -138,3 +138,34 @@ def test_scene_status_follows_the_marker(tmp_path):
     assert scene_status(folder, job_fingerprint(item, {"steps": 9})) == "changed"
     (folder / DONE_MARKER).write_text("{truncated")
     assert scene_status(folder, fp) == "unfinished"
+
+
+_NON_ZERO_RANK_BUILD = """
+import sys
+import torch.distributed as dist
+from torch.testing._internal.distributed.fake_pg import FakeStore
+
+dist.init_process_group("fake", rank=1, world_size=2, store=FakeStore())   # rank 1 of 2, no peer needed
+from fourd_core.models.tiny_preset import ensure_tiny_preset
+from fourd_core.models.vace import ensure_tiny_vace
+from fourd_core.models.loading import ModelSpec
+from fourd_core.pipelines.assemble import load_pipeline
+
+ensure_tiny_vace(sys.argv[1])
+ensure_tiny_preset(sys.argv[1])
+load_pipeline(ModelSpec(base="tiny", fourdnex=None, cache_dir=sys.argv[1], local_files_only=True))
+print("loaded")
+"""
+
+
+def test_tiny_models_built_by_a_non_zero_rank_are_complete(tmp_path):
+    """Under torchrun whichever rank wins the build lock writes the tiny models; transformers 5 writes a model
+    only on rank 0 once torch.distributed is up, which left a rank-1 build's text and image encoders empty
+    (a flaky torchrun batch). Built on rank 1 of 2 here, every component has its weights and the preset loads."""
+    r = subprocess.run([sys.executable, "-c", _NON_ZERO_RANK_BUILD, str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-3000:]
+    for folder, parts in ((tmp_path / "tiny-v1" / "base", ("transformer", "vae", "text_encoder", "image_encoder")),
+                          (next(p for p in tmp_path.glob("tiny-vace*") if p.is_dir()), ("transformer", "vae", "text_encoder"))):
+        for part in parts:
+            assert list((folder / part).glob("*.safetensors")), f"{folder.name}/{part} has no weights"

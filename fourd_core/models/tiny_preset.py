@@ -93,6 +93,24 @@ def tiny_lora_state_dict(transformer, rank: int = LORA_RANK, seed: int = 1) -> d
     return sd
 
 
+def save_on_this_rank(pipe) -> None:
+    """Let ``pipe.save_pretrained`` write every component from whichever process calls it.
+
+    transformers 5 writes a model only on global rank 0 once ``torch.distributed`` is initialised
+    (``PreTrainedModel.save_pretrained`` asks ``should_save_on_this_rank``; huggingface/transformers
+    ``src/transformers/distributed/mixin.py``, v5) and otherwise returns without writing. A tiny model
+    is built by whichever rank wins the build lock (:func:`fourd_core.util.locks.build_once`), so under
+    ``torchrun`` a rank-1 builder left ``text_encoder/`` and ``image_encoder/`` empty. This sets, on
+    this pipeline's own freshly built components only, an instance attribute that answers "yes"
+    (nothing global changes; a transformers without the method ignores it).
+    """
+    from transformers import PreTrainedModel
+
+    for component in pipe.components.values():
+        if isinstance(component, PreTrainedModel):
+            component.should_save_on_this_rank = lambda is_main_process=True: is_main_process
+
+
 def save_tiny_preset(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny preset into ``folder``: ``base/`` (diffusers folder) and ``lora/`` (release files)."""
     from diffusers import WanImageToVideoPipeline
@@ -101,6 +119,7 @@ def save_tiny_preset(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     comps = build_tiny_components(seed)
     pipe = WanImageToVideoPipeline(**comps)
+    save_on_this_rank(pipe)
     pipe.save_pretrained(folder / "base", safe_serialization=True)
     (folder / "lora").mkdir(parents=True, exist_ok=True)
     save_file(tiny_lora_state_dict(comps["transformer"]), str(folder / "lora" / "pytorch_lora_weights.safetensors"))
@@ -112,10 +131,16 @@ def save_tiny_preset(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def has_component_weights(folder: Path, components) -> bool:
+    """Whether each ``folder/<component>/`` of a diffusers folder holds a ``config.json`` and ``*.safetensors``."""
+    return all((folder / c / "config.json").is_file() and any((folder / c).glob("*.safetensors")) for c in components)
+
+
 def _tiny_preset_complete(folder: Path) -> bool:
     """Every file :func:`save_tiny_preset` writes, its README last."""
     return all((folder / rel).is_file() for rel in ("base/model_index.json", "lora/pytorch_lora_weights.safetensors",
-                                                    "lora/learnable_domain_embeddings.pt", "README.txt"))
+                                                    "lora/learnable_domain_embeddings.pt", "README.txt")) and \
+        has_component_weights(folder / "base", ("transformer", "vae", "text_encoder", "image_encoder"))
 
 
 def ensure_tiny_preset(cache_dir: str | Path | None = None) -> Path:

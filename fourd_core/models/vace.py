@@ -157,7 +157,7 @@ def save_tiny_vace(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny random VACE model into ``folder`` (a diffusers ``WanVACEPipeline`` folder)."""
     from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
-    from .tiny_preset import build_tiny_components
+    from .tiny_preset import build_tiny_components, save_on_this_rank
 
     comps = build_tiny_components(seed)
     torch.manual_seed(seed + 10)
@@ -169,6 +169,7 @@ def save_tiny_vace(folder: str | Path, seed: int = 0) -> Path:
     pipe = WanVACEPipeline(tokenizer=comps["tokenizer"], text_encoder=comps["text_encoder"], vae=comps["vae"],
                            scheduler=comps["scheduler"], transformer=transformer)
     folder = Path(folder)
+    save_on_this_rank(pipe)
     pipe.save_pretrained(folder, safe_serialization=True)
     (folder / "README.txt").write_text("fourd tiny random-weight Wan VACE model: outputs are meaningless. "
                                        f"version {TINY_VACE_VERSION}, seed {seed}\n")
@@ -177,7 +178,10 @@ def save_tiny_vace(folder: str | Path, seed: int = 0) -> Path:
 
 def _tiny_vace_complete(folder: Path) -> bool:
     """The diffusers folder :func:`save_tiny_vace` writes, its README last."""
-    return (folder / "model_index.json").is_file() and (folder / "README.txt").is_file()
+    from .tiny_preset import has_component_weights
+
+    return (folder / "model_index.json").is_file() and (folder / "README.txt").is_file() and \
+        has_component_weights(folder, ("transformer", "vae", "text_encoder"))
 
 
 def ensure_tiny_vace(cache_dir: str | Path | None = None) -> Path:
