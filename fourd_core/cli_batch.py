@@ -43,6 +43,7 @@ def cmd_generate_distributed(args, prompt: str | None, config) -> int:
     elif not args.image:
         raise InputError("Give --image FILE (one scene) or --images DIR (a batch).")
     ctx = init_distributed(args.device, spec)
+    finished = False                                   # the ranks meet before the group goes only on a clean end
     try:
         if items is None and ctx.groups > 1:
             raise InputError(f"{ctx.world_size} processes for one image with --parallel {spec} ({spec.size} per "
@@ -52,6 +53,7 @@ def cmd_generate_distributed(args, prompt: str | None, config) -> int:
                 summary = run_scene_parallel(job, args.image, args.out, prompt, ctx)
                 if ctx.is_main:
                     print(json.dumps(summary, indent=1))
+                finished = True
                 return 0
             summary = run_batch(job, items, out, ctx, config.output_settings(), redo=args.redo)
         if ctx.is_main:
@@ -63,6 +65,7 @@ def cmd_generate_distributed(args, prompt: str | None, config) -> int:
         # torchrun stops every rank as soon as one exits non-zero: all wait until rank 0 has written
         # the summary, and only rank 0 reports the failure in its exit code
         ctx.barrier()
+        finished = True
         return 2 if summary["failed"] and ctx.is_main else 0
     finally:
-        ctx.close()
+        ctx.close(wait=finished)

@@ -145,12 +145,23 @@ class DistContext:
             self._gloo = dist.new_group(backend="gloo", timeout=_timeout())
         return self._gloo
 
-    def close(self) -> None:
-        """Destroy the process group if :func:`init_distributed` created it."""
+    def close(self, wait: bool = True) -> None:
+        """Destroy the process group if :func:`init_distributed` created it.
+
+        With ``wait`` (the normal end of a run) every rank first meets at a barrier: a rank that tears down
+        its gloo pairs while another still sends makes the other abort (``terminate called without an
+        active exception``). Pass ``wait=False`` on an error path, where the other ranks may never arrive
+        (torchrun stops them once this rank exits); a failed barrier destroys the group all the same.
+        """
         if self.owns_process_group:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if wait:
+                    try:
+                        self.barrier()
+                    except Exception:  # noqa: BLE001 - a dead peer; destroy the group anyway
+                        pass
                 dist.destroy_process_group()
             self.owns_process_group = False
 
