@@ -114,17 +114,11 @@ def grid_cache(root: Path, name: str, seeds: list[int], args, encoders) -> Path:
 
 def scene_cache(root: Path, encoders, n: int = 2) -> Path:
     """A 4DNeX latent cache from synthetic ``scene.safetensors`` files (32 x 48, 5 frames)."""
-    from fourd_core.scene import Scene4D
+    from fourd_core.testing.synthetic_scene import write_pointmap_scenes
     from fourd_core.training.data import CacheConfig, FourDNeXDataConfig, SceneSource, prepare
 
     h, w, frames = 32, 48, 5
-    for k in range(n):
-        g = torch.Generator().manual_seed(k)
-        yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-        xyz = torch.stack([xx, yy, 0.5 + 0.2 * torch.sin(3 * xx + k)], -1).expand(frames, h, w, 3).clone()
-        xyz += 0.01 * torch.rand(frames, h, w, 3, generator=g)
-        Scene4D(rgb=torch.rand(frames, h, w, 3, generator=g), xyz=xyz.clamp(0, 1),
-                metadata={"prompt": f"scene {k}"}).save(root / "scenes" / f"s{k}" / "scene.safetensors")
+    write_pointmap_scenes(root / "scenes", n, frames, h, w)
     cache = root / "cache_4dnex"
     prepare(SceneSource(root / "scenes", FourDNeXDataConfig(height=h, width=w, num_frames=frames)), cache, encoders,
             CacheConfig(latent="mode"), rank=0, world_size=1, log=lambda m: None)

@@ -219,3 +219,22 @@ def make_synthetic_scene(
         outlier_mask=out_mask.to(device),
         scale=scale,
     )
+
+
+def write_pointmap_scenes(folder, n: int, frames: int = 5, h: int = 32, w: int = 48):
+    """Write ``n`` small scenes ``folder/s<k>/scene.safetensors`` for the 4DNeX training cache: random RGB and a
+    point map in [0, 1] (a gently curved sheet ``z = 0.5 + 0.2 sin(3 x + k)`` plus 1 % noise, the same every frame),
+    prompt ``"scene <k>"``. Seeded by ``k``; no cameras. Returns ``folder`` (a :class:`pathlib.Path`)."""
+    from pathlib import Path
+
+    from ..scene import Scene4D
+
+    folder = Path(folder)
+    for k in range(n):
+        g = torch.Generator().manual_seed(k)
+        y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        xyz = torch.stack([x, y, 0.5 + 0.2 * torch.sin(3 * x + k)], -1).expand(frames, h, w, 3).clone()
+        xyz += 0.01 * torch.rand(frames, h, w, 3, generator=g)
+        Scene4D(rgb=torch.rand(frames, h, w, 3, generator=g), xyz=xyz.clamp(0, 1),
+                metadata={"prompt": f"scene {k}"}).save(folder / f"s{k}" / "scene.safetensors")
+    return folder

@@ -8,7 +8,6 @@ import dataclasses
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-import torch
 
 GRID_SIZE = dict(views=3, frames=5, height=32, width=48)
 
@@ -32,16 +31,9 @@ def write_clips(folder, n, frames=5, h=32, w=48, bad=()):
 
 
 def write_scenes(folder, n, frames=5, h=32, w=48):
-    from fourd_core.scene import Scene4D
+    from fourd_core.testing.synthetic_scene import write_pointmap_scenes
 
-    for k in range(n):
-        g = torch.Generator().manual_seed(k)
-        y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-        xyz = torch.stack([x, y, 0.5 + 0.2 * torch.sin(3 * x + k)], -1).expand(frames, h, w, 3).clone()
-        xyz += 0.01 * torch.rand(frames, h, w, 3, generator=g)
-        Scene4D(rgb=torch.rand(frames, h, w, 3, generator=g), xyz=xyz.clamp(0, 1),
-                metadata={"prompt": f"scene {k}"}).save(folder / f"s{k}" / "scene.safetensors")
-    return folder
+    return write_pointmap_scenes(folder, n, frames, h, w)
 
 
 @pytest.fixture(scope="session")
